@@ -1,0 +1,88 @@
+//! Compiles contracts from the workspace's `proto/` directory inside a build script.
+//!
+//! One call does three things, with no system `protoc`:
+//! 1. parses the `.proto` files with [protox] (a pure-Rust compiler);
+//! 2. writes the encoded `FileDescriptorSet` to `$OUT_DIR/<name>.bin`, encoded by protox
+//!    itself so that custom options such as `google.api.http` survive (decoding into
+//!    `prost_types` and re-encoding would silently drop them: prost keeps no unknown fields);
+//! 3. generates messages, clients and servers with [tonic_prost_build].
+//!
+//! ```no_run
+//! // build.rs
+//! keel_build::Protos::new("interop", &["helloworld/helloworld.proto"]).compile().unwrap();
+//! ```
+//! The crate then embeds the set with
+//! `include_bytes!(concat!(env!("OUT_DIR"), "/interop.bin"))`.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+
+/// A set of contracts to compile, named after the descriptor file it produces.
+#[derive(Debug, Clone)]
+pub struct Protos {
+    name: String,
+    files: Vec<String>,
+    root: Option<PathBuf>,
+    extern_paths: Vec<(String, String)>,
+}
+
+impl Protos {
+    /// Files are paths relative to the `proto/` root, e.g. `grpc/testing/test.proto`.
+    pub fn new(name: &str, files: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            files: files.iter().map(|f| (*f).to_owned()).collect(),
+            root: None,
+            extern_paths: Vec::new(),
+        }
+    }
+
+    /// Uses `root` as the import root instead of the nearest ancestor `proto/` directory.
+    #[must_use]
+    pub fn root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.root = Some(root.into());
+        self
+    }
+
+    /// Maps a proto package to Rust types generated elsewhere (as `prost_build::Config::extern_path`).
+    #[must_use]
+    pub fn extern_path(mut self, proto_path: &str, rust_path: &str) -> Self {
+        self.extern_paths
+            .push((proto_path.to_owned(), rust_path.to_owned()));
+        self
+    }
+
+    /// Compiles, writes `$OUT_DIR/<name>.bin` and the generated Rust modules.
+    pub fn compile(self) -> Result<(), Box<dyn Error>> {
+        let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+        let root = match self.root {
+            Some(root) => root,
+            None => find_proto_root(Path::new(&std::env::var("CARGO_MANIFEST_DIR")?))?,
+        };
+        println!("cargo:rerun-if-changed={}", root.display());
+
+        let mut compiler = protox::Compiler::new([&root])?;
+        compiler.include_imports(true).include_source_info(true);
+        compiler.open_files(&self.files)?;
+        std::fs::write(
+            out_dir.join(format!("{}.bin", self.name)),
+            compiler.encode_file_descriptor_set(),
+        )?;
+
+        let mut builder = tonic_prost_build::configure();
+        for (proto, rust) in &self.extern_paths {
+            builder = builder.extern_path(proto, rust);
+        }
+        builder.compile_fds(compiler.file_descriptor_set())?;
+        Ok(())
+    }
+}
+
+/// The nearest `proto/` directory at or above `start`: the workspace's contracts.
+fn find_proto_root(start: &Path) -> Result<PathBuf, Box<dyn Error>> {
+    start
+        .ancestors()
+        .map(|dir| dir.join("proto"))
+        .find(|candidate| candidate.is_dir())
+        .ok_or_else(|| format!("no proto/ directory above {}", start.display()).into())
+}

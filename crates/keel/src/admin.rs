@@ -1,0 +1,81 @@
+//! The admin HTTP listener: liveness, readiness and Prometheus metrics, on their own port.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::health::HealthRegistry;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+struct Admin {
+    health: HealthRegistry,
+    metrics: Arc<Metrics>,
+}
+
+/// Serves the admin endpoints until `shutdown` completes.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    health: HealthRegistry,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new()
+        .route("/healthz", get(liveness))
+        .route("/readyz", get(readiness))
+        .route("/metrics", get(render_metrics))
+        .fallback(not_found)
+        .with_state(Admin { health, metrics });
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(%error, "admin listener failed");
+    }
+}
+
+/// The process is alive and its runtime answers.
+async fn liveness() -> Response {
+    axum::Json(json!({ "status": "alive" })).into_response()
+}
+
+/// 200 while the server reports SERVING, 503 from the start of shutdown on.
+async fn readiness(State(admin): State<Admin>) -> Response {
+    if admin.health.is_serving() {
+        axum::Json(json!({ "status": "serving" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "not_serving" })),
+        )
+            .into_response()
+    }
+}
+
+async fn render_metrics(State(admin): State<Admin>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        admin.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(
+            json!({ "error": "not found", "endpoints": ["/healthz", "/readyz", "/metrics"] }),
+        ),
+    )
+        .into_response()
+}

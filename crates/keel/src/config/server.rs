@@ -1,0 +1,245 @@
+//! The server's settings. Every default is chosen for production and says why.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Validate, Violation};
+
+/// Everything a Keel server needs to start. `Default` is the production configuration.
+///
+/// Durations are written as `"30s"`, `"15m"`, `"500ms"`; a duration of `"0s"` switches the
+/// feature off where the field says so.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC listener. Loopback by default: exposing a port is a deliberate act.
+    pub listen: SocketAddr,
+    /// Admin HTTP listener (`/healthz`, `/readyz`, `/metrics`), kept off the RPC port so
+    /// probes and scrapes never compete with traffic or pass through its limits.
+    pub admin_listen: SocketAddr,
+    /// HTTP/2 transport settings.
+    pub http2: Http2Config,
+    /// Connection lifetime settings.
+    pub connection: ConnectionConfig,
+    /// Message size and concurrency limits.
+    pub limits: LimitsConfig,
+    /// Graceful shutdown settings.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            http2: Http2Config::default(),
+            connection: ConnectionConfig::default(),
+            limits: LimitsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+/// HTTP/2 settings advertised to and enforced on every connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http2Config {
+    /// Server-sent PING interval (`0s`: off). 60 s finds dead peers well before the common
+    /// idle-flow timeouts of NATs and cloud load balancers (350 s and up), which would
+    /// otherwise drop a quiet connection silently. grpc-go's 2 h default is too slow for that.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long to wait for a PING acknowledgement before closing the connection. 20 s, as
+    /// grpc-go: long enough for a loaded peer, short enough to free a dead one.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Concurrent streams one client may open on one connection. 1024 bounds the memory a
+    /// single connection can pin while leaving ample room for multiplexing; the server-wide
+    /// bound is `limits.concurrency_limit`.
+    pub max_concurrent_streams: u32,
+    /// Initial per-stream flow-control window. 1 MiB lets a single stream fill a fast link
+    /// (the protocol's 64 KiB stalls large messages on every round trip).
+    pub initial_stream_window: u32,
+    /// Initial connection flow-control window. 4 MiB: several streams can move large
+    /// messages at once without one starving the rest, while bounding buffered data.
+    pub initial_connection_window: u32,
+    /// Largest frame the server accepts. 16 KiB is the protocol default and what clients expect.
+    pub max_frame_size: u32,
+    /// Largest header block (metadata) accepted from a client. 16 KiB covers tokens and
+    /// trace headers; larger metadata usually means a bug, and each stream buffers it whole.
+    pub max_header_list_size: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            max_concurrent_streams: 1024,
+            initial_stream_window: 1 << 20,
+            initial_connection_window: 4 << 20,
+            max_frame_size: 16 << 10,
+            max_header_list_size: 16 << 10,
+        }
+    }
+}
+
+/// How long connections live and how they are told to leave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Disable Nagle's algorithm. gRPC messages are small and latency-bound; with Nagle and
+    /// delayed ACKs a response can wait 40 ms for nothing.
+    pub tcp_nodelay: bool,
+    /// Close (with GOAWAY) a connection that had no RPC in flight for this long (`0s`: off).
+    /// 15 min returns descriptors and memory held by clients that went quiet; a client
+    /// reconnects on its next call.
+    #[serde(with = "humantime_serde")]
+    pub max_idle: Duration,
+    /// Send GOAWAY to a connection after this age (`0s`: off). 30 min makes clients
+    /// re-resolve and rebalance after a scale-out, which long-lived HTTP/2 connections
+    /// otherwise never do.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Fraction (0 to 1) by which each connection's `max_age` is randomly shortened or
+    /// lengthened, ±10% by default, so clients that connected together do not all
+    /// reconnect together.
+    pub max_age_jitter: f64,
+    /// After the GOAWAY for age or idleness, in-flight RPCs get this long to finish before
+    /// the connection is closed. 30 s covers ordinary RPCs; a stream longer than that is
+    /// cut and its client reconnects.
+    #[serde(with = "humantime_serde")]
+    pub max_age_grace: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            tcp_nodelay: true,
+            max_idle: Duration::from_secs(15 * 60),
+            max_age: Duration::from_secs(30 * 60),
+            max_age_jitter: 0.1,
+            max_age_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Limits that keep one client or one burst from taking the server down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest message accepted, in bytes; larger ones fail with RESOURCE_EXHAUSTED.
+    /// 4 MiB, as every gRPC implementation, so peers agree on what fits.
+    pub max_recv_message_size: usize,
+    /// Largest message sent, in bytes; a larger response fails with RESOURCE_EXHAUSTED
+    /// instead of reaching a client that would reject it anyway. 4 MiB, matching the
+    /// receive default of every gRPC client.
+    pub max_send_message_size: usize,
+    /// RPCs in flight across the whole server (`0`: unlimited). Past it new RPCs fail fast
+    /// with RESOURCE_EXHAUSTED instead of queueing without bound: a queue only turns
+    /// overload into timeouts and memory growth. 4096 suits a small instance; size it to
+    /// what the service can hold in memory at once.
+    pub concurrency_limit: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_recv_message_size: 4 << 20,
+            max_send_message_size: 4 << 20,
+            concurrency_limit: 4096,
+        }
+    }
+}
+
+/// Graceful shutdown on SIGTERM or SIGINT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Time between reporting NOT_SERVING and refusing connections, during which RPCs are
+    /// still served. 5 s lets load balancers and Kubernetes endpoints notice and stop routing.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// Total time from the signal to exit. In-flight RPCs still running then are cut off.
+    /// 30 s matches Kubernetes' default termination grace period.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Validate for ServerConfig {
+    fn validate(&self) -> Vec<Violation> {
+        let mut bad = Vec::new();
+        let mut check = |ok: bool, key: &str, message: &str| {
+            if !ok {
+                bad.push(Violation::new(key, message));
+            }
+        };
+        let h2 = &self.http2;
+        check(
+            h2.keepalive_interval.is_zero() || !h2.keepalive_timeout.is_zero(),
+            "http2.keepalive_timeout",
+            "must be above 0s while http2.keepalive_interval is on",
+        );
+        check(
+            h2.max_concurrent_streams > 0,
+            "http2.max_concurrent_streams",
+            "must be at least 1",
+        );
+        // RFC 9113 §6.5.2 and §6.9.2 bound these settings.
+        check(
+            (65_535..=(1 << 31) - 1).contains(&h2.initial_stream_window),
+            "http2.initial_stream_window",
+            "must be between 65535 and 2147483647 bytes",
+        );
+        check(
+            (65_535..=(1 << 31) - 1).contains(&h2.initial_connection_window),
+            "http2.initial_connection_window",
+            "must be between 65535 and 2147483647 bytes",
+        );
+        check(
+            (16_384..=16_777_215).contains(&h2.max_frame_size),
+            "http2.max_frame_size",
+            "must be between 16384 and 16777215 bytes",
+        );
+        check(
+            h2.max_header_list_size >= 1024,
+            "http2.max_header_list_size",
+            "must be at least 1024 bytes",
+        );
+        let conn = &self.connection;
+        check(
+            (0.0..=1.0).contains(&conn.max_age_jitter),
+            "connection.max_age_jitter",
+            "must be a fraction between 0 and 1",
+        );
+        let limits = &self.limits;
+        check(
+            limits.max_recv_message_size > 0,
+            "limits.max_recv_message_size",
+            "must be at least 1 byte",
+        );
+        check(
+            limits.max_send_message_size > 0,
+            "limits.max_send_message_size",
+            "must be at least 1 byte",
+        );
+        let shutdown = &self.shutdown;
+        check(
+            shutdown.drain_delay < shutdown.timeout,
+            "shutdown.drain_delay",
+            "must be shorter than shutdown.timeout, or in-flight RPCs get no time to finish",
+        );
+        bad
+    }
+}

@@ -1,0 +1,22 @@
+//! Per-request tower middleware that every Keel server stacks in front of its services.
+//!
+//! Outermost first, each layer sitting where it does for a reason:
+//! 1. [`Track`]: accounts an RPC from arrival until its response body is gone, so the
+//!    live-handler gauge and connection idleness also see RPCs refused further in;
+//! 2. [`MessageLimit`]: enforces message sizes on every service, including ones whose
+//!    generated code Keel does not configure (health, reflection, users' services);
+//! 3. [`LoadShed`]: refuses RPCs past the server-wide concurrency limit at once, with
+//!    RESOURCE_EXHAUSTED, instead of queueing them.
+
+mod guard;
+mod load_shed;
+mod message_limit;
+mod track;
+
+pub use guard::{GuardedBody, GuardedFuture};
+pub use load_shed::{LoadShed, LoadShedLayer};
+pub use message_limit::{LimitedBody, MessageLimit, MessageLimitLayer};
+pub use track::{ConnectionActivity, RpcGuard, Track, TrackLayer};
+
+/// The error type of request bodies after Keel's layers.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,211 @@
+//! Assembles services, health, reflection and metrics, then binds the listeners.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+use super::shutdown::{self, ShutdownReport};
+use crate::config::ServerConfig;
+use crate::health::pb::health_server::HealthServer;
+use crate::health::{self, HealthRegistry, HealthService, ServingStatus};
+use crate::metrics::Metrics;
+
+/// Why a server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `gRPC` or `admin`.
+        what: &'static str,
+        /// The I/O error (e.g. address in use).
+        source: std::io::Error,
+    },
+    /// A descriptor set given for reflection does not decode.
+    #[error("invalid file descriptor set for reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Installing the signal handlers failed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Entry point: `Server::builder(config)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Server;
+
+impl Server {
+    /// Starts building a server with `config` (use `ServerConfig::default()` for production
+    /// defaults).
+    pub fn builder(config: ServerConfig) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            routes: Routes::default(),
+            services: Vec::new(),
+            descriptor_sets: vec![health::FILE_DESCRIPTOR_SET],
+            health: HealthRegistry::new(),
+            metrics: Metrics::new(),
+        }
+    }
+}
+
+/// Collects services, then [`ServerBuilder::bind`]s.
+///
+/// Health (`grpc.health.v1.Health`) and reflection (v1 and v1alpha) are always registered;
+/// every added service is reported SERVING under its full name.
+pub struct ServerBuilder {
+    config: ServerConfig,
+    routes: Routes,
+    services: Vec<&'static str>,
+    descriptor_sets: Vec<&'static [u8]>,
+    health: HealthRegistry,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .field("services", &self.services)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerBuilder {
+    /// Adds a tonic service (a generated `...Server<T>`).
+    #[must_use]
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.services.push(S::NAME);
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Adds an encoded `FileDescriptorSet` (with imports) to what reflection serves.
+    #[must_use]
+    pub fn file_descriptor_set(mut self, encoded: &'static [u8]) -> Self {
+        self.descriptor_sets.push(encoded);
+        self
+    }
+
+    /// The health registry, for services that report their own status.
+    pub fn health(&self) -> HealthRegistry {
+        self.health.clone()
+    }
+
+    /// The metrics registry, for services to register their own metrics before binding.
+    pub fn metrics_registry(&mut self) -> &mut prometheus_client::registry::Registry {
+        self.metrics.registry_mut()
+    }
+
+    /// Binds the gRPC and admin listeners. Nothing is served until [`BoundServer::serve`].
+    pub async fn bind(self) -> Result<BoundServer, ServerError> {
+        let mut reflection = tonic_reflection::server::Builder::configure();
+        for set in &self.descriptor_sets {
+            reflection = reflection.register_encoded_file_descriptor_set(set);
+        }
+        let mut reflection_alpha = tonic_reflection::server::Builder::configure();
+        for set in &self.descriptor_sets {
+            reflection_alpha = reflection_alpha.register_encoded_file_descriptor_set(set);
+        }
+        let health_service = HealthService::new(self.health.clone()).into_service();
+        let routes = self
+            .routes
+            .add_service(health_service)
+            .add_service(reflection.build_v1()?)
+            .add_service(reflection_alpha.build_v1alpha()?)
+            .prepare();
+        let standard = [
+            <HealthServer<HealthService> as NamedService>::NAME,
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ];
+        for name in self.services.iter().chain(&standard) {
+            self.health.set(name, ServingStatus::Serving);
+        }
+
+        let listener = bind(self.config.listen, "gRPC").await?;
+        let admin = bind(self.config.admin_listen, "admin").await?;
+        Ok(BoundServer {
+            listener,
+            admin,
+            routes,
+            config: Arc::new(self.config),
+            health: self.health,
+            metrics: Arc::new(self.metrics),
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, what, source })
+}
+
+/// A server with bound listeners, ready to serve.
+#[derive(Debug)]
+pub struct BoundServer {
+    pub(super) listener: TcpListener,
+    pub(super) admin: TcpListener,
+    pub(super) routes: Routes,
+    pub(super) config: Arc<ServerConfig>,
+    pub(super) health: HealthRegistry,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl BoundServer {
+    /// The gRPC listener's address (with the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The health registry.
+    pub fn health(&self) -> HealthRegistry {
+        self.health.clone()
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully; a second signal skips
+    /// straight to closing every connection.
+    pub async fn serve_until_signal(self) -> Result<ShutdownReport, ServerError> {
+        let signals = shutdown::Signals::install().map_err(ServerError::Signals)?;
+        Ok(shutdown::run(self, signals).await)
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully within the configured
+    /// deadline.
+    pub async fn serve<F>(self, shutdown: F) -> ShutdownReport
+    where
+        F: std::future::Future<Output = ()> + Send,
+    {
+        shutdown::run(self, shutdown::Trigger::new(shutdown)).await
+    }
+}

@@ -1,0 +1,164 @@
+//! Shared fixture: a Keel server in-process on ephemeral loopback ports.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the fixture"
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel::config::ServerConfig;
+use keel::health::HealthRegistry;
+use keel::metrics::Metrics;
+use keel::server::ShutdownReport;
+use keel::{Server, ServerBuilder};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A test configuration: ephemeral ports, no drain delay, short deadline.
+pub fn config() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.shutdown.drain_delay = Duration::ZERO;
+    config.shutdown.timeout = Duration::from_secs(5);
+    config
+}
+
+/// A running server; `stop` shuts it down gracefully.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub health: HealthRegistry,
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<ShutdownReport>>,
+}
+
+impl TestServer {
+    /// Starts a server with `config` and the Greeter, plus whatever `add` registers.
+    pub async fn start(config: ServerConfig) -> Self {
+        Self::start_with(config, |b| b).await
+    }
+
+    /// Starts a server with `config`, the Greeter and the services `add` registers.
+    pub async fn start_with(
+        config: ServerConfig,
+        add: impl FnOnce(ServerBuilder) -> ServerBuilder,
+    ) -> Self {
+        let builder = Server::builder(config)
+            .add_service(keel_interop::Greeter.into_service())
+            .file_descriptor_set(keel_interop::FILE_DESCRIPTOR_SET);
+        let server = add(builder).bind().await.expect("bind");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (addr, admin, health, metrics) = (
+            server.local_addr(),
+            server.admin_addr(),
+            server.health(),
+            server.metrics(),
+        );
+        let task = tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            admin,
+            health,
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// `http://ADDR` for tonic clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A fresh tonic channel to the server.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// Starts graceful shutdown without waiting for it.
+    pub fn trigger_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts down and returns the report.
+    pub async fn stop(mut self) -> ShutdownReport {
+        self.trigger_stop();
+        self.task.take().unwrap().await.expect("server task")
+    }
+
+    /// GETs an admin path; returns status and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path).await
+    }
+
+    /// The value of one sample line of /metrics (`name{labels}` exactly as rendered).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.admin_get("/metrics").await;
+        parse_metric(&text, series)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Finds `series` (name plus optional `{labels}`) in a Prometheus text exposition.
+pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket (status code and body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect admin");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().expect("status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, dechunk(&body))
+}
+
+/// Decodes a chunked transfer-encoded body (or returns it unchanged if not chunked).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_owned();
+        };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_owned();
+        };
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
