@@ -23,6 +23,7 @@ pub struct Protos {
     name: String,
     files: Vec<String>,
     root: Option<PathBuf>,
+    includes: Vec<PathBuf>,
     extern_paths: Vec<(String, String)>,
 }
 
@@ -33,6 +34,7 @@ impl Protos {
             name: name.to_owned(),
             files: files.iter().map(|f| (*f).to_owned()).collect(),
             root: None,
+            includes: Vec::new(),
             extern_paths: Vec::new(),
         }
     }
@@ -41,6 +43,13 @@ impl Protos {
     #[must_use]
     pub fn root(mut self, root: impl Into<PathBuf>) -> Self {
         self.root = Some(root.into());
+        self
+    }
+
+    /// Adds a further import directory, searched after the root.
+    #[must_use]
+    pub fn include(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.includes.push(dir.into());
         self
     }
 
@@ -55,15 +64,7 @@ impl Protos {
     /// Compiles, writes `$OUT_DIR/<name>.bin` and the generated Rust modules.
     pub fn compile(self) -> Result<(), Box<dyn Error>> {
         let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-        let root = match self.root {
-            Some(root) => root,
-            None => find_proto_root(Path::new(&std::env::var("CARGO_MANIFEST_DIR")?))?,
-        };
-        println!("cargo:rerun-if-changed={}", root.display());
-
-        let mut compiler = protox::Compiler::new([&root])?;
-        compiler.include_imports(true).include_source_info(true);
-        compiler.open_files(&self.files)?;
+        let compiler = self.parse()?;
         std::fs::write(
             out_dir.join(format!("{}.bin", self.name)),
             compiler.encode_file_descriptor_set(),
@@ -75,6 +76,25 @@ impl Protos {
         }
         builder.compile_fds(compiler.file_descriptor_set())?;
         Ok(())
+    }
+}
+
+impl Protos {
+    /// The encoded `FileDescriptorSet`, exactly as [`Protos::compile`] writes it.
+    pub fn encoded_descriptor_set(&self) -> Result<Vec<u8>, Box<dyn Error>> {
+        Ok(self.parse()?.encode_file_descriptor_set())
+    }
+
+    fn parse(&self) -> Result<protox::Compiler, Box<dyn Error>> {
+        let root = match &self.root {
+            Some(root) => root.clone(),
+            None => find_proto_root(Path::new(&std::env::var("CARGO_MANIFEST_DIR")?))?,
+        };
+        println!("cargo:rerun-if-changed={}", root.display());
+        let mut compiler = protox::Compiler::new(std::iter::once(&root).chain(&self.includes))?;
+        compiler.include_imports(true).include_source_info(true);
+        compiler.open_files(&self.files)?;
+        Ok(compiler)
     }
 }
 

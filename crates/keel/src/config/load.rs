@@ -176,11 +176,19 @@ impl Loader {
         env.sort();
         for (rest, var, value) in env {
             let origin = format!("environment variable {var}");
-            let key = leaves
+            let Some(key) = leaves
                 .keys()
                 .find(|key| key.replace('.', "_").eq_ignore_ascii_case(rest))
                 .cloned()
-                .ok_or_else(|| unknown(rest.to_ascii_lowercase(), &origin, &leaves))?;
+            else {
+                // Other tools may share the prefix, so this is a warning, not an error.
+                tracing::warn!(
+                    variable = %var,
+                    "ignoring {var}: it names no config key (known keys: {})",
+                    leaves.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+                continue;
+            };
             let typed = scalar(&leaves[&key], value, &key, &origin)?;
             set_path(&mut merged, &key, typed);
             origins.insert(key, origin);
@@ -419,13 +427,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_env_variable_is_rejected() {
+    fn unknown_env_variable_is_ignored_but_unknown_flag_is_not() {
+        let config: ServerConfig = loader().env([("KEEL_HTTP2_WINDOW", "1")]).load().unwrap();
+        assert_eq!(config, ServerConfig::default());
         let msg = loader()
-            .env([("KEEL_HTTP2_WINDOW", "1")])
+            .set("http2.window", "1", "--set")
             .load::<ServerConfig>()
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("unknown config key `http2_window`"), "{msg}");
+        assert!(
+            msg.contains("unknown config key `http2.window` (from --set)"),
+            "{msg}"
+        );
         assert!(msg.contains("http2.initial_stream_window"), "{msg}");
     }
 

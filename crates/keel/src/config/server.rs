@@ -70,6 +70,11 @@ pub struct Http2Config {
     /// Largest header block (metadata) accepted from a client. 16 KiB covers tokens and
     /// trace headers; larger metadata usually means a bug, and each stream buffers it whole.
     pub max_header_list_size: u32,
+    /// Streams a client may open and reset before the server got to accept them; past it the
+    /// connection is closed with ENHANCE_YOUR_CALM. This bounds the HTTP/2 rapid-reset attack
+    /// (CVE-2023-44487). 256, not h2's 20: a busy server accepts late, and gRPC clients that
+    /// cancel in bursts (hedging, fan-out with early exit) would otherwise lose their connection.
+    pub max_pending_accept_reset_streams: usize,
 }
 
 impl Default for Http2Config {
@@ -82,6 +87,7 @@ impl Default for Http2Config {
             initial_connection_window: 4 << 20,
             max_frame_size: 16 << 10,
             max_header_list_size: 16 << 10,
+            max_pending_accept_reset_streams: 256,
         }
     }
 }

@@ -51,7 +51,8 @@ impl ConnectionShared {
             .initial_connection_window_size(h2.initial_connection_window)
             .max_concurrent_streams(h2.max_concurrent_streams)
             .max_frame_size(h2.max_frame_size)
-            .max_header_list_size(h2.max_header_list_size);
+            .max_header_list_size(h2.max_header_list_size)
+            .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams);
         if !h2.keepalive_interval.is_zero() {
             http2
                 .keep_alive_interval(h2.keepalive_interval)

@@ -1,0 +1,55 @@
+//! `keel`: one binary for Keel's tools. It parses arguments, builds configuration, calls the
+//! libraries and maps errors to exit codes; nothing else lives here.
+
+mod interop;
+mod logging;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Keel: production gRPC services for Rust.
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve helloworld.Greeter and grpc.testing.TestService with Keel's full default stack
+    /// (health, reflection, admin endpoints, graceful shutdown).
+    Serve(serve::ServeArgs),
+    /// Run the standard gRPC interop test cases against a server.
+    InteropClient(interop::InteropArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(error) = logging::init() {
+        eprintln!("keel: {error:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("keel: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::InteropClient(args) => interop::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("keel: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
