@@ -216,7 +216,14 @@ impl Loader {
             let key = if key == "." { String::new() } else { key };
             ConfigError::Invalid {
                 origin: origin_of(&key),
-                message: e.into_inner().to_string(),
+                // toml repeats the path on a second line; the key is already named.
+                message: e
+                    .into_inner()
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
                 key,
             }
         })?;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::config::ServerConfig;
+use keel::config::{ServerConfig, ShutdownConfig};
 use keel::health::HealthRegistry;
 use keel::metrics::Metrics;
 use keel::server::ShutdownReport;
@@ -18,12 +18,15 @@ use tokio::task::JoinHandle;
 
 /// A test configuration: ephemeral ports, no drain delay, short deadline.
 pub fn config() -> ServerConfig {
-    let mut config = ServerConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.admin_listen = "127.0.0.1:0".parse().unwrap();
-    config.shutdown.drain_delay = Duration::ZERO;
-    config.shutdown.timeout = Duration::from_secs(5);
-    config
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        shutdown: ShutdownConfig {
+            drain_delay: Duration::ZERO,
+            timeout: Duration::from_secs(5),
+        },
+        ..ServerConfig::default()
+    }
 }
 
 /// A running server; `stop` shuts it down gracefully.

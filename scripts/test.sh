@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# The project's single test command, for developers and CI (.ci/run) alike:
+#   1. local services the tests use are up (installed and started if need be);
+#   2. .venv has tests/python/requirements.txt (the Python grpcio peer);
+#   3. cargo fmt --check, 4. clippy -D warnings, 5. tests (nextest if installed), 6. doctests.
+# Runs as root on a fresh Debian machine in CI; fast when everything is already in place.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+START_TIME=$SECONDS
+
+step() {
+    printf '\n==> %s  [+%ss]\n' "$*" "$((SECONDS - START_TIME))"
+}
+
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# --------------------------------------------------------------------------- services
+
+APT_UPDATED=0
+
+apt_install() {
+    if [[ $APT_UPDATED -eq 0 ]]; then
+        apt-get update -q
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# The start commands are the machine's own (see the machine notes); each is idempotent
+# enough to rerun when the port is closed.
+start_postgresql() {
+    local version
+    version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+    [[ -n $version ]] || die "PostgreSQL is installed but has no cluster in /etc/postgresql"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+}
+
+start_redis() {
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+}
+
+start_mosquitto() {
+    mkdir -p /run/mosquitto
+    chown mosquitto: /run/mosquitto 2>/dev/null || true
+    mosquitto -d -c /etc/mosquitto/mosquitto.conf
+}
+
+start_nats() {
+    mkdir -p /var/lib/nats-server
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+        -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+}
+
+start_rabbitmq() {
+    rabbitmq-server -detached
+}
+
+# ensure_service NAME PORT BINARY PACKAGE WAIT_SECONDS START_FUNCTION
+# Nothing to do if PORT is open. Otherwise installs PACKAGE if BINARY is missing, runs
+# START_FUNCTION, and waits up to WAIT_SECONDS for the port.
+ensure_service() {
+    local name=$1 port=$2 binary=$3 package=$4 wait_seconds=$5 start=$6
+    if port_open "$port"; then
+        echo "$name: up on 127.0.0.1:$port"
+        return
+    fi
+    if ! command -v "$binary" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$binary ]]; then
+        echo "$name: not installed; installing Debian package $package"
+        apt_install "$package"
+    fi
+    if port_open "$port"; then # the package's install script may have started it
+        echo "$name: up on 127.0.0.1:$port"
+        return
+    fi
+    echo "$name: starting"
+    "$start" || echo "$name: start command exited with $? (waiting for the port anyway)"
+    local deadline=$((SECONDS + wait_seconds))
+    until port_open "$port"; do
+        if ((SECONDS >= deadline)); then
+            die "$name did not open 127.0.0.1:$port within ${wait_seconds}s (start: $start)"
+        fi
+        sleep 0.5
+    done
+    echo "$name: up on 127.0.0.1:$port"
+}
+
+ensure_services() {
+    ensure_service PostgreSQL 5432 pg_ctlcluster postgresql 60 start_postgresql
+    ensure_service Redis 6379 redis-server redis-server 30 start_redis
+    ensure_service Mosquitto 1883 mosquitto mosquitto 30 start_mosquitto
+    ensure_service NATS 4222 nats-server nats-server 30 start_nats
+    ensure_service RabbitMQ 5672 rabbitmq-server rabbitmq-server 120 start_rabbitmq
+}
+
+# --------------------------------------------------------------------------- python
+
+VENV="$ROOT/.venv"
+REQUIREMENTS="$ROOT/tests/python/requirements.txt"
+STAMP="$VENV/.requirements.sha256"
+
+# Creates .venv and installs the requirements, unless the installed set matches the
+# current requirements.txt (recorded as its hash) and still imports.
+ensure_venv() {
+    local want
+    want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
+    if [[ -x $VENV/bin/python && -f $STAMP && "$(cat "$STAMP")" == "$want" ]] &&
+        "$VENV/bin/python" -c 'import grpc, grpc_tools, grpc_health, grpc_reflection' 2>/dev/null; then
+        echo "venv: up to date ($VENV)"
+        return
+    fi
+    if ! "$VENV/bin/python" -c '' 2>/dev/null; then
+        echo "venv: creating $VENV"
+        rm -rf "$VENV"
+        python3 -m venv "$VENV" || {
+            rm -rf "$VENV"
+            apt_install python3-venv
+            python3 -m venv "$VENV"
+        }
+    fi
+    echo "venv: installing $REQUIREMENTS"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+    echo "$want" >"$STAMP"
+}
+
+# --------------------------------------------------------------------------- main
+
+step "services"
+ensure_services
+
+step "python venv"
+ensure_venv
+# The Rust tests find this venv's python themselves (tests/common/python.rs). Not exported
+# as KEEL_TEST_PYTHON: `keel serve` treats every KEEL_* variable it doesn't know as a config
+# error, and the test fixture passes its environment on to `keel serve`.
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+if command -v cargo-nextest >/dev/null 2>&1; then
+    step "cargo nextest run"
+    cargo nextest run --workspace --profile ci
+else
+    step "cargo test (cargo-nextest not installed)"
+    cargo test --workspace --all-targets -- --test-threads 2
+fi
+
+step "doctests"
+cargo test --workspace --doc
+
+step "all passed in $((SECONDS - START_TIME))s"
