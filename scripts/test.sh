@@ -2,7 +2,8 @@
 # The project's single test command, for developers and CI (.ci/run) alike:
 #   1. local services the tests use are up (installed and started if need be);
 #   2. .venv has tests/python/requirements.txt (the Python grpcio peer);
-#   3. cargo fmt --check, 4. clippy -D warnings, 5. tests (nextest if installed), 6. doctests.
+#   3. cargo fmt --check, 4. clippy -D warnings, 5. tests (nextest if installed), 6. doctests,
+#   7. cargo doc with warnings denied.
 # Runs as root on a fresh Debian machine in CI; fast when everything is already in place.
 set -euo pipefail
 
@@ -161,5 +162,8 @@ fi
 
 step "doctests"
 cargo test --workspace --doc
+
+step "cargo doc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 step "all passed in $((SECONDS - START_TIME))s"

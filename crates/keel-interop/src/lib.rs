@@ -10,12 +10,12 @@
 /// Code generated from `proto/helloworld` and `proto/grpc/testing`.
 pub mod pb {
     /// `package helloworld`.
-    #[allow(missing_docs, reason = "generated code")]
+    #[allow(missing_docs, rustdoc::bare_urls, reason = "generated code")]
     pub mod helloworld {
         tonic::include_proto!("helloworld");
     }
     /// `package grpc.testing`.
-    #[allow(missing_docs, reason = "generated code")]
+    #[allow(missing_docs, rustdoc::bare_urls, reason = "generated code")]
     pub mod grpc_testing {
         tonic::include_proto!("grpc.testing");
     }

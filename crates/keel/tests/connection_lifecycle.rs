@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{TestServer, config};
-use keel::health::pb::HealthCheckRequest;
-use keel::health::pb::health_client::HealthClient;
 use keel_interop::pb::helloworld::HelloRequest;
 use keel_interop::pb::helloworld::greeter_client::GreeterClient;
 use tokio_stream::StreamExt;
@@ -109,15 +107,7 @@ async fn stream_outliving_the_grace_period_is_cut() {
     cfg.connection.max_age_jitter = 0.0;
     cfg.connection.max_age_grace = Duration::from_millis(300);
     let server = TestServer::start(cfg).await;
-    let mut health = HealthClient::new(server.channel().await);
-    let mut stream = health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    stream.next().await.unwrap().unwrap();
+    let mut stream = common::open_watch(server.channel().await).await;
     // The watch never ends by itself; age (200 ms) + grace (300 ms) ends it.
     let end = tokio::time::timeout(Duration::from_secs(3), stream.next())
         .await
@@ -165,15 +155,7 @@ async fn busy_connection_is_not_idle() {
     let mut cfg = config();
     cfg.connection.max_idle = Duration::from_millis(200);
     let server = TestServer::start(cfg).await;
-    let mut health = HealthClient::new(server.channel().await);
-    let mut stream = health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    stream.next().await.unwrap().unwrap();
+    let _stream = common::open_watch(server.channel().await).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         server

@@ -13,7 +13,6 @@ use keel::health::pb::HealthCheckRequest;
 use keel::health::pb::health_client::HealthClient;
 use keel_interop::pb::helloworld::HelloRequest;
 use keel_interop::pb::helloworld::greeter_client::GreeterClient;
-use tokio_stream::StreamExt;
 use tonic::Code;
 
 fn hello(name: impl Into<String>) -> HelloRequest {
@@ -163,19 +162,10 @@ async fn concurrency_limit_sheds_with_resource_exhausted() {
     cfg.limits.concurrency_limit = 2;
     let server = TestServer::start(cfg).await;
     let channel = server.channel().await;
-    let mut health = HealthClient::new(channel.clone());
     // Two never-ending streams hold both permits.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut stream = health
-            .watch(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        stream.next().await.unwrap().unwrap();
-        held.push(stream);
+        held.push(common::open_watch(channel.clone()).await);
     }
     let err = GreeterClient::new(channel.clone())
         .say_hello(hello("shed"))

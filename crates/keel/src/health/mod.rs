@@ -10,7 +10,7 @@ pub use registry::{HealthRegistry, ServingStatus};
 pub use service::HealthService;
 
 /// Code generated from `proto/grpc/health/v1/health.proto`.
-#[allow(missing_docs, reason = "generated code")]
+#[allow(missing_docs, rustdoc::bare_urls, reason = "generated code")]
 pub mod pb {
     tonic::include_proto!("grpc.health.v1");
 }

@@ -16,7 +16,7 @@ mod track;
 pub use guard::{GuardedBody, GuardedFuture};
 pub use load_shed::{LoadShed, LoadShedLayer};
 pub use message_limit::{LimitedBody, MessageLimit, MessageLimitLayer};
-pub use track::{ConnectionActivity, RpcGuard, Track, TrackLayer};
+pub use track::{ActivitySample, ConnectionActivity, RpcGuard, Track, TrackLayer};
 
 /// The error type of request bodies after Keel's layers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -14,8 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rand::Rng;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until};
+use tokio::sync::{oneshot, watch};
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tower::ServiceBuilder;
@@ -102,7 +101,28 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
+/// Why a connection is asked to leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    MaxAge,
+    MaxIdle,
+    Shutdown,
+}
+
+impl Leave {
+    fn label(self) -> &'static str {
+        match self {
+            Leave::MaxAge => "max_age",
+            Leave::MaxIdle => "max_idle",
+            Leave::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Serves `tcp` until the connection ends, leaves, or is closed after its grace period.
+///
+/// The timers that decide leaving run in a separate small task, so that the connection
+/// task, woken for every frame, polls only the connection and one channel.
 pub(super) async fn drive(tcp: TcpStream, shared: Arc<ConnectionShared>) {
     let info = tcp.connect_info();
     let peer = info.remote_addr();
@@ -129,76 +149,102 @@ pub(super) async fn drive(tcp: TcpStream, shared: Arc<ConnectionShared>) {
         .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
     tokio::pin!(connection);
 
-    let lifetime = &shared.lifetime;
-    let far = Instant::now() + Duration::from_secs(86_400 * 365);
-    let age_deadline = shared
-        .jittered_max_age()
-        .map_or(far, |age| Instant::now() + age);
-    let mut idle_check = if lifetime.max_idle.is_zero() {
-        far
-    } else {
-        Instant::now() + lifetime.max_idle
-    };
-    let mut goaway = shared.goaway.clone();
-    // Set once GOAWAY was sent for age or idleness: when the grace period ends.
-    let mut grace_deadline: Option<Instant> = None;
-    let mut shutting_down = false;
-
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(?peer, %error, "connection ended with an error");
-                }
-                return;
+    let (leave_tx, leave_rx) = oneshot::channel();
+    let lifetime = AbortOnDrop(tokio::spawn(watch_lifetime(
+        shared.clone(),
+        activity.clone(),
+        leave_tx,
+    )));
+    let reason = tokio::select! {
+        biased;
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(?peer, %error, "connection ended with an error");
             }
-            _ = sleep_until(age_deadline), if grace_deadline.is_none() && !shutting_down => {
-                tracing::debug!(?peer, "max connection age reached; sending GOAWAY");
-                leave(&shared.metrics, connection.as_mut(), "max_age");
-                grace_deadline = Some(Instant::now() + lifetime.max_age_grace);
-            }
-            _ = sleep_until(idle_check), if grace_deadline.is_none() && !shutting_down => {
-                match activity.idle_for() {
-                    Some(idle) if idle >= lifetime.max_idle => {
-                        tracing::debug!(?peer, ?idle, "connection idle; sending GOAWAY");
-                        leave(&shared.metrics, connection.as_mut(), "max_idle");
-                        grace_deadline = Some(Instant::now() + lifetime.max_age_grace);
-                    }
-                    Some(idle) => idle_check = Instant::now() + (lifetime.max_idle - idle),
-                    None => idle_check = Instant::now() + lifetime.max_idle,
-                }
-            }
-            changed = goaway.wait_for(|leave| *leave), if !shutting_down => {
-                shutting_down = true;
-                // A sender dropped without asking means the server is gone: leave as well.
-                let _ = changed;
-                if grace_deadline.is_none() {
-                    leave(&shared.metrics, connection.as_mut(), "shutdown");
-                }
-            }
-            _ = sleep_until(grace_deadline.unwrap_or(far)), if grace_deadline.is_some() => {
-                tracing::info!(?peer, rpcs = activity.active(), "grace period over; closing connection");
-                shared.metrics.forced_closes.inc();
-                return;
-            }
+            return;
         }
+        reason = leave_rx => reason.unwrap_or(Leave::Shutdown),
+    };
+    drop(lifetime);
+
+    tracing::debug!(?peer, reason = reason.label(), "sending GOAWAY");
+    shared
+        .metrics
+        .goaways
+        .get_or_create(&GoawayLabels {
+            reason: reason.label(),
+        })
+        .inc();
+    connection.as_mut().graceful_shutdown();
+    if reason == Leave::Shutdown {
+        // The server's shutdown deadline bounds this wait: it aborts this task.
+        let _ = connection.await;
+        return;
+    }
+    let grace = shared.lifetime.max_age_grace;
+    if tokio::time::timeout(grace, connection).await.is_err() {
+        tracing::info!(
+            ?peer,
+            rpcs = activity.active(),
+            reason = reason.label(),
+            "grace period over; closing connection"
+        );
+        shared.metrics.forced_closes.inc();
     }
 }
 
-fn leave<I, S>(
-    metrics: &Metrics,
-    connection: std::pin::Pin<&mut hyper::server::conn::http2::Connection<I, S, TokioExecutor>>,
-    reason: &'static str,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-    S: hyper::service::HttpService<Incoming>,
-    S::ResBody: hyper::body::Body + Send + 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    metrics
-        .goaways
-        .get_or_create(&GoawayLabels { reason })
-        .inc();
-    connection.graceful_shutdown();
+/// Aborts the task when dropped, so a connection's helper never outlives it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Waits until the connection must leave (age, idleness or server shutdown) and says why.
+async fn watch_lifetime(
+    shared: Arc<ConnectionShared>,
+    activity: Arc<ConnectionActivity>,
+    leave: oneshot::Sender<Leave>,
+) {
+    let mut goaway = shared.goaway.clone();
+    let age = async {
+        match shared.jittered_max_age() {
+            Some(age) => tokio::time::sleep(age).await,
+            None => std::future::pending().await,
+        }
+    };
+    let reason = tokio::select! {
+        _ = age => Leave::MaxAge,
+        _ = idle(&activity, shared.lifetime.max_idle) => Leave::MaxIdle,
+        // A dropped sender means the server is gone: leave as well.
+        _ = goaway.wait_for(|leave| *leave) => Leave::Shutdown,
+    };
+    let _ = leave.send(reason);
+}
+
+/// Completes once the connection had no RPC at any moment for `max_idle` (never if zero).
+///
+/// Samples activity every half period: three equal samples with nothing active span a full
+/// period without an RPC, so idleness is seen between `max_idle` and 1.5 × `max_idle`.
+async fn idle(activity: &ConnectionActivity, max_idle: Duration) {
+    if max_idle.is_zero() {
+        return std::future::pending().await;
+    }
+    let mut quiet_samples = 0;
+    let mut previous = activity.sample();
+    loop {
+        tokio::time::sleep(max_idle / 2).await;
+        let sample = activity.sample();
+        if sample.active == 0 && sample == previous {
+            quiet_samples += 1;
+            if quiet_samples >= 2 {
+                return;
+            }
+        } else {
+            quiet_samples = 0;
+        }
+        previous = sample;
+    }
 }

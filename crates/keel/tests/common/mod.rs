@@ -121,6 +121,25 @@ impl Drop for TestServer {
     }
 }
 
+/// Opens a never-ending health `Watch` of the whole server and reads its first message:
+/// an RPC that stays in flight until dropped.
+pub async fn open_watch(
+    channel: tonic::transport::Channel,
+) -> tonic::Streaming<keel::health::pb::HealthCheckResponse> {
+    use tokio_stream::StreamExt;
+    let mut client = keel::health::pb::health_client::HealthClient::new(channel);
+    let request = keel::health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut stream = client.watch(request).await.expect("watch").into_inner();
+    stream
+        .next()
+        .await
+        .expect("first status")
+        .expect("first status");
+    stream
+}
+
 /// Finds `series` (name plus optional `{labels}`) in a Prometheus text exposition.
 pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
