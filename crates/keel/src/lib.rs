@@ -20,10 +20,12 @@
 //!
 //! Structure: [`config`] (typed, layered settings), [`server`] (builder, accept loop,
 //! connections, shutdown), [`layer`] (per-request middleware), [`health`], [`metrics`],
+//! [`error`] (business errors as rich `google.rpc.Status` details, and reading them back),
 //! and the admin listener.
 
 mod admin;
 pub mod config;
+pub mod error;
 pub mod health;
 pub mod layer;
 pub mod metrics;
