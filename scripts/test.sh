@@ -2,7 +2,7 @@
 # The project's single test command, for developers and CI (.ci/run) alike:
 #   1. local services the tests use are up (installed and started if need be);
 #   2. .venv has tests/python/requirements.txt (the Python grpcio peer);
-#   3. cargo fmt --check, 4. clippy -D warnings, 5. tests (nextest if installed), 6. doctests,
+#   3. cargo fmt --check, buf lint of proto/, 4. clippy -D warnings, 5. tests (nextest if installed), 6. doctests,
 #   7. cargo doc with warnings denied.
 # Runs as root on a fresh Debian machine in CI; fast when everything is already in place.
 set -euo pipefail
@@ -148,6 +148,13 @@ ensure_venv
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "buf lint (proto/ by buf's STANDARD rules)"
+if ! command -v npx >/dev/null 2>&1; then
+    echo "npx not found; installing Debian's nodejs and npm"
+    apt_install nodejs npm
+fi
+npx --yes @bufbuild/buf@1.75.0 lint proto
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -2,7 +2,6 @@
 //! libraries and maps errors to exit codes; nothing else lives here.
 
 mod interop;
-mod logging;
 mod serve;
 
 use std::process::ExitCode;
@@ -28,7 +27,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = logging::init() {
+    if let Err(error) = keel::logging::init("KEEL") {
         eprintln!("keel: {error:#}");
         return ExitCode::from(2);
     }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod layer;
+pub mod logging;
 pub mod metrics;
 pub mod server;
 

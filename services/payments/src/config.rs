@@ -1,0 +1,117 @@
+//! The payments service's settings: Keel's server settings under `server`, plus storage,
+//! idempotency retention and the optional per-account rate limit. Loaded by
+//! [`keel::config::Loader`] with the `PAYMENTS` prefix (`PAYMENTS_DATABASE_URL`,
+//! `PAYMENTS_SERVER_LISTEN`, ...).
+
+use std::time::Duration;
+
+use keel::config::{ServerConfig, Validate, Violation};
+use serde::{Deserialize, Serialize};
+
+/// Everything `payments` needs to start. `Default` runs on embedded SQLite with no Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// Storage: `sqlite://PATH` (created if missing) or `postgres://...`. SQLite by default,
+    /// in `data/payments.db` under the working directory, so nothing needs installing.
+    pub database_url: String,
+    /// How long idempotency keys are kept. At least 24 h, as clients retry across a day.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_retention: Duration,
+    /// Payments per second one payer account may start (`0`: no limit).
+    pub rate_limit_per_account: u32,
+    /// Keel's server settings (listeners, HTTP/2, limits, shutdown).
+    pub server: ServerConfig,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://data/payments.db".to_owned(),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            rate_limit_per_account: 0,
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+impl Validate for PaymentsConfig {
+    fn validate(&self) -> Vec<Violation> {
+        let mut bad: Vec<Violation> = self
+            .server
+            .validate()
+            .into_iter()
+            .map(|v| Violation {
+                key: format!("server.{}", v.key),
+                message: v.message,
+            })
+            .collect();
+        let url = &self.database_url;
+        if !["sqlite://", "sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            bad.push(Violation::new(
+                "database_url",
+                "must start with sqlite:// (embedded) or postgres:// (server)",
+            ));
+        }
+        if self.idempotency_retention < Duration::from_secs(24 * 3600) {
+            bad.push(Violation::new(
+                "idempotency_retention",
+                "must be at least 24h: clients retry a failed request for up to a day",
+            ));
+        }
+        bad
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel::config::Loader;
+
+    fn loader() -> Loader {
+        Loader::new("PAYMENTS").env(Vec::<(String, String)>::new())
+    }
+
+    #[test]
+    fn defaults_run_on_sqlite() {
+        let config: PaymentsConfig = loader().load().unwrap();
+        assert!(config.database_url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn flags_and_environment_reach_nested_server_keys() {
+        let config: PaymentsConfig = loader()
+            .env([("PAYMENTS_SERVER_LISTEN", "127.0.0.1:7000")])
+            .set(
+                "database_url",
+                "postgres://postgres@127.0.0.1/test",
+                "--database-url",
+            )
+            .load()
+            .unwrap();
+        assert_eq!(config.server.listen.port(), 7000);
+        assert!(config.database_url.starts_with("postgres://"));
+    }
+
+    #[test]
+    fn bad_values_name_their_keys() {
+        for (key, value, expect) in [
+            ("database_url", "mysql://x", "`database_url`"),
+            ("idempotency_retention", "1h", "`idempotency_retention`"),
+            (
+                "server.shutdown.drain_delay",
+                "1h",
+                "`server.shutdown.drain_delay`",
+            ),
+        ] {
+            let err = loader()
+                .set(key, value, "--set")
+                .load::<PaymentsConfig>()
+                .unwrap_err();
+            assert!(err.to_string().contains(expect), "{key}: {err}");
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `payments`: the reference payments service, on Keel's server with all its defaults.
+//! Parses flags, loads configuration, opens the store and serves; nothing else lives here.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use keel::config::Loader;
+use payments::config::PaymentsConfig;
+use payments::service::Payments;
+use payments::store::{self, StoreConfig};
+
+/// How often expired idempotency keys are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The reference payments service: accounts, deposits, payments and refunds on a
+/// double-entry ledger, over gRPC (payments.v1), with health, reflection and an admin port.
+///
+/// Settings come from, lowest to highest: defaults (SQLite in ./data), `--config` file,
+/// PAYMENTS_* environment variables (e.g. PAYMENTS_DATABASE_URL), then flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "payments",
+    version,
+    after_help = "Examples:\n  \
+    payments\n  \
+    payments --database-url postgres://postgres@127.0.0.1:5432/payments\n  \
+    payments --print-config"
+)]
+struct Cli {
+    /// gRPC address to listen on [default: 127.0.0.1:50051]
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Admin HTTP address (/healthz, /readyz, /metrics) [default: 127.0.0.1:9090]
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_listen: Option<String>,
+    /// Storage: sqlite://PATH (embedded, created if missing) or postgres://USER@HOST/DB
+    /// [default: sqlite://data/payments.db]
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// TOML configuration file (keys as printed by --print-config)
+    #[arg(long, env = "PAYMENTS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. --set rate_limit_per_account=50 (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print the effective configuration as TOML and exit
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(error) = keel::logging::init("PAYMENTS") {
+        eprintln!("payments: {error}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("payments: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("payments: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<PaymentsConfig> {
+    let mut loader = Loader::new("PAYMENTS").file(cli.config.as_ref());
+    for pair in &cli.set {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--set expects KEY=VALUE, got {pair:?}"))?;
+        loader = loader.set(key.trim(), value.trim(), "--set");
+    }
+    let flags = [
+        ("server.listen", &cli.listen, "--listen"),
+        ("server.admin_listen", &cli.admin_listen, "--admin-listen"),
+        ("database_url", &cli.database_url, "--database-url"),
+    ];
+    for (key, value, flag) in flags {
+        if let Some(value) = value {
+            loader = loader.set(key, value, flag);
+        }
+    }
+    Ok(loader.load()?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(&cli)?;
+    if cli.print_config {
+        print!("{}", toml::to_string(&config)?);
+        return Ok(());
+    }
+    let store_config = StoreConfig::default().idempotency_retention(config.idempotency_retention);
+    let store = store::open_with(&config.database_url, store_config)
+        .await
+        .with_context(|| "cannot open storage (check --database-url)".to_owned())?;
+    tracing::info!(backend = store.backend(), "storage open");
+
+    let purger = tokio::spawn({
+        let (store, retention) = (store.clone(), config.idempotency_retention);
+        async move {
+            let mut every = tokio::time::interval(PURGE_EVERY);
+            loop {
+                every.tick().await;
+                match store.purge_idempotency_keys(retention).await {
+                    Ok(purged) => tracing::debug!(purged, "expired idempotency keys purged"),
+                    Err(error) => {
+                        tracing::warn!(%error, "purging idempotency keys failed; will retry")
+                    }
+                }
+            }
+        }
+    });
+
+    let payments = Payments::new(store.clone(), config.rate_limit_per_account);
+    let server = keel::Server::builder(config.server)
+        .add_service(payments.account_service())
+        .add_service(payments.payment_service())
+        .file_descriptor_set(payments::FILE_DESCRIPTOR_SET)
+        .bind()
+        .await?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "grpc listening on {}", server.local_addr())?;
+        writeln!(stdout, "admin listening on {}", server.admin_addr())?;
+        stdout.flush()?;
+    }
+    server.serve_until_signal().await?;
+    purger.abort();
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! The gRPC face of the ledger: `AccountService` and `PaymentService` over a [`Store`].
+//!
+//! Handlers validate (INVALID_ARGUMENT with every field violation), apply the optional
+//! per-payer rate limit, refuse a second concurrent request with an in-flight idempotency key
+//! (ABORTED), call the store, and map its errors to business errors with details.
+
+mod accounts;
+mod convert;
+mod errors;
+mod inflight;
+mod payments;
+mod validate;
+
+use std::sync::Arc;
+
+use crate::limit::RateLimiter;
+use crate::pb::v1::account_service_server::AccountServiceServer;
+use crate::pb::v1::payment_service_server::PaymentServiceServer;
+use crate::store::Store;
+
+pub use validate::IDEMPOTENCY_HEADER;
+
+/// The error domain of every business error this service returns.
+pub const DOMAIN: &str = "payments.keel.dev";
+
+/// Both services over one store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Payments {
+    store: Arc<dyn Store>,
+    limiter: Option<Arc<RateLimiter>>,
+    inflight: inflight::InFlight,
+}
+
+impl Payments {
+    /// Serves `store`; with `rate_limit_per_account > 0`, each payer may start that many
+    /// payments per second.
+    pub fn new(store: Arc<dyn Store>, rate_limit_per_account: u32) -> Self {
+        Self {
+            store,
+            limiter: (rate_limit_per_account > 0)
+                .then(|| Arc::new(RateLimiter::new(rate_limit_per_account))),
+            inflight: inflight::InFlight::default(),
+        }
+    }
+
+    /// The tonic service for `payments.v1.AccountService`.
+    pub fn account_service(&self) -> AccountServiceServer<Self> {
+        AccountServiceServer::new(self.clone())
+    }
+
+    /// The tonic service for `payments.v1.PaymentService`.
+    pub fn payment_service(&self) -> PaymentServiceServer<Self> {
+        PaymentServiceServer::new(self.clone())
+    }
+}

@@ -1,0 +1,116 @@
+//! The one interface the service layer uses, whatever the database.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use super::error::StoreError;
+use super::model::{Account, Idempotent, Payment, PaymentRequest};
+
+/// The ledger's storage: accounts, deposits, payments and refunds.
+///
+/// Object-safe, so the service holds an `Arc<dyn Store>` chosen at start-up by
+/// [`open`](crate::store::open), and wrappers (a cache of idempotent replays, fault injection
+/// in tests) can stand in front of any backend. The boxed futures cost one allocation per
+/// call, nothing beside a database round trip.
+///
+/// Cancel-safe: dropping a returned future before it completes rolls its transaction back;
+/// if that happens while the commit is in flight, the outcome is unknown, and retrying with
+/// the same idempotency key settles it.
+pub trait Store: Send + Sync + 'static {
+    /// The backend's name, `"sqlite"` or `"postgres"`, for logs and metrics.
+    fn backend(&self) -> &'static str;
+
+    /// Opens an account with a zero balance, under `account_id` or a generated id when `None`.
+    ///
+    /// Errors: [`StoreError::AccountExists`].
+    fn create_account<'a>(
+        &'a self,
+        account_id: Option<&'a str>,
+        currency: &'a str,
+    ) -> BoxFuture<'a, Result<Account, StoreError>>;
+
+    /// Reads an account and its balance.
+    ///
+    /// Errors: [`StoreError::AccountNotFound`].
+    fn get_account<'a>(&'a self, account_id: &'a str)
+    -> BoxFuture<'a, Result<Account, StoreError>>;
+
+    /// Credits `amount_minor` (positive) from outside the system, in the account's currency.
+    /// Returns the account as it stood right after this deposit, on a replay too.
+    ///
+    /// Errors: [`StoreError::AccountNotFound`], [`StoreError::BalanceOverflow`],
+    /// [`StoreError::IdempotencyKeyReused`].
+    fn deposit<'a>(
+        &'a self,
+        account_id: &'a str,
+        amount_minor: i64,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<Idempotent<Account>, StoreError>>;
+
+    /// Moves money from the payer to the payee. Returns the payment as first recorded (not
+    /// refunded), on a replay too.
+    ///
+    /// Errors: [`StoreError::AccountNotFound`] (payer checked first),
+    /// [`StoreError::CurrencyMismatch`], [`StoreError::InsufficientFunds`],
+    /// [`StoreError::BalanceOverflow`], [`StoreError::IdempotencyKeyReused`].
+    fn process<'a>(
+        &'a self,
+        request: &'a PaymentRequest,
+    ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>>;
+
+    /// Reads a payment as it stands now.
+    ///
+    /// Errors: [`StoreError::PaymentNotFound`].
+    fn get_payment<'a>(&'a self, payment_id: &'a str)
+    -> BoxFuture<'a, Result<Payment, StoreError>>;
+
+    /// The payments the account paid or received, ordered by creation time, then payment id.
+    ///
+    /// Errors: [`StoreError::AccountNotFound`].
+    fn list_payments<'a>(
+        &'a self,
+        account_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Payment>, StoreError>>;
+
+    /// Returns `amount_minor` (positive) of a payment from the payee to the payer. Returns the
+    /// payment as it stood right after this refund, on a replay too.
+    ///
+    /// Errors: [`StoreError::PaymentNotFound`], [`StoreError::RefundExceedsPayment`],
+    /// [`StoreError::InsufficientFunds`] (the payee no longer holds the amount),
+    /// [`StoreError::BalanceOverflow`], [`StoreError::IdempotencyKeyReused`].
+    fn refund<'a>(
+        &'a self,
+        payment_id: &'a str,
+        amount_minor: i64,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>>;
+
+    /// Forgets idempotency keys older than `older_than`, but never one younger than the
+    /// configured [`StoreConfig::idempotency_retention`]. Returns how many were removed. The
+    /// deposits, payments and refunds they produced stay; a request reusing a forgotten key
+    /// executes anew.
+    ///
+    /// [`StoreConfig::idempotency_retention`]: crate::store::StoreConfig::idempotency_retention
+    fn purge_idempotency_keys(
+        &self,
+        older_than: Duration,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// One round trip to the database, for readiness checks.
+    ///
+    /// Errors: [`StoreError::Unavailable`] when the database cannot be reached.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Closes the connections, waiting for the ones in use to be returned. Operations started
+    /// afterwards fail with [`StoreError::Unavailable`].
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,156 @@
+//! Storage that is down, locked or closed fails with `StoreError::Unavailable` (never
+//! `Internal`), moves no money, and the store recovers by itself when the database returns.
+
+mod common;
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use common::proxy::Proxy;
+use common::{Backend, TestDb, error_of, on_both_backends, payment, postgres_admin_url};
+use payments::store::{self, StoreConfig, StoreError};
+use sqlx::Connection;
+
+on_both_backends!(ping_answers, closed_store_is_unavailable);
+
+async fn ping_answers(db: &TestDb) {
+    db.store.ping().await.unwrap();
+    assert_eq!(
+        db.store.backend(),
+        format!("{:?}", db.backend).to_lowercase()
+    );
+}
+
+async fn closed_store_is_unavailable(db: &TestDb) {
+    let account = db.funded("USD", 100).await;
+    db.store.close().await;
+    let error = error_of(db.store.get_account(&account).await);
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    let error = error_of(db.store.deposit(&account, 1, "after-close").await);
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert!(error.is_retryable());
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_config_errors() {
+    for url in [
+        "mysql://user:secret@host/db",
+        "sqlite::memory:",
+        "ledger.db",
+    ] {
+        let error = error_of(store::open(url).await);
+        assert!(matches!(&error, StoreError::Config(_)), "{url}: {error:?}");
+        assert!(
+            !error.to_string().contains("secret"),
+            "the password stays out: {error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_unavailable_at_open() {
+    // Port 1 on loopback: nothing listens, connections are refused.
+    let config = StoreConfig::default().acquire_timeout(Duration::from_millis(500));
+    let started = Instant::now();
+    let error =
+        error_of(store::open_with("postgres://postgres@127.0.0.1:1/payments", config).await);
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+}
+
+/// The URL `url` with its host and port replaced by 127.0.0.1:`port`.
+fn via_port(url: &str, port: u16) -> String {
+    let authority_start = url.find("://").unwrap() + 3;
+    let host_start = url[authority_start..]
+        .find('@')
+        .map_or(authority_start, |at| authority_start + at + 1);
+    let host_end = host_start + url[host_start..].find('/').unwrap();
+    format!("{}127.0.0.1:{port}{}", &url[..host_start], &url[host_end..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_is_unavailable_and_recovers_by_itself() {
+    let admin = sqlx::postgres::PgConnectOptions::from_str(&postgres_admin_url()).unwrap();
+    let target = tokio::net::lookup_host((admin.get_host(), admin.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(target);
+    let config = StoreConfig::default().acquire_timeout(Duration::from_millis(500));
+    let db = TestDb::reached_by(Backend::Postgres, |url| via_port(url, proxy.port()), config).await;
+    let payer = db.funded("USD", 1_000).await;
+    let payee = db.account("USD").await;
+    db.store
+        .process(&payment("before", &payer, &payee, 100))
+        .await
+        .unwrap();
+
+    proxy.stop().await;
+    let request = payment("during", &payer, &payee, 100);
+    let error = error_of(db.store.process(&request).await);
+    assert!(
+        matches!(error, StoreError::Unavailable(_)),
+        "write: {error:?}"
+    );
+    let error = error_of(db.store.get_account(&payer).await);
+    assert!(
+        matches!(error, StoreError::Unavailable(_)),
+        "read: {error:?}"
+    );
+    let error = error_of(db.store.ping().await);
+    assert!(
+        matches!(error, StoreError::Unavailable(_)),
+        "ping: {error:?}"
+    );
+    assert_eq!(
+        db.i64("SELECT COUNT(*) FROM payments").await,
+        1,
+        "nothing moved during the outage"
+    );
+
+    proxy.restart();
+    db.store.ping().await.unwrap();
+    let retried = db.store.process(&request).await.unwrap();
+    assert!(
+        !retried.replayed,
+        "the request failed before, so it executes now"
+    );
+    assert_eq!(db.balance(&payer).await, 800);
+    db.assert_ledger_consistent().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_by_another_process_is_unavailable() {
+    let config = StoreConfig::default().busy_timeout(Duration::from_millis(200));
+    let db = TestDb::with_config(Backend::Sqlite, config).await;
+    let account = db.funded("USD", 100).await;
+
+    // Another process takes the database's write lock and keeps it.
+    let mut other = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    let error = error_of(db.store.deposit(&account, 50, "while-locked").await);
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert_eq!(
+        db.balance(&account).await,
+        100,
+        "reads go on meanwhile (WAL)"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    let deposit = db
+        .store
+        .deposit(&account, 50, "while-locked")
+        .await
+        .unwrap();
+    assert!(!deposit.replayed);
+    assert_eq!(deposit.value.balance_minor, 150);
+}

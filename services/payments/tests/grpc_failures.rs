@@ -1,0 +1,213 @@
+//! Failures a client must be able to act on, over gRPC: a duplicate request while the first
+//! is in flight is ABORTED, and storage down is UNAVAILABLE with RetryInfo, never INTERNAL,
+//! with the service recovering by itself when the database returns.
+
+mod common;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::proxy::Proxy;
+use common::{Backend, TestDb, postgres_admin_url};
+use futures_util::future::BoxFuture;
+use keel::error::Details;
+use payments::pb::v1::ProcessRequest;
+use payments::pb::v1::payment_service_client::PaymentServiceClient;
+use payments::store::{
+    Account, Idempotent, Payment, PaymentRequest, Store, StoreConfig, StoreError,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn serve(store: Arc<dyn Store>) -> PaymentServiceClient<Channel> {
+    PaymentServiceClient::new(common::api::serve(store, 0).await)
+}
+
+fn pay(key: &str, payer: &str, payee: &str) -> ProcessRequest {
+    ProcessRequest {
+        idempotency_key: key.into(),
+        payer_account_id: payer.into(),
+        payee_account_id: payee.into(),
+        amount_minor: 10,
+        currency: "EUR".into(),
+        ..Default::default()
+    }
+}
+
+/// A store whose payments take `delay`, so a second request can arrive while one is in flight.
+struct SlowPayments {
+    inner: Arc<dyn Store>,
+    delay: Duration,
+}
+
+impl Store for SlowPayments {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn create_account<'a>(
+        &'a self,
+        id: Option<&'a str>,
+        currency: &'a str,
+    ) -> BoxFuture<'a, Result<Account, StoreError>> {
+        self.inner.create_account(id, currency)
+    }
+    fn get_account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Account, StoreError>> {
+        self.inner.get_account(id)
+    }
+    fn deposit<'a>(
+        &'a self,
+        id: &'a str,
+        amount: i64,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Idempotent<Account>, StoreError>> {
+        self.inner.deposit(id, amount, key)
+    }
+    fn process<'a>(
+        &'a self,
+        request: &'a PaymentRequest,
+    ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.process(request).await
+        })
+    }
+    fn get_payment<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Payment, StoreError>> {
+        self.inner.get_payment(id)
+    }
+    fn list_payments<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<Payment>, StoreError>> {
+        self.inner.list_payments(id)
+    }
+    fn refund<'a>(
+        &'a self,
+        id: &'a str,
+        amount: i64,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>> {
+        self.inner.refund(id, amount, key)
+    }
+    fn purge_idempotency_keys(
+        &self,
+        older_than: Duration,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.inner.purge_idempotency_keys(older_than)
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.ping()
+    }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.inner.close()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_key_in_flight_is_aborted_and_executes_once() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let payer = db.funded("EUR", 100).await;
+    let payee = db.account("EUR").await;
+    let slow = Arc::new(SlowPayments {
+        inner: db.store.clone(),
+        delay: Duration::from_millis(300),
+    });
+    let client = serve(slow).await;
+
+    let first = tokio::spawn({
+        let (mut client, request) = (client.clone(), pay("same", &payer, &payee));
+        async move { client.process(request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = client
+        .clone()
+        .process(pay("same", &payer, &payee))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    let details = Details::from_status(&status);
+    assert_eq!(details.reason(), Some("CONCURRENT_REQUEST"));
+    assert!(
+        details.is_retryable(),
+        "a client may retry once the first completes"
+    );
+
+    let first = first.await.unwrap().unwrap().into_inner();
+    assert!(!first.replayed);
+    // Retrying after completion replays the one execution.
+    let again = client
+        .clone()
+        .process(pay("same", &payer, &payee))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed);
+    assert_eq!(db.balance(&payer).await, 90);
+}
+
+/// `url` with its host and port replaced by 127.0.0.1:`port`.
+fn through_port(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (userinfo, after_at) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
+    let path = &after_at[after_at.find('/').unwrap()..];
+    let at = if userinfo.is_empty() { "" } else { "@" };
+    format!("{scheme}://{userinfo}{at}127.0.0.1:{port}{path}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_down_is_unavailable_with_retry_info_and_recovers() {
+    let admin = sqlx::postgres::PgConnectOptions::from_str(&postgres_admin_url()).unwrap();
+    let target = tokio::net::lookup_host((admin.get_host(), admin.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(target);
+    let config = StoreConfig::default().acquire_timeout(Duration::from_millis(500));
+    let db = TestDb::reached_by(
+        Backend::Postgres,
+        |url| through_port(url, proxy.port()),
+        config,
+    )
+    .await;
+    let payer = db.funded("EUR", 100).await;
+    let payee = db.account("EUR").await;
+    let mut client = serve(db.store.clone()).await;
+    client.process(pay("before", &payer, &payee)).await.unwrap();
+
+    proxy.stop().await;
+    let status = client
+        .process(pay("during", &payer, &payee))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let details = Details::from_status(&status);
+    assert_eq!(details.reason(), Some("STORAGE_UNAVAILABLE"));
+    assert_eq!(details.retry_delay(), Some(Duration::from_secs(1)));
+    assert!(
+        !status.message().contains("connect"),
+        "no internals: {}",
+        status.message()
+    );
+
+    proxy.restart();
+    let mut recovered = None;
+    for _ in 0..50 {
+        match client.process(pay("during", &payer, &payee)).await {
+            Ok(response) => {
+                recovered = Some(response.into_inner());
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(
+        recovered.is_some(),
+        "the service did not recover after the database returned"
+    );
+    assert_eq!(
+        db.balance(&payer).await,
+        80,
+        "exactly the two payments moved money"
+    );
+}
