@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::proxy::Proxy;
-use common::{Backend, TestDb, error_of, on_both_backends, payment, postgres_admin_url};
+use common::{Backend, TestDb, error_of, on_both_backends, payment};
 use payments::store::{self, StoreConfig, StoreError};
 use sqlx::Connection;
 
@@ -62,27 +60,9 @@ async fn unreachable_postgres_is_unavailable_at_open() {
     );
 }
 
-/// The URL `url` with its host and port replaced by 127.0.0.1:`port`.
-fn via_port(url: &str, port: u16) -> String {
-    let authority_start = url.find("://").unwrap() + 3;
-    let host_start = url[authority_start..]
-        .find('@')
-        .map_or(authority_start, |at| authority_start + at + 1);
-    let host_end = host_start + url[host_start..].find('/').unwrap();
-    format!("{}127.0.0.1:{port}{}", &url[..host_start], &url[host_end..])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_is_unavailable_and_recovers_by_itself() {
-    let admin = sqlx::postgres::PgConnectOptions::from_str(&postgres_admin_url()).unwrap();
-    let target = tokio::net::lookup_host((admin.get_host(), admin.get_port()))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = Proxy::start(target);
-    let config = StoreConfig::default().acquire_timeout(Duration::from_millis(500));
-    let db = TestDb::reached_by(Backend::Postgres, |url| via_port(url, proxy.port()), config).await;
+    let (proxy, db) = common::proxy::postgres_behind_proxy().await;
     let payer = db.funded("USD", 1_000).await;
     let payee = db.account("USD").await;
     db.store

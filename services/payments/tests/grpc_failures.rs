@@ -4,19 +4,15 @@
 
 mod common;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::proxy::Proxy;
-use common::{Backend, TestDb, postgres_admin_url};
+use common::{Backend, TestDb};
 use futures_util::future::BoxFuture;
 use keel::error::Details;
 use payments::pb::v1::ProcessRequest;
 use payments::pb::v1::payment_service_client::PaymentServiceClient;
-use payments::store::{
-    Account, Idempotent, Payment, PaymentRequest, Store, StoreConfig, StoreError,
-};
+use payments::store::{Account, Idempotent, Payment, PaymentRequest, Store, StoreError};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -142,31 +138,9 @@ async fn duplicate_key_in_flight_is_aborted_and_executes_once() {
     assert_eq!(db.balance(&payer).await, 90);
 }
 
-/// `url` with its host and port replaced by 127.0.0.1:`port`.
-fn through_port(url: &str, port: u16) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (userinfo, after_at) = rest.rsplit_once('@').map_or(("", rest), |(u, r)| (u, r));
-    let path = &after_at[after_at.find('/').unwrap()..];
-    let at = if userinfo.is_empty() { "" } else { "@" };
-    format!("{scheme}://{userinfo}{at}127.0.0.1:{port}{path}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_down_is_unavailable_with_retry_info_and_recovers() {
-    let admin = sqlx::postgres::PgConnectOptions::from_str(&postgres_admin_url()).unwrap();
-    let target = tokio::net::lookup_host((admin.get_host(), admin.get_port()))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = Proxy::start(target);
-    let config = StoreConfig::default().acquire_timeout(Duration::from_millis(500));
-    let db = TestDb::reached_by(
-        Backend::Postgres,
-        |url| through_port(url, proxy.port()),
-        config,
-    )
-    .await;
+    let (proxy, db) = common::proxy::postgres_behind_proxy().await;
     let payer = db.funded("EUR", 100).await;
     let payee = db.account("EUR").await;
     let mut client = serve(db.store.clone()).await;

@@ -81,3 +81,33 @@ impl Drop for Proxy {
         }
     }
 }
+
+/// A fresh PostgreSQL test database whose store connects through a new proxy, so the test can
+/// take the database "down" with [`Proxy::stop`]; the fixture's own checks connect directly.
+/// Connections are given up after 500 ms, so an outage is reported quickly.
+pub async fn postgres_behind_proxy() -> (Proxy, super::TestDb) {
+    use std::str::FromStr;
+    let admin = sqlx::postgres::PgConnectOptions::from_str(&super::postgres_admin_url()).unwrap();
+    let target = tokio::net::lookup_host((admin.get_host(), admin.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(target);
+    let config = payments::store::StoreConfig::default()
+        .acquire_timeout(std::time::Duration::from_millis(500));
+    let port = proxy.port();
+    let db = super::TestDb::reached_by(super::Backend::Postgres, |url| via_port(url, port), config)
+        .await;
+    (proxy, db)
+}
+
+/// The URL `url` with its host and port replaced by 127.0.0.1:`port`.
+fn via_port(url: &str, port: u16) -> String {
+    let authority_start = url.find("://").unwrap() + 3;
+    let host_start = url[authority_start..]
+        .find('@')
+        .map_or(authority_start, |at| authority_start + at + 1);
+    let host_end = host_start + url[host_start..].find('/').unwrap();
+    format!("{}127.0.0.1:{port}{}", &url[..host_start], &url[host_end..])
+}
