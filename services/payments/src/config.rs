@@ -1,5 +1,5 @@
 //! The payments service's settings: Keel's server settings under `server`, plus storage,
-//! idempotency retention and the optional per-account rate limit. Loaded by
+//! idempotency retention, the optional per-account rate limit and the optional Redis. Loaded by
 //! [`keel::config::Loader`] with the `PAYMENTS` prefix (`PAYMENTS_DATABASE_URL`,
 //! `PAYMENTS_SERVER_LISTEN`, ...).
 
@@ -20,6 +20,13 @@ pub struct PaymentsConfig {
     pub idempotency_retention: Duration,
     /// Payments per second one payer account may start (`0`: no limit).
     pub rate_limit_per_account: u32,
+    /// Redis, `redis://[user[:password]@]host[:port][/db]`, or empty (the default) for none.
+    /// When set, it holds the rate limiter's state (one budget across instances) and a fast
+    /// path for idempotent replays; the database stays the source of truth, and a Redis
+    /// outage only makes the limiter admit and replays go to the database.
+    pub redis_url: String,
+    /// Prefix of every Redis key this service writes, so deployments can share a server.
+    pub redis_key_prefix: String,
     /// Keel's server settings (listeners, HTTP/2, limits, shutdown).
     pub server: ServerConfig,
 }
@@ -30,6 +37,8 @@ impl Default for PaymentsConfig {
             database_url: "sqlite://data/payments.db".to_owned(),
             idempotency_retention: Duration::from_secs(24 * 3600),
             rate_limit_per_account: 0,
+            redis_url: String::new(),
+            redis_key_prefix: "payments:".to_owned(),
             server: ServerConfig::default(),
         }
     }
@@ -56,6 +65,17 @@ impl Validate for PaymentsConfig {
                 "must start with sqlite:// (embedded) or postgres:// (server)",
             ));
         }
+        if self.redis_url.starts_with("rediss://") {
+            bad.push(Violation::new(
+                "redis_url",
+                "TLS (rediss://) is not built in; use redis:// on a trusted network",
+            ));
+        } else if !self.redis_url.is_empty() && !self.redis_url.starts_with("redis://") {
+            bad.push(Violation::new(
+                "redis_url",
+                "must start with redis://, or be empty for no Redis",
+            ));
+        }
         if self.idempotency_retention < Duration::from_secs(24 * 3600) {
             bad.push(Violation::new(
                 "idempotency_retention",
@@ -79,6 +99,16 @@ mod tests {
     fn defaults_run_on_sqlite() {
         let config: PaymentsConfig = loader().load().unwrap();
         assert!(config.database_url.starts_with("sqlite://"));
+        assert!(config.redis_url.is_empty(), "no Redis unless configured");
+    }
+
+    #[test]
+    fn a_redis_url_is_accepted() {
+        let config: PaymentsConfig = loader()
+            .set("redis_url", "redis://127.0.0.1:6379/0", "--redis-url")
+            .load()
+            .unwrap();
+        assert_eq!(config.redis_url, "redis://127.0.0.1:6379/0");
     }
 
     #[test]
@@ -101,6 +131,8 @@ mod tests {
         for (key, value, expect) in [
             ("database_url", "mysql://x", "`database_url`"),
             ("idempotency_retention", "1h", "`idempotency_retention`"),
+            ("redis_url", "http://127.0.0.1:6379", "`redis_url`"),
+            ("redis_url", "rediss://127.0.0.1:6379", "TLS"),
             (
                 "server.shutdown.drain_delay",
                 "1h",

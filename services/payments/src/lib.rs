@@ -3,7 +3,11 @@
 //! - [`pb`]: code generated from `proto/payments/v1/payments.proto` (`AccountService`,
 //!   `PaymentService`), and [`FILE_DESCRIPTOR_SET`] for reflection.
 //! - [`store`]: the double-entry ledger behind one [`store::Store`] trait, on SQLite (the
-//!   embedded default) or PostgreSQL, with Stripe-style idempotency keys.
+//!   embedded default) or PostgreSQL, with Stripe-style idempotency keys; and
+//!   [`store::CachedStore`], a fast path for idempotent replays in Redis.
+//! - [`limit`]: the per-payer rate limiter, in process or in Redis.
+//! - [`redis_conn`]: the Redis handle both share, quick to give up so Redis never stalls or
+//!   fails a payment.
 //!
 //! Architecture invariant: money only moves inside one database transaction that also writes
 //! the balanced ledger entries and records the idempotency key.
@@ -22,5 +26,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 pub mod config;
 pub mod limit;
+pub mod redis_conn;
 pub mod service;
 pub mod store;

@@ -5,10 +5,48 @@
 //! `τ = (N - 1) · T`. A request at `now` is admitted when `TAT - τ <= now`, which moves TAT to
 //! `max(TAT, now) + T`; otherwise it is told how long to wait. One value
 //! per key makes it cheap in process and a single atomic script in Redis.
+//!
+//! [`Limiter`] is what the service holds: the in-process [`RateLimiter`] (one budget per
+//! process) or the [`RedisLimiter`] (one budget shared by every instance, failing open when
+//! Redis is unreachable).
+
+mod redis;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+pub use self::redis::RedisLimiter;
+use crate::redis_conn::Redis;
+
+/// The per-payer limiter the service applies, in process or in Redis.
+#[derive(Debug)]
+pub enum Limiter {
+    /// State in this process: each instance of the service has its own budget.
+    Local(RateLimiter),
+    /// State in Redis: instances share one budget; admits when Redis is unreachable.
+    Redis(RedisLimiter),
+}
+
+impl Limiter {
+    /// `per_second` (positive) per key, in this process.
+    pub fn local(per_second: u32) -> Self {
+        Self::Local(RateLimiter::new(per_second))
+    }
+
+    /// `per_second` (positive) per key, in `redis`.
+    pub fn redis(redis: Redis, per_second: u32) -> Self {
+        Self::Redis(RedisLimiter::new(redis, per_second))
+    }
+
+    /// Admits one request for `key`, or says how long until one would be.
+    pub async fn admit(&self, key: &str) -> Result<(), Duration> {
+        match self {
+            Self::Local(limiter) => limiter.admit(key),
+            Self::Redis(limiter) => limiter.admit(key).await,
+        }
+    }
+}
 
 /// Keys kept before expired ones are swept, bounding memory with many payers.
 const SWEEP_AT: usize = 100_000;

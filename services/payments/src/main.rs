@@ -4,14 +4,17 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use keel::config::Loader;
 use payments::config::PaymentsConfig;
+use payments::limit::Limiter;
+use payments::redis_conn::Redis;
 use payments::service::Payments;
-use payments::store::{self, StoreConfig};
+use payments::store::{self, CachedStore, Store, StoreConfig};
 
 /// How often expired idempotency keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
@@ -28,6 +31,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
     after_help = "Examples:\n  \
     payments\n  \
     payments --database-url postgres://postgres@127.0.0.1:5432/payments\n  \
+    payments --redis-url redis://127.0.0.1:6379 --set rate_limit_per_account=50\n  \
     payments --print-config"
 )]
 struct Cli {
@@ -41,6 +45,10 @@ struct Cli {
     /// [default: sqlite://data/payments.db]
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
+    /// Redis for the rate limiter and replay fast path, redis://HOST:PORT [default: none,
+    /// in-process limiter]
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
     /// TOML configuration file (keys as printed by --print-config)
     #[arg(long, env = "PAYMENTS_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -86,6 +94,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<PaymentsConfig> {
         ("server.listen", &cli.listen, "--listen"),
         ("server.admin_listen", &cli.admin_listen, "--admin-listen"),
         ("database_url", &cli.database_url, "--database-url"),
+        ("redis_url", &cli.redis_url, "--redis-url"),
     ];
     for (key, value, flag) in flags {
         if let Some(value) = value {
@@ -123,7 +132,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     });
 
-    let payments = Payments::new(store.clone(), config.rate_limit_per_account);
+    let redis = if config.redis_url.is_empty() {
+        None
+    } else {
+        let redis = Redis::open(&config.redis_url, config.redis_key_prefix.clone())
+            .context("invalid --redis-url")?;
+        tracing::info!(
+            prefix = redis.prefix(),
+            "redis configured (connects lazily)"
+        );
+        Some(redis)
+    };
+    // With Redis, replays are answered from it when they can be and the limiter's budget
+    // is shared by every instance; the store stays the source of truth either way.
+    let service_store: Arc<dyn Store> = match &redis {
+        Some(redis) => Arc::new(CachedStore::new(
+            store.clone(),
+            redis.clone(),
+            config.idempotency_retention,
+        )),
+        None => store.clone(),
+    };
+    let mut payments = Payments::new(service_store, config.rate_limit_per_account);
+    if let Some(redis) = redis
+        && config.rate_limit_per_account > 0
+    {
+        payments = payments.limiter(Limiter::redis(redis, config.rate_limit_per_account));
+    }
     let server = keel::Server::builder(config.server)
         .add_service(payments.account_service())
         .add_service(payments.payment_service())

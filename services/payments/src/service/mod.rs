@@ -13,7 +13,7 @@ mod validate;
 
 use std::sync::Arc;
 
-use crate::limit::RateLimiter;
+use crate::limit::Limiter;
 use crate::pb::v1::account_service_server::AccountServiceServer;
 use crate::pb::v1::payment_service_server::PaymentServiceServer;
 use crate::store::Store;
@@ -27,20 +27,28 @@ pub const DOMAIN: &str = "payments.keel.dev";
 #[derive(Debug, Clone)]
 pub struct Payments {
     store: Arc<dyn Store>,
-    limiter: Option<Arc<RateLimiter>>,
+    limiter: Option<Arc<Limiter>>,
     inflight: inflight::InFlight,
 }
 
 impl Payments {
     /// Serves `store`; with `rate_limit_per_account > 0`, each payer may start that many
-    /// payments per second.
+    /// payments per second (counted in this process; see [`Payments::limiter`] for Redis).
     pub fn new(store: Arc<dyn Store>, rate_limit_per_account: u32) -> Self {
         Self {
             store,
             limiter: (rate_limit_per_account > 0)
-                .then(|| Arc::new(RateLimiter::new(rate_limit_per_account))),
+                .then(|| Arc::new(Limiter::local(rate_limit_per_account))),
             inflight: inflight::InFlight::default(),
         }
+    }
+
+    /// Applies `limiter` to payers instead of the one [`Payments::new`] made (if any), e.g. a
+    /// [`Limiter::Redis`] shared by every instance.
+    #[must_use]
+    pub fn limiter(mut self, limiter: Limiter) -> Self {
+        self.limiter = Some(Arc::new(limiter));
+        self
     }
 
     /// The tonic service for `payments.v1.AccountService`.

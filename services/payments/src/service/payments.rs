@@ -44,7 +44,7 @@ impl Payments {
         violations.finish()?;
 
         if let Some(limiter) = &self.limiter
-            && let Err(wait) = limiter.admit(&request.payer_account_id)
+            && let Err(wait) = limiter.admit(&request.payer_account_id).await
         {
             return Err(rate_limited(&request.payer_account_id, wait));
         }

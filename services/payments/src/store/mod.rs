@@ -18,10 +18,14 @@
 //!   concurrent requests with one key execute once, even across processes. Keys are scoped per
 //!   operation and kept for [`StoreConfig::idempotency_retention`] at least.
 //!
+//! [`CachedStore`] wraps any store with a Redis fast path for payment replays; the wrapped
+//! store stays authoritative.
+//!
 //! Validation of requests (positive amounts, ISO-4217 codes, non-empty keys) is the service
 //! layer's job; the database still refuses records that break the invariants.
 
 mod api;
+mod cached;
 mod config;
 mod engine;
 mod error;
@@ -36,6 +40,7 @@ mod sqlite;
 mod statements;
 
 pub use api::Store;
+pub use cached::{CachedStore, EXPIRY_MARGIN};
 pub use config::StoreConfig;
 pub use error::{BoxError, StoreError};
 pub use model::{Account, Idempotent, Payment, PaymentRequest, PaymentStatus};

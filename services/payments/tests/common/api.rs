@@ -10,12 +10,17 @@ use tonic::transport::Channel;
 /// none) on an ephemeral loopback port, and returns a connected channel. The server stops
 /// with the test's runtime.
 pub async fn serve(store: Arc<dyn Store>, rate_limit: u32) -> Channel {
+    serve_payments(Payments::new(store, rate_limit)).await
+}
+
+/// Serves `service` (built by the test, e.g. with a Redis limiter over a cached store) as
+/// [`serve`] does.
+pub async fn serve_payments(service: Payments) -> Channel {
     let config = keel::config::ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
-    let service = Payments::new(store, rate_limit);
     let server = keel::Server::builder(config)
         .add_service(service.account_service())
         .add_service(service.payment_service())

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod proxy;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

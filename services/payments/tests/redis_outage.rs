@@ -1,0 +1,260 @@
+//! Acceptance: killing the service's Redis connections mid-run changes no balance and loses no
+//! payment. Concurrent clients make transfers with retries and duplicate keys through the
+//! service with Redis on (limiter and replay cache), while the test cuts every connection the
+//! service has to Redis, again and again. Afterwards: every OK payment is recorded, no key
+//! moved money twice, balances are what the payments imply and add up to the deposits, and no
+//! client saw anything but business outcomes — on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::redis::TestRedis;
+use common::{TestDb, on_both_backends};
+use futures_util::StreamExt;
+use payments::limit::Limiter;
+use payments::pb::v1::account_service_client::AccountServiceClient;
+use payments::pb::v1::payment_service_client::PaymentServiceClient;
+use payments::pb::v1::{
+    CreateAccountRequest, DepositRequest, GetAccountRequest, GetPaymentRequest,
+    ListPaymentsRequest, ProcessRequest,
+};
+use payments::service::Payments;
+use payments::store::CachedStore;
+use rand::{Rng, SeedableRng};
+use tonic::Code;
+
+const CLIENTS: usize = 12;
+const ACCOUNTS: usize = 20;
+const REQUESTS_PER_CLIENT: usize = 30;
+const DEPOSIT: i64 = 1_000;
+
+/// What a client was told OK for: key, payment id, amount.
+type Accepted = Vec<(String, String, i64)>;
+
+async fn killing_redis_mid_run_changes_no_balance_and_loses_no_payment(db: &TestDb) {
+    let redis = Arc::new(TestRedis::with_user());
+    let cached = Arc::new(CachedStore::new(
+        db.store.clone(),
+        redis.handle(),
+        Duration::from_secs(24 * 3600),
+    ));
+    // A rate no test payer reaches: the limiter runs (in Redis) on every payment, never trips.
+    let service = Payments::new(cached, 0).limiter(Limiter::redis(redis.handle(), 100_000));
+    let channel = common::api::serve_payments(service).await;
+    let mut accounts_client = AccountServiceClient::new(channel.clone());
+    let mut accounts = Vec::new();
+    for i in 0..ACCOUNTS {
+        let id = format!("acc-{i:02}");
+        accounts_client
+            .create_account(CreateAccountRequest {
+                account_id: id.clone(),
+                currency: "EUR".into(),
+            })
+            .await
+            .unwrap();
+        accounts_client
+            .deposit(DepositRequest {
+                account_id: id.clone(),
+                amount_minor: DEPOSIT,
+                idempotency_key: format!("fund-{i}"),
+            })
+            .await
+            .unwrap();
+        accounts.push(id);
+    }
+
+    // The outage: cut every connection the service has to Redis, every 50 ms.
+    let running = Arc::new(AtomicBool::new(true));
+    let killer = tokio::spawn({
+        let (redis, running) = (redis.clone(), running.clone());
+        async move {
+            let mut killed = 0;
+            while running.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let redis = redis.clone();
+                killed += tokio::task::spawn_blocking(move || redis.kill_connections())
+                    .await
+                    .unwrap();
+            }
+            killed
+        }
+    });
+
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let mut client = PaymentServiceClient::new(channel.clone());
+            let accounts = accounts.clone();
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
+                let mut outcomes: HashMap<Code, usize> = HashMap::new();
+                let mut accepted = Accepted::new();
+                for n in 0..REQUESTS_PER_CLIENT {
+                    let payer = rng.random_range(0..ACCOUNTS);
+                    let payee = (payer + rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
+                    // Some keys are shared across clients, so they race on purpose.
+                    let key = if rng.random_bool(0.2) {
+                        format!("shared-{}", rng.random_range(0..20))
+                    } else {
+                        format!("c{c}-{n}")
+                    };
+                    let request = ProcessRequest {
+                        idempotency_key: key.clone(),
+                        payer_account_id: accounts[payer].clone(),
+                        payee_account_id: accounts[payee].clone(),
+                        amount_minor: rng.random_range(1..300),
+                        currency: "EUR".into(),
+                        ..Default::default()
+                    };
+                    // Send once, often again (a client retry, a replay), retrying ABORTED.
+                    let sends = if rng.random_bool(0.5) { 2 } else { 1 };
+                    for _ in 0..sends {
+                        for attempt in 1.. {
+                            let code = match client.process(request.clone()).await {
+                                Ok(response) => {
+                                    let payment = response.into_inner().payment.unwrap();
+                                    accepted.push((
+                                        key.clone(),
+                                        payment.payment_id,
+                                        payment.amount_minor,
+                                    ));
+                                    Code::Ok
+                                }
+                                Err(status) => status.code(),
+                            };
+                            if code == Code::Aborted && attempt < 20 {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                                continue;
+                            }
+                            *outcomes.entry(code).or_default() += 1;
+                            break;
+                        }
+                    }
+                }
+                (outcomes, accepted)
+            })
+        })
+        .collect();
+    let mut outcomes: HashMap<Code, usize> = HashMap::new();
+    let mut accepted = Accepted::new();
+    for client in clients {
+        let (client_outcomes, client_accepted) = client.await.unwrap();
+        for (code, n) in client_outcomes {
+            *outcomes.entry(code).or_default() += n;
+        }
+        accepted.extend(client_accepted);
+    }
+    running.store(false, Ordering::SeqCst);
+    let killed = killer.await.unwrap();
+    assert!(
+        killed > 0,
+        "the test never cut a service connection to Redis"
+    );
+    eprintln!("cut {killed} service connections to Redis; outcomes {outcomes:?}");
+
+    // The outage was invisible: only business outcomes.
+    for code in outcomes.keys() {
+        assert!(
+            matches!(code, Code::Ok | Code::FailedPrecondition | Code::Aborted),
+            "unexpected {code:?}: {outcomes:?}"
+        );
+    }
+    assert!(
+        outcomes[&Code::Ok] > CLIENTS * REQUESTS_PER_CLIENT / 2,
+        "too few payments went through: {outcomes:?}"
+    );
+
+    // No lost payment: every OK is recorded as answered, and one key meant one payment.
+    let mut payment_client = PaymentServiceClient::new(channel.clone());
+    let mut payment_of_key: HashMap<&str, &str> = HashMap::new();
+    for (key, payment_id, amount_minor) in &accepted {
+        let first = *payment_of_key.entry(key).or_insert(payment_id);
+        assert_eq!(first, payment_id, "key {key} answered with two payments");
+        let recorded = payment_client
+            .get_payment(GetPaymentRequest {
+                payment_id: payment_id.clone(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("OK payment {payment_id} lost: {status:?}"))
+            .into_inner()
+            .payment
+            .unwrap();
+        assert_eq!(
+            (&recorded.idempotency_key, recorded.amount_minor),
+            (key, *amount_minor)
+        );
+    }
+
+    // Every payment, once, from the listings; balances follow from them.
+    let mut payments = BTreeMap::new();
+    for account in &accounts {
+        let mut stream = payment_client
+            .list_payments(ListPaymentsRequest {
+                account_id: account.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(item) = stream.next().await {
+            let payment = item.unwrap().payment.unwrap();
+            payments.insert(payment.payment_id.clone(), payment);
+        }
+    }
+    let mut per_key: HashMap<&str, usize> = HashMap::new();
+    let mut expected: HashMap<&str, i64> = accounts.iter().map(|a| (a.as_str(), DEPOSIT)).collect();
+    for payment in payments.values() {
+        *per_key.entry(payment.idempotency_key.as_str()).or_default() += 1;
+        *expected.get_mut(payment.payer_account_id.as_str()).unwrap() -= payment.amount_minor;
+        *expected.get_mut(payment.payee_account_id.as_str()).unwrap() += payment.amount_minor;
+    }
+    let reused: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        reused.is_empty(),
+        "keys that moved money more than once: {reused:?}"
+    );
+    assert_eq!(
+        payments.len(),
+        payment_of_key.len(),
+        "payments nobody was told OK for"
+    );
+    let mut total = 0;
+    for account in &accounts {
+        let balance = accounts_client
+            .get_account(GetAccountRequest {
+                account_id: account.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .account
+            .unwrap()
+            .balance_minor;
+        assert!(balance >= 0, "{account} is negative: {balance}");
+        assert_eq!(balance, expected[account.as_str()], "{account}");
+        total += balance;
+    }
+    assert_eq!(
+        total,
+        DEPOSIT * ACCOUNTS as i64,
+        "money was created or lost"
+    );
+    db.assert_ledger_consistent().await;
+
+    // Redis is back: the service reconnected by itself and caches again.
+    let request = ProcessRequest {
+        idempotency_key: "after".into(),
+        payer_account_id: accounts[0].clone(),
+        payee_account_id: accounts[1].clone(),
+        amount_minor: 1,
+        currency: "EUR".into(),
+        ..Default::default()
+    };
+    payment_client.process(request).await.unwrap();
+    let cached_key = format!("{}idem:payment:after", redis.prefix);
+    assert!(redis.keys().contains(&cached_key), "{:?}", redis.keys());
+}
+
+on_both_backends!(killing_redis_mid_run_changes_no_balance_and_loses_no_payment);
