@@ -6,15 +6,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use common::{TestDb, on_both_backends};
-use futures_util::StreamExt;
 use payments::pb::v1::account_service_client::AccountServiceClient;
 use payments::pb::v1::payment_service_client::PaymentServiceClient;
-use payments::pb::v1::{
-    CreateAccountRequest, DepositRequest, GetAccountRequest, ListPaymentsRequest, ProcessRequest,
-};
+use payments::pb::v1::{CreateAccountRequest, DepositRequest, ProcessRequest};
 use rand::{Rng, SeedableRng};
 use tonic::Code;
 
@@ -113,60 +110,7 @@ async fn transfers_conserve_money_and_execute_each_key_once(db: &TestDb) {
         "too few payments went through: {outcomes:?}"
     );
 
-    // Every payment, once, from the accounts' listings (each payment appears under payer and payee).
-    let mut payments = BTreeMap::new();
-    let mut payment_client = PaymentServiceClient::new(channel.clone());
-    for account in &accounts {
-        let mut stream = payment_client
-            .list_payments(ListPaymentsRequest {
-                account_id: account.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        while let Some(item) = stream.next().await {
-            let payment = item.unwrap().payment.unwrap();
-            payments.insert(payment.payment_id.clone(), payment);
-        }
-    }
-    let mut per_key: HashMap<&str, usize> = HashMap::new();
-    let mut expected: HashMap<&str, i64> = accounts.iter().map(|a| (a.as_str(), DEPOSIT)).collect();
-    for payment in payments.values() {
-        *per_key.entry(payment.idempotency_key.as_str()).or_default() += 1;
-        *expected.get_mut(payment.payer_account_id.as_str()).unwrap() -= payment.amount_minor;
-        *expected.get_mut(payment.payee_account_id.as_str()).unwrap() += payment.amount_minor;
-    }
-    let reused: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        reused.is_empty(),
-        "keys that moved money more than once: {reused:?}"
-    );
-
-    let mut total = 0;
-    for account in &accounts {
-        let balance = accounts_client
-            .get_account(GetAccountRequest {
-                account_id: account.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .account
-            .unwrap()
-            .balance_minor;
-        assert!(balance >= 0, "{account} is negative: {balance}");
-        assert_eq!(
-            balance,
-            expected[account.as_str()],
-            "{account}: balance differs from its payments"
-        );
-        total += balance;
-    }
-    assert_eq!(
-        total,
-        DEPOSIT * ACCOUNTS as i64,
-        "money was created or lost"
-    );
+    common::api::assert_balances_follow_payments(&channel, &accounts, DEPOSIT).await;
     db.assert_ledger_consistent().await;
 }
 

@@ -7,21 +7,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::redis::TestRedis;
 use common::{TestDb, on_both_backends};
-use futures_util::StreamExt;
 use payments::limit::Limiter;
 use payments::pb::v1::account_service_client::AccountServiceClient;
 use payments::pb::v1::payment_service_client::PaymentServiceClient;
-use payments::pb::v1::{
-    CreateAccountRequest, DepositRequest, GetAccountRequest, GetPaymentRequest,
-    ListPaymentsRequest, ProcessRequest,
-};
+use payments::pb::v1::{CreateAccountRequest, DepositRequest, GetPaymentRequest, ProcessRequest};
 use payments::service::Payments;
 use payments::store::CachedStore;
 use rand::{Rng, SeedableRng};
@@ -189,57 +185,11 @@ async fn killing_redis_mid_run_changes_no_balance_and_loses_no_payment(db: &Test
     }
 
     // Every payment, once, from the listings; balances follow from them.
-    let mut payments = BTreeMap::new();
-    for account in &accounts {
-        let mut stream = payment_client
-            .list_payments(ListPaymentsRequest {
-                account_id: account.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        while let Some(item) = stream.next().await {
-            let payment = item.unwrap().payment.unwrap();
-            payments.insert(payment.payment_id.clone(), payment);
-        }
-    }
-    let mut per_key: HashMap<&str, usize> = HashMap::new();
-    let mut expected: HashMap<&str, i64> = accounts.iter().map(|a| (a.as_str(), DEPOSIT)).collect();
-    for payment in payments.values() {
-        *per_key.entry(payment.idempotency_key.as_str()).or_default() += 1;
-        *expected.get_mut(payment.payer_account_id.as_str()).unwrap() -= payment.amount_minor;
-        *expected.get_mut(payment.payee_account_id.as_str()).unwrap() += payment.amount_minor;
-    }
-    let reused: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        reused.is_empty(),
-        "keys that moved money more than once: {reused:?}"
-    );
+    let listed = common::api::assert_balances_follow_payments(&channel, &accounts, DEPOSIT).await;
     assert_eq!(
-        payments.len(),
+        listed.len(),
         payment_of_key.len(),
         "payments nobody was told OK for"
-    );
-    let mut total = 0;
-    for account in &accounts {
-        let balance = accounts_client
-            .get_account(GetAccountRequest {
-                account_id: account.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .account
-            .unwrap()
-            .balance_minor;
-        assert!(balance >= 0, "{account} is negative: {balance}");
-        assert_eq!(balance, expected[account.as_str()], "{account}");
-        total += balance;
-    }
-    assert_eq!(
-        total,
-        DEPOSIT * ACCOUNTS as i64,
-        "money was created or lost"
     );
     db.assert_ledger_consistent().await;
 

@@ -36,3 +36,77 @@ pub async fn serve_payments(service: Payments) -> Channel {
         .await
         .unwrap()
 }
+
+/// After a run through the API, checks what any run must leave behind: every payment listed
+/// once, each idempotency key on at most one payment, no negative balance, every balance equal
+/// to its `deposit` plus what its payments imply, and the total equal to the deposits.
+/// Returns the payments by id.
+pub async fn assert_balances_follow_payments(
+    channel: &Channel,
+    accounts: &[String],
+    deposit: i64,
+) -> std::collections::BTreeMap<String, payments::pb::v1::Payment> {
+    use std::collections::{BTreeMap, HashMap};
+
+    use futures_util::StreamExt;
+    use payments::pb::v1::account_service_client::AccountServiceClient;
+    use payments::pb::v1::payment_service_client::PaymentServiceClient;
+    use payments::pb::v1::{GetAccountRequest, ListPaymentsRequest};
+
+    // Each payment appears under its payer and its payee.
+    let mut listed = BTreeMap::new();
+    let mut payment_client = PaymentServiceClient::new(channel.clone());
+    for account in accounts {
+        let request = ListPaymentsRequest {
+            account_id: account.clone(),
+        };
+        let mut stream = payment_client
+            .list_payments(request)
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(item) = stream.next().await {
+            let payment = item.unwrap().payment.unwrap();
+            listed.insert(payment.payment_id.clone(), payment);
+        }
+    }
+    let mut per_key: HashMap<&str, usize> = HashMap::new();
+    let mut expected: HashMap<&str, i64> = accounts.iter().map(|a| (a.as_str(), deposit)).collect();
+    for payment in listed.values() {
+        *per_key.entry(payment.idempotency_key.as_str()).or_default() += 1;
+        *expected.get_mut(payment.payer_account_id.as_str()).unwrap() -= payment.amount_minor;
+        *expected.get_mut(payment.payee_account_id.as_str()).unwrap() += payment.amount_minor;
+    }
+    let reused: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        reused.is_empty(),
+        "keys that moved money more than once: {reused:?}"
+    );
+
+    let mut account_client = AccountServiceClient::new(channel.clone());
+    let mut total = 0;
+    for account in accounts {
+        let request = GetAccountRequest {
+            account_id: account.clone(),
+        };
+        let response = account_client
+            .get_account(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let balance = response.account.unwrap().balance_minor;
+        assert!(balance >= 0, "{account} is negative: {balance}");
+        assert_eq!(
+            balance,
+            expected[account.as_str()],
+            "{account}: balance differs from its payments"
+        );
+        total += balance;
+    }
+    assert_eq!(
+        total,
+        deposit * accounts.len() as i64,
+        "money was created or lost"
+    );
+    listed
+}
