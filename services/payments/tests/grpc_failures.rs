@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use keel::error::Details;
 use payments::pb::v1::ProcessRequest;
 use payments::pb::v1::payment_service_client::PaymentServiceClient;
-use payments::store::{Account, Idempotent, Payment, PaymentRequest, Store, StoreError};
+use payments::store::{Idempotent, Payment, PaymentLayer, PaymentRequest, Store, StoreError};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -37,29 +37,12 @@ struct SlowPayments {
     delay: Duration,
 }
 
-impl Store for SlowPayments {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
+impl PaymentLayer for SlowPayments {
+    fn inner(&self) -> &dyn Store {
+        &*self.inner
     }
-    fn create_account<'a>(
-        &'a self,
-        id: Option<&'a str>,
-        currency: &'a str,
-    ) -> BoxFuture<'a, Result<Account, StoreError>> {
-        self.inner.create_account(id, currency)
-    }
-    fn get_account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Account, StoreError>> {
-        self.inner.get_account(id)
-    }
-    fn deposit<'a>(
-        &'a self,
-        id: &'a str,
-        amount: i64,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Idempotent<Account>, StoreError>> {
-        self.inner.deposit(id, amount, key)
-    }
-    fn process<'a>(
+
+    fn process_payment<'a>(
         &'a self,
         request: &'a PaymentRequest,
     ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>> {
@@ -67,32 +50,6 @@ impl Store for SlowPayments {
             tokio::time::sleep(self.delay).await;
             self.inner.process(request).await
         })
-    }
-    fn get_payment<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Payment, StoreError>> {
-        self.inner.get_payment(id)
-    }
-    fn list_payments<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<Payment>, StoreError>> {
-        self.inner.list_payments(id)
-    }
-    fn refund<'a>(
-        &'a self,
-        id: &'a str,
-        amount: i64,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>> {
-        self.inner.refund(id, amount, key)
-    }
-    fn purge_idempotency_keys(
-        &self,
-        older_than: Duration,
-    ) -> BoxFuture<'_, Result<u64, StoreError>> {
-        self.inner.purge_idempotency_keys(older_than)
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.ping()
-    }
-    fn close(&self) -> BoxFuture<'_, ()> {
-        self.inner.close()
     }
 }
 

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use super::api::Store;
 use super::error::StoreError;
 use super::fingerprint;
-use super::model::{Account, Idempotent, Payment, PaymentRequest};
+use super::layer::PaymentLayer;
+use super::model::{Idempotent, Payment, PaymentRequest};
 use super::records::{time_from_us, time_to_us};
 use crate::redis_conn::{Redis, WarnThrottle};
 
@@ -166,37 +167,12 @@ impl CachedStore {
     }
 }
 
-impl Store for CachedStore {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
+impl PaymentLayer for CachedStore {
+    fn inner(&self) -> &dyn Store {
+        &*self.inner
     }
 
-    fn create_account<'a>(
-        &'a self,
-        account_id: Option<&'a str>,
-        currency: &'a str,
-    ) -> BoxFuture<'a, Result<Account, StoreError>> {
-        self.inner.create_account(account_id, currency)
-    }
-
-    fn get_account<'a>(
-        &'a self,
-        account_id: &'a str,
-    ) -> BoxFuture<'a, Result<Account, StoreError>> {
-        self.inner.get_account(account_id)
-    }
-
-    fn deposit<'a>(
-        &'a self,
-        account_id: &'a str,
-        amount_minor: i64,
-        idempotency_key: &'a str,
-    ) -> BoxFuture<'a, Result<Idempotent<Account>, StoreError>> {
-        self.inner
-            .deposit(account_id, amount_minor, idempotency_key)
-    }
-
-    fn process<'a>(
+    fn process_payment<'a>(
         &'a self,
         request: &'a PaymentRequest,
     ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>> {
@@ -210,43 +186,5 @@ impl Store for CachedStore {
             Ok(outcome)
         }
         .boxed()
-    }
-
-    fn get_payment<'a>(
-        &'a self,
-        payment_id: &'a str,
-    ) -> BoxFuture<'a, Result<Payment, StoreError>> {
-        self.inner.get_payment(payment_id)
-    }
-
-    fn list_payments<'a>(
-        &'a self,
-        account_id: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<Payment>, StoreError>> {
-        self.inner.list_payments(account_id)
-    }
-
-    fn refund<'a>(
-        &'a self,
-        payment_id: &'a str,
-        amount_minor: i64,
-        idempotency_key: &'a str,
-    ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>> {
-        self.inner.refund(payment_id, amount_minor, idempotency_key)
-    }
-
-    fn purge_idempotency_keys(
-        &self,
-        older_than: Duration,
-    ) -> BoxFuture<'_, Result<u64, StoreError>> {
-        self.inner.purge_idempotency_keys(older_than)
-    }
-
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.ping()
-    }
-
-    fn close(&self) -> BoxFuture<'_, ()> {
-        self.inner.close()
     }
 }
