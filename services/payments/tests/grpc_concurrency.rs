@@ -9,9 +9,8 @@ mod common;
 use std::collections::HashMap;
 
 use common::{TestDb, on_both_backends};
-use payments::pb::v1::account_service_client::AccountServiceClient;
+use payments::pb::v1::ProcessRequest;
 use payments::pb::v1::payment_service_client::PaymentServiceClient;
-use payments::pb::v1::{CreateAccountRequest, DepositRequest, ProcessRequest};
 use rand::{Rng, SeedableRng};
 use tonic::Code;
 
@@ -22,28 +21,8 @@ const DEPOSIT: i64 = 1_000;
 
 async fn transfers_conserve_money_and_execute_each_key_once(db: &TestDb) {
     let channel = common::api::serve(db.store.clone(), 0).await;
-    let mut accounts_client = AccountServiceClient::new(channel.clone());
 
-    let mut accounts = Vec::new();
-    for i in 0..ACCOUNTS {
-        let id = format!("acc-{i:02}");
-        accounts_client
-            .create_account(CreateAccountRequest {
-                account_id: id.clone(),
-                currency: "EUR".into(),
-            })
-            .await
-            .unwrap();
-        accounts_client
-            .deposit(DepositRequest {
-                account_id: id.clone(),
-                amount_minor: DEPOSIT,
-                idempotency_key: format!("fund-{i}"),
-            })
-            .await
-            .unwrap();
-        accounts.push(id);
-    }
+    let accounts = common::api::funded_accounts(&channel, ACCOUNTS, DEPOSIT).await;
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {

@@ -15,9 +15,8 @@ use std::time::Duration;
 use common::redis::TestRedis;
 use common::{TestDb, on_both_backends};
 use payments::limit::Limiter;
-use payments::pb::v1::account_service_client::AccountServiceClient;
 use payments::pb::v1::payment_service_client::PaymentServiceClient;
-use payments::pb::v1::{CreateAccountRequest, DepositRequest, GetPaymentRequest, ProcessRequest};
+use payments::pb::v1::{GetPaymentRequest, ProcessRequest};
 use payments::service::Payments;
 use payments::store::CachedStore;
 use rand::{Rng, SeedableRng};
@@ -41,27 +40,7 @@ async fn killing_redis_mid_run_changes_no_balance_and_loses_no_payment(db: &Test
     // A rate no test payer reaches: the limiter runs (in Redis) on every payment, never trips.
     let service = Payments::new(cached, 0).limiter(Limiter::redis(redis.handle(), 100_000));
     let channel = common::api::serve_payments(service).await;
-    let mut accounts_client = AccountServiceClient::new(channel.clone());
-    let mut accounts = Vec::new();
-    for i in 0..ACCOUNTS {
-        let id = format!("acc-{i:02}");
-        accounts_client
-            .create_account(CreateAccountRequest {
-                account_id: id.clone(),
-                currency: "EUR".into(),
-            })
-            .await
-            .unwrap();
-        accounts_client
-            .deposit(DepositRequest {
-                account_id: id.clone(),
-                amount_minor: DEPOSIT,
-                idempotency_key: format!("fund-{i}"),
-            })
-            .await
-            .unwrap();
-        accounts.push(id);
-    }
+    let accounts = common::api::funded_accounts(&channel, ACCOUNTS, DEPOSIT).await;
 
     // The outage: cut every connection the service has to Redis, every 50 ms.
     let running = Arc::new(AtomicBool::new(true));

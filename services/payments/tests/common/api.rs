@@ -37,6 +37,32 @@ pub async fn serve_payments(service: Payments) -> Channel {
         .unwrap()
 }
 
+/// Opens `count` EUR accounts `acc-00`, `acc-01`, … over the API, each funded with `deposit`,
+/// and returns their ids: the starting point of the invariant tests.
+pub async fn funded_accounts(channel: &Channel, count: usize, deposit: i64) -> Vec<String> {
+    use payments::pb::v1::account_service_client::AccountServiceClient;
+    use payments::pb::v1::{CreateAccountRequest, DepositRequest};
+
+    let mut client = AccountServiceClient::new(channel.clone());
+    let mut accounts = Vec::with_capacity(count);
+    for i in 0..count {
+        let account_id = format!("acc-{i:02}");
+        let open = CreateAccountRequest {
+            account_id: account_id.clone(),
+            currency: "EUR".into(),
+        };
+        client.create_account(open).await.unwrap();
+        let fund = DepositRequest {
+            account_id: account_id.clone(),
+            amount_minor: deposit,
+            idempotency_key: format!("fund-{i}"),
+        };
+        client.deposit(fund).await.unwrap();
+        accounts.push(account_id);
+    }
+    accounts
+}
+
 /// After a run through the API, checks what any run must leave behind: every payment listed
 /// once, each idempotency key on at most one payment, no negative balance, every balance equal
 /// to its `deposit` plus what its payments imply, and the total equal to the deposits.
