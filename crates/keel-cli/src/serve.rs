@@ -1,9 +1,7 @@
 //! `keel serve`: Greeter and TestService on Keel's full default stack.
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use keel::config::{Loader, ServerConfig};
 
@@ -42,10 +40,7 @@ pub fn load_config(
 ) -> anyhow::Result<ServerConfig> {
     let mut loader = Loader::new("KEEL").file(file);
     for pair in set {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--set expects KEY=VALUE, got {pair:?}"))?;
-        loader = loader.set(key.trim(), value.trim(), "--set");
+        loader = loader.set_pair(pair, "--set")?;
     }
     if let Some(listen) = listen {
         loader = loader.set("listen", listen, "--listen");
@@ -74,11 +69,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .file_descriptor_set(keel_interop::FILE_DESCRIPTOR_SET)
         .bind()
         .await?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "grpc listening on {}", server.local_addr())?;
-    writeln!(stdout, "admin listening on {}", server.admin_addr())?;
-    stdout.flush()?;
-    drop(stdout);
+    server.announce()?;
     server.serve_until_signal().await?;
     Ok(())
 }

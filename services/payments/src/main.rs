@@ -1,7 +1,6 @@
 //! `payments`: the reference payments service, on Keel's server with all its defaults.
 //! Parses flags, loads configuration, opens the store and serves; nothing else lives here.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -85,10 +84,7 @@ fn main() -> ExitCode {
 fn load_config(cli: &Cli) -> anyhow::Result<PaymentsConfig> {
     let mut loader = Loader::new("PAYMENTS").file(cli.config.as_ref());
     for pair in &cli.set {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--set expects KEY=VALUE, got {pair:?}"))?;
-        loader = loader.set(key.trim(), value.trim(), "--set");
+        loader = loader.set_pair(pair, "--set")?;
     }
     let flags = [
         ("server.listen", &cli.listen, "--listen"),
@@ -165,12 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .file_descriptor_set(payments::FILE_DESCRIPTOR_SET)
         .bind()
         .await?;
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "grpc listening on {}", server.local_addr())?;
-        writeln!(stdout, "admin listening on {}", server.admin_addr())?;
-        stdout.flush()?;
-    }
+    server.announce()?;
     server.serve_until_signal().await?;
     purger.abort();
     store.close().await;

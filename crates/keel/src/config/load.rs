@@ -55,6 +55,14 @@ pub enum ConfigError {
         /// The parser's message, with line and column.
         message: String,
     },
+    /// An override that is not of the form `KEY=VALUE`.
+    #[error("{origin} expects KEY=VALUE, got {text:?}")]
+    NotAPair {
+        /// The text as given.
+        text: String,
+        /// Where it was given, e.g. `--set`.
+        origin: String,
+    },
     /// A key that the configuration does not have.
     #[error("unknown config key `{key}` (from {origin}); known keys: {known}")]
     UnknownKey {
@@ -136,6 +144,17 @@ impl Loader {
         self.overrides
             .push((key.to_owned(), value.to_string(), origin.to_owned()));
         self
+    }
+
+    /// Sets `KEY=VALUE` from `pair` (e.g. a `--set` flag's argument), like [`Loader::set`].
+    pub fn set_pair(self, pair: &str, origin: &str) -> Result<Self, ConfigError> {
+        match pair.split_once('=') {
+            Some((key, value)) => Ok(self.set(key.trim(), value.trim(), origin)),
+            None => Err(ConfigError::NotAPair {
+                text: pair.to_owned(),
+                origin: origin.to_owned(),
+            }),
+        }
     }
 
     /// Merges the layers, deserializes and validates.
@@ -457,6 +476,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("`shutdown.drain_delay` (from --set)"), "{msg}");
+    }
+
+    #[test]
+    fn pairs_set_keys_and_malformed_ones_say_the_form() {
+        let config: ServerConfig = loader()
+            .set_pair("http2.max_concurrent_streams = 5", "--set")
+            .unwrap()
+            .load()
+            .unwrap();
+        assert_eq!(config.http2.max_concurrent_streams, 5);
+        let err = loader().set_pair("listen", "--set").unwrap_err();
+        assert_eq!(err.to_string(), "--set expects KEY=VALUE, got \"listen\"");
     }
 
     #[test]

@@ -183,6 +183,17 @@ impl BoundServer {
             .expect("bound listener has an address")
     }
 
+    /// Prints `grpc listening on ADDR` and `admin listening on ADDR` to stdout and flushes:
+    /// how every Keel server tells people and test harnesses where it listens (with the real
+    /// ports when configured with port 0).
+    pub fn announce(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "grpc listening on {}", self.local_addr())?;
+        writeln!(stdout, "admin listening on {}", self.admin_addr())?;
+        stdout.flush()
+    }
+
     /// The health registry.
     pub fn health(&self) -> HealthRegistry {
         self.health.clone()
