@@ -6,12 +6,8 @@
 
 mod common;
 
-use std::collections::HashMap;
-
+use common::api::Mix;
 use common::{TestDb, on_both_backends};
-use payments::pb::v1::ProcessRequest;
-use payments::pb::v1::payment_service_client::PaymentServiceClient;
-use rand::{Rng, SeedableRng};
 use tonic::Code;
 
 const CLIENTS: usize = 32;
@@ -24,59 +20,16 @@ async fn transfers_conserve_money_and_execute_each_key_once(db: &TestDb) {
 
     let accounts = common::api::funded_accounts(&channel, ACCOUNTS, DEPOSIT).await;
 
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let mut client = PaymentServiceClient::new(channel.clone());
-            let accounts = accounts.clone();
-            tokio::spawn(async move {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
-                let mut outcomes: HashMap<Code, usize> = HashMap::new();
-                for n in 0..REQUESTS_PER_CLIENT {
-                    let payer = rng.random_range(0..ACCOUNTS);
-                    let payee = (payer + rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
-                    // Some keys are shared across clients, so they race on purpose.
-                    let key = if rng.random_bool(0.2) {
-                        format!("shared-{}", rng.random_range(0..40))
-                    } else {
-                        format!("c{c}-{n}")
-                    };
-                    let request = ProcessRequest {
-                        idempotency_key: key,
-                        payer_account_id: accounts[payer].clone(),
-                        payee_account_id: accounts[payee].clone(),
-                        amount_minor: rng.random_range(1..400),
-                        currency: "EUR".into(),
-                        ..Default::default()
-                    };
-                    // Send once, sometimes again (a client retry), retrying after ABORTED.
-                    let sends = if rng.random_bool(0.3) { 2 } else { 1 };
-                    for _ in 0..sends {
-                        let mut attempts = 0;
-                        loop {
-                            let code = match client.process(request.clone()).await {
-                                Ok(_) => Code::Ok,
-                                Err(status) => status.code(),
-                            };
-                            attempts += 1;
-                            if code == Code::Aborted && attempts < 20 {
-                                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                                continue;
-                            }
-                            *outcomes.entry(code).or_default() += 1;
-                            break;
-                        }
-                    }
-                }
-                outcomes
-            })
-        })
-        .collect();
-    let mut outcomes: HashMap<Code, usize> = HashMap::new();
-    for client in clients {
-        for (code, n) in client.await.unwrap() {
-            *outcomes.entry(code).or_default() += n;
-        }
-    }
+    let mix = Mix {
+        clients: CLIENTS,
+        requests_per_client: REQUESTS_PER_CLIENT,
+        shared_keys: 40,
+        max_amount: 400,
+        resend: 0.3,
+    };
+    let outcomes = common::api::drive_payments(&channel, &accounts, mix)
+        .await
+        .codes;
     // Only business outcomes: no INTERNAL, no UNAVAILABLE, nothing unexpected.
     for code in outcomes.keys() {
         assert!(

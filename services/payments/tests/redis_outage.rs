@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::api::{Mix, MixOutcome};
 use common::redis::TestRedis;
 use common::{TestDb, on_both_backends};
 use payments::limit::Limiter;
@@ -19,16 +20,12 @@ use payments::pb::v1::payment_service_client::PaymentServiceClient;
 use payments::pb::v1::{GetPaymentRequest, ProcessRequest};
 use payments::service::Payments;
 use payments::store::CachedStore;
-use rand::{Rng, SeedableRng};
 use tonic::Code;
 
 const CLIENTS: usize = 12;
 const ACCOUNTS: usize = 20;
 const REQUESTS_PER_CLIENT: usize = 30;
 const DEPOSIT: i64 = 1_000;
-
-/// What a client was told OK for: key, payment id, amount.
-type Accepted = Vec<(String, String, i64)>;
 
 async fn killing_redis_mid_run_changes_no_balance_and_loses_no_payment(db: &TestDb) {
     let redis = Arc::new(TestRedis::with_user());
@@ -59,69 +56,17 @@ async fn killing_redis_mid_run_changes_no_balance_and_loses_no_payment(db: &Test
         }
     });
 
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let mut client = PaymentServiceClient::new(channel.clone());
-            let accounts = accounts.clone();
-            tokio::spawn(async move {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
-                let mut outcomes: HashMap<Code, usize> = HashMap::new();
-                let mut accepted = Accepted::new();
-                for n in 0..REQUESTS_PER_CLIENT {
-                    let payer = rng.random_range(0..ACCOUNTS);
-                    let payee = (payer + rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
-                    // Some keys are shared across clients, so they race on purpose.
-                    let key = if rng.random_bool(0.2) {
-                        format!("shared-{}", rng.random_range(0..20))
-                    } else {
-                        format!("c{c}-{n}")
-                    };
-                    let request = ProcessRequest {
-                        idempotency_key: key.clone(),
-                        payer_account_id: accounts[payer].clone(),
-                        payee_account_id: accounts[payee].clone(),
-                        amount_minor: rng.random_range(1..300),
-                        currency: "EUR".into(),
-                        ..Default::default()
-                    };
-                    // Send once, often again (a client retry, a replay), retrying ABORTED.
-                    let sends = if rng.random_bool(0.5) { 2 } else { 1 };
-                    for _ in 0..sends {
-                        for attempt in 1.. {
-                            let code = match client.process(request.clone()).await {
-                                Ok(response) => {
-                                    let payment = response.into_inner().payment.unwrap();
-                                    accepted.push((
-                                        key.clone(),
-                                        payment.payment_id,
-                                        payment.amount_minor,
-                                    ));
-                                    Code::Ok
-                                }
-                                Err(status) => status.code(),
-                            };
-                            if code == Code::Aborted && attempt < 20 {
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                                continue;
-                            }
-                            *outcomes.entry(code).or_default() += 1;
-                            break;
-                        }
-                    }
-                }
-                (outcomes, accepted)
-            })
-        })
-        .collect();
-    let mut outcomes: HashMap<Code, usize> = HashMap::new();
-    let mut accepted = Accepted::new();
-    for client in clients {
-        let (client_outcomes, client_accepted) = client.await.unwrap();
-        for (code, n) in client_outcomes {
-            *outcomes.entry(code).or_default() += n;
-        }
-        accepted.extend(client_accepted);
-    }
+    let mix = Mix {
+        clients: CLIENTS,
+        requests_per_client: REQUESTS_PER_CLIENT,
+        shared_keys: 20,
+        max_amount: 300,
+        resend: 0.5,
+    };
+    let MixOutcome {
+        codes: outcomes,
+        accepted,
+    } = common::api::drive_payments(&channel, &accounts, mix).await;
     running.store(false, Ordering::SeqCst);
     let killed = killer.await.unwrap();
     assert!(

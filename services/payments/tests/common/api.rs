@@ -37,6 +37,100 @@ pub async fn serve_payments(service: Payments) -> Channel {
         .unwrap()
 }
 
+/// The random payment traffic of the invariant tests: clients each sending requests between
+/// random accounts, some under keys shared across clients (so they race), some sent twice (a
+/// client retry), every ABORTED retried up to 20 times.
+#[derive(Debug, Clone, Copy)]
+pub struct Mix {
+    /// Concurrent clients, each with its own seeded random sequence.
+    pub clients: usize,
+    /// Distinct requests each client makes.
+    pub requests_per_client: usize,
+    /// How many `shared-N` keys the racing 20% of requests draw from.
+    pub shared_keys: u32,
+    /// Amounts are drawn from `1..max_amount`.
+    pub max_amount: i64,
+    /// Probability that a request is sent a second time.
+    pub resend: f64,
+}
+
+/// What the clients of a [`Mix`] saw.
+#[derive(Debug, Default)]
+pub struct MixOutcome {
+    /// Final status codes, one per send (after ABORTED retries).
+    pub codes: std::collections::HashMap<tonic::Code, usize>,
+    /// Every OK answer: (idempotency key, payment id, amount).
+    pub accepted: Vec<(String, String, i64)>,
+}
+
+/// Runs `mix` against the payment service between `accounts` and collects the outcomes.
+pub async fn drive_payments(channel: &Channel, accounts: &[String], mix: Mix) -> MixOutcome {
+    use payments::pb::v1::ProcessRequest;
+    use payments::pb::v1::payment_service_client::PaymentServiceClient;
+    use rand::{Rng, SeedableRng};
+
+    let clients: Vec<_> = (0..mix.clients)
+        .map(|c| {
+            let mut client = PaymentServiceClient::new(channel.clone());
+            let accounts = accounts.to_vec();
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
+                let mut seen = MixOutcome::default();
+                for n in 0..mix.requests_per_client {
+                    let payer = rng.random_range(0..accounts.len());
+                    let payee = (payer + rng.random_range(1..accounts.len())) % accounts.len();
+                    let key = if rng.random_bool(0.2) {
+                        format!("shared-{}", rng.random_range(0..mix.shared_keys))
+                    } else {
+                        format!("c{c}-{n}")
+                    };
+                    let request = ProcessRequest {
+                        idempotency_key: key.clone(),
+                        payer_account_id: accounts[payer].clone(),
+                        payee_account_id: accounts[payee].clone(),
+                        amount_minor: rng.random_range(1..mix.max_amount),
+                        currency: "EUR".into(),
+                        ..Default::default()
+                    };
+                    let sends = if rng.random_bool(mix.resend) { 2 } else { 1 };
+                    for _ in 0..sends {
+                        for attempt in 1.. {
+                            let code = match client.process(request.clone()).await {
+                                Ok(response) => {
+                                    let payment = response.into_inner().payment.unwrap();
+                                    seen.accepted.push((
+                                        key.clone(),
+                                        payment.payment_id,
+                                        payment.amount_minor,
+                                    ));
+                                    tonic::Code::Ok
+                                }
+                                Err(status) => status.code(),
+                            };
+                            if code == tonic::Code::Aborted && attempt < 20 {
+                                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                                continue;
+                            }
+                            *seen.codes.entry(code).or_default() += 1;
+                            break;
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut total = MixOutcome::default();
+    for client in clients {
+        let seen = client.await.unwrap();
+        for (code, n) in seen.codes {
+            *total.codes.entry(code).or_default() += n;
+        }
+        total.accepted.extend(seen.accepted);
+    }
+    total
+}
+
 /// Opens `count` EUR accounts `acc-00`, `acc-01`, … over the API, each funded with `deposit`,
 /// and returns their ids: the starting point of the invariant tests.
 pub async fn funded_accounts(channel: &Channel, count: usize, deposit: i64) -> Vec<String> {
