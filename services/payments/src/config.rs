@@ -15,6 +15,18 @@ pub struct PaymentsConfig {
     /// Storage: `sqlite://PATH` (created if missing) or `postgres://...`. SQLite by default,
     /// in `data/payments.db` under the working directory, so nothing needs installing.
     pub database_url: String,
+    /// Connections to the database (read connections on SQLite, which writes through one).
+    /// Default 16: keeps a small PostgreSQL busy without exhausting its 100 connections when a
+    /// few replicas run.
+    pub database_max_connections: u32,
+    /// Group commit: most payments committed in one transaction; `1` commits every payment in
+    /// a transaction of its own. Default 64. Payments waiting together share a transaction,
+    /// each with its own outcome, so under load the database does a few statements and one
+    /// commit for many payments; a lone payment is never held back to wait for others.
+    pub payment_batch_size: usize,
+    /// Group commit: tasks committing batches concurrently. Default 2: one gathers the next
+    /// batch while the other commits.
+    pub payment_committers: usize,
     /// How long idempotency keys are kept. At least 24 h, as clients retry across a day.
     #[serde(with = "humantime_serde")]
     pub idempotency_retention: Duration,
@@ -35,6 +47,9 @@ impl Default for PaymentsConfig {
     fn default() -> Self {
         Self {
             database_url: "sqlite://data/payments.db".to_owned(),
+            database_max_connections: 16,
+            payment_batch_size: 64,
+            payment_committers: 2,
             idempotency_retention: Duration::from_secs(24 * 3600),
             rate_limit_per_account: 0,
             redis_url: String::new(),
@@ -64,6 +79,18 @@ impl Validate for PaymentsConfig {
                 "database_url",
                 "must start with sqlite:// (embedded) or postgres:// (server)",
             ));
+        }
+        for (key, value) in [
+            (
+                "database_max_connections",
+                self.database_max_connections as usize,
+            ),
+            ("payment_batch_size", self.payment_batch_size),
+            ("payment_committers", self.payment_committers),
+        ] {
+            if value == 0 {
+                bad.push(Violation::new(key, "must be at least 1"));
+            }
         }
         if self.redis_url.starts_with("rediss://") {
             bad.push(Violation::new(
@@ -131,6 +158,7 @@ mod tests {
         for (key, value, expect) in [
             ("database_url", "mysql://x", "`database_url`"),
             ("idempotency_retention", "1h", "`idempotency_retention`"),
+            ("payment_batch_size", "0", "`payment_batch_size`"),
             ("redis_url", "http://127.0.0.1:6379", "`redis_url`"),
             ("redis_url", "rediss://127.0.0.1:6379", "TLS"),
             (

@@ -106,7 +106,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", toml::to_string(&config)?);
         return Ok(());
     }
-    let store_config = StoreConfig::default().idempotency_retention(config.idempotency_retention);
+    let store_config = StoreConfig::default()
+        .idempotency_retention(config.idempotency_retention)
+        .max_connections(config.database_max_connections)
+        .batch_size(config.payment_batch_size)
+        .committers(config.payment_committers);
     let store = store::open_with(&config.database_url, store_config)
         .await
         .with_context(|| "cannot open storage (check --database-url)".to_owned())?;

@@ -66,13 +66,16 @@ impl Violations {
         }
     }
 
-    /// Free text of at most `max` bytes.
+    /// Free text of at most `max` bytes, without NUL characters (PostgreSQL cannot store
+    /// them, and no client means to send one).
     pub fn text(&mut self, field: &str, text: &str, max: usize) {
         if text.len() > max {
             self.add(
                 field,
                 format!("must be at most {max} bytes, got {}", text.len()),
             );
+        } else if text.contains('\0') {
+            self.add(field, "must not contain NUL (U+0000) characters");
         }
     }
 
@@ -188,6 +191,15 @@ mod tests {
         v.optional_id("account_id", "");
         v.text("description", "coffee", MAX_DESCRIPTION_LEN);
         assert!(v.finish().is_ok());
+    }
+
+    #[test]
+    fn text_refuses_nul_characters() {
+        let mut v = Violations::default();
+        v.text("description", "a\0b", MAX_DESCRIPTION_LEN);
+        let violations = field_violations(v.finish());
+        assert_eq!(violations[0].0, "description");
+        assert!(violations[0].1.contains("NUL"), "{violations:?}");
     }
 
     #[test]

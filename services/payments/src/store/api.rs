@@ -16,7 +16,10 @@ use super::model::{Account, Idempotent, Payment, PaymentRequest};
 ///
 /// Cancel-safe: dropping a returned future before it completes rolls its transaction back;
 /// if that happens while the commit is in flight, the outcome is unknown, and retrying with
-/// the same idempotency key settles it.
+/// the same idempotency key settles it. Under group commit (see
+/// [`open_with`](crate::store::open_with)) a payment dropped before its batch starts is not
+/// processed, and one dropped later is committed or not with its batch: again, retrying with
+/// the key settles it.
 pub trait Store: Send + Sync + 'static {
     /// The backend's name, `"sqlite"` or `"postgres"`, for logs and metrics.
     fn backend(&self) -> &'static str;

@@ -32,6 +32,15 @@ pub struct StoreConfig {
     ///
     /// [`StoreError::Conflict`]: crate::store::StoreError::Conflict
     pub max_conflict_retries: u32,
+    /// Most payments committed in one transaction by group commit (see
+    /// [`open_with`](crate::store::open_with)); 1 turns group commit off, every payment then
+    /// runs in a transaction of its own. Default 64: past that, a batch's statements grow
+    /// without saving more round trips or commits worth having.
+    pub batch_size: usize,
+    /// Tasks committing batches of payments concurrently (group commit only). Default 2: one
+    /// fills its batch while the other waits for the database, and with a few hot accounts
+    /// more would mostly wait on each other's row locks.
+    pub committers: usize,
 }
 
 impl Default for StoreConfig {
@@ -42,6 +51,8 @@ impl Default for StoreConfig {
             acquire_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
             max_conflict_retries: 5,
+            batch_size: 64,
+            committers: 2,
         }
     }
 }
@@ -108,6 +119,30 @@ impl StoreConfig {
     #[must_use]
     pub fn max_conflict_retries(mut self, retries: u32) -> Self {
         self.max_conflict_retries = retries;
+        self
+    }
+
+    /// Sets [`StoreConfig::batch_size`] (at least 1; 1 turns group commit off).
+    ///
+    /// ```
+    /// let config = payments::store::StoreConfig::default().batch_size(1);
+    /// assert_eq!(config.batch_size, 1);
+    /// ```
+    #[must_use]
+    pub fn batch_size(mut self, payments: usize) -> Self {
+        self.batch_size = payments.max(1);
+        self
+    }
+
+    /// Sets [`StoreConfig::committers`] (at least 1).
+    ///
+    /// ```
+    /// let config = payments::store::StoreConfig::default().committers(4);
+    /// assert_eq!(config.committers, 4);
+    /// ```
+    #[must_use]
+    pub fn committers(mut self, tasks: usize) -> Self {
+        self.committers = tasks.max(1);
         self
     }
 }

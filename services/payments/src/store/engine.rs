@@ -8,9 +8,12 @@ use futures_util::future::BoxFuture;
 use sqlx::{Database, Pool, Transaction};
 
 use super::api::Store;
+use super::batch_statements::BatchStatements;
 use super::config::StoreConfig;
 use super::error::StoreError;
+use super::group_commit::BatchStore;
 use super::ledger;
+use super::ledger::BatchOutcomes;
 use super::model::{Account, Idempotent, Payment, PaymentRequest};
 use super::records::{duration_us, now_us};
 use super::statements::Statements;
@@ -19,7 +22,7 @@ use super::statements::Statements;
 /// from and how a write transaction starts.
 pub(crate) trait Backend: Send + Sync + 'static {
     /// The sqlx database.
-    type Db: Database<Connection: Statements>;
+    type Db: Database<Connection: BatchStatements>;
     /// `"sqlite"` or `"postgres"`.
     const NAME: &'static str;
     /// The statement starting a write transaction.
@@ -223,6 +226,17 @@ impl<B: Backend> Store for Engine<B> {
             self.backend.writer().close().await;
             self.backend.reader().close().await;
         })
+    }
+}
+
+impl<B: Backend> BatchStore for Engine<B> {
+    fn process_batch<'a>(
+        &'a self,
+        requests: &'a [&'a PaymentRequest],
+    ) -> BoxFuture<'a, Result<BatchOutcomes, StoreError>> {
+        Box::pin(transaction!(self, |conn| ledger::process_batch(
+            conn, requests
+        )))
     }
 }
 

@@ -1,6 +1,8 @@
 //! What can go wrong in storage, typed so the service layer can map each case to a gRPC
 //! status, and how database errors are sorted into those cases.
 
+use std::sync::Arc;
+
 use sqlx::error::DatabaseError;
 
 /// A boxed error kept as the `source()` of [`StoreError`]'s infrastructure variants.
@@ -106,9 +108,45 @@ impl StoreError {
         matches!(self, Self::Unavailable(_) | Self::Conflict(_))
     }
 
+    /// This failure once for each of `n` operations that shared the transaction it ended: the
+    /// same variant, each with the original error as its source.
+    pub(crate) fn fan_out(self, n: usize) -> Vec<StoreError> {
+        let shared = Arc::new(self);
+        (0..n)
+            .map(|_| {
+                let source = || -> BoxError { Box::new(Shared(shared.clone())) };
+                match &*shared {
+                    Self::Unavailable(_) => Self::Unavailable(source()),
+                    Self::Conflict(_) => Self::Conflict(source()),
+                    Self::Config(message) => Self::Config(message.clone()),
+                    _ => Self::Internal(source()),
+                }
+            })
+            .collect()
+    }
+
     /// An [`StoreError::Internal`] for a broken expectation with no underlying error.
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into().into())
+    }
+}
+
+/// One store error shared by the operations it failed; shows as the error beneath it.
+#[derive(Debug)]
+struct Shared(Arc<StoreError>);
+
+impl std::fmt::Display for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::error::Error::source(&*self.0) {
+            Some(source) => write!(f, "{source}"),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for Shared {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0).and_then(std::error::Error::source)
     }
 }
 
@@ -250,6 +288,20 @@ mod tests {
                 "SQLite code {code}"
             );
         }
+    }
+
+    #[test]
+    fn a_shared_failure_keeps_its_variant_and_cause() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let errors = StoreError::from(sqlx::Error::Io(refused)).fan_out(3);
+        assert_eq!(errors.len(), 3);
+        for error in &errors {
+            assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+            let cause = std::error::Error::source(error).unwrap().to_string();
+            assert!(cause.contains("refused"), "{cause}");
+        }
+        let conflict = StoreError::Conflict("deadlock detected".into()).fan_out(1);
+        assert!(matches!(conflict[0], StoreError::Conflict(_)));
     }
 
     #[test]

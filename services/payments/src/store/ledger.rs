@@ -13,6 +13,9 @@
 //!    summing to zero. Any error rolls the whole transaction back, key included, so a failed
 //!    request can be retried with its key once the cause is fixed.
 
+use std::collections::{BTreeMap, HashMap};
+
+use super::batch_statements::{BatchStatements, Transfer};
 use super::error::StoreError;
 use super::fingerprint;
 use super::ids::new_id;
@@ -127,20 +130,7 @@ pub(crate) async fn process<C: Statements>(
 
     let (payer, payee) = (&request.payer_account_id, &request.payee_account_id);
     let mut accounts = Locked::lock(conn, [payer, payee]).await?;
-    for account_id in [payer, payee] {
-        accounts.get(account_id)?;
-    }
-    for account_id in [payer, payee] {
-        let account = accounts.get(account_id)?;
-        if account.currency != request.currency {
-            return Err(StoreError::CurrencyMismatch {
-                account_id: account.account_id.clone(),
-                account_currency: account.currency.clone(),
-                requested_currency: request.currency.clone(),
-            });
-        }
-    }
-    accounts.transfer(payer, payee, request.amount_minor)?;
+    accounts.pay(request)?;
     accounts.write(conn).await?;
 
     let payment = Payment {
@@ -175,6 +165,194 @@ pub(crate) async fn process<C: Statements>(
     )
     .await?;
     Ok(Idempotent::fresh(payment))
+}
+
+/// What each payment of a batch came to, in the batch's order.
+pub(crate) type BatchOutcomes = Vec<Result<Idempotent<Payment>, StoreError>>;
+
+/// Processes many payments in one transaction, as if [`process`] ran for each in turn: the
+/// same checks in the same order, each seeing the balances the ones before it left. Set-based
+/// statements make it a fixed number of round trips whatever the batch's size: claim the keys,
+/// read the keys that existed and the payments they replay, lock the accounts, then write
+/// balances, payments and ledger entries once each.
+///
+/// A payment refused by a business rule gets its error and its key is removed again, so the
+/// transaction keeps no trace of it; the others go on. The outer error is for the whole
+/// transaction (storage unavailable, a conflict): nothing may be committed then.
+///
+/// The idempotency keys must be distinct: a key claimed twice in one transaction would be
+/// reported as used by a payment that is not committed yet.
+pub(crate) async fn process_batch<C: BatchStatements>(
+    conn: &mut C,
+    requests: &[&PaymentRequest],
+) -> Result<BatchOutcomes, StoreError> {
+    let mut outcomes: Vec<Option<Result<Idempotent<Payment>, StoreError>>> =
+        requests.iter().map(|_| None).collect();
+    let created_at_us = now_us();
+    let mut keys = Vec::with_capacity(requests.len());
+    let mut keyed = Vec::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        if let Err(error) = ensure_positive(request.amount_minor) {
+            outcomes[i] = Some(Err(error));
+            continue;
+        }
+        keyed.push(i);
+        keys.push(KeyRecord {
+            scope: Scope::Payment,
+            key: request.idempotency_key.clone(),
+            fingerprint: fingerprint::payment(request),
+            resource_id: new_id("pay"),
+            created_at_us,
+        });
+    }
+
+    // 1. Claim the keys; the ones that existed are replays or reused keys.
+    let claimed = conn.insert_keys(&keys).await?;
+    let mut fresh = Vec::with_capacity(keys.len());
+    let mut existing_keys = Vec::new();
+    for ((&i, key), claimed) in keyed.iter().zip(&keys).zip(claimed) {
+        if claimed {
+            fresh.push((i, key));
+        } else {
+            existing_keys.push((i, key));
+        }
+    }
+    replay_existing(conn, &existing_keys, &mut outcomes).await?;
+
+    // 2. Lock every account involved, in ascending id order.
+    let mut account_ids: Vec<&str> = fresh
+        .iter()
+        .flat_map(|&(i, _)| {
+            [
+                requests[i].payer_account_id.as_str(),
+                requests[i].payee_account_id.as_str(),
+            ]
+        })
+        .collect();
+    account_ids.sort_unstable();
+    account_ids.dedup();
+    let mut accounts = if account_ids.is_empty() {
+        Locked::new(Vec::new())
+    } else {
+        Locked::new(conn.lock_accounts(&account_ids).await?)
+    };
+
+    // 3. Check and apply each payment in order, in memory.
+    let mut payments = Vec::with_capacity(fresh.len());
+    let mut refused_keys = Vec::new();
+    for &(i, key) in &fresh {
+        let request = requests[i];
+        match accounts.pay(request) {
+            Ok(()) => payments.push((
+                i,
+                Payment {
+                    payment_id: key.resource_id.clone(),
+                    idempotency_key: request.idempotency_key.clone(),
+                    payer_account_id: request.payer_account_id.clone(),
+                    payee_account_id: request.payee_account_id.clone(),
+                    amount_minor: request.amount_minor,
+                    currency: request.currency.clone(),
+                    description: request.description.clone(),
+                    metadata: request.metadata.clone(),
+                    refunded_minor: 0,
+                    created_at: time_from_us(created_at_us),
+                },
+            )),
+            Err(error) => {
+                outcomes[i] = Some(Err(error));
+                refused_keys.push(key.key.as_str());
+            }
+        }
+    }
+
+    // 4. Write everything once.
+    if !refused_keys.is_empty() {
+        conn.delete_keys(Scope::Payment, &refused_keys).await?;
+    }
+    let balances = accounts.changed();
+    if !balances.is_empty() {
+        conn.set_balances(&balances).await?;
+    }
+    if !payments.is_empty() {
+        let (order, payments): (Vec<usize>, Vec<Payment>) = payments.into_iter().unzip();
+        conn.insert_payments(&payments).await?;
+        let transfers: Vec<Transfer<'_>> = payments
+            .iter()
+            .map(|payment| Transfer {
+                transfer_id: &payment.payment_id,
+                debit: &payment.payer_account_id,
+                credit: &payment.payee_account_id,
+                currency: &payment.currency,
+                amount_minor: payment.amount_minor,
+                created_at_us,
+            })
+            .collect();
+        conn.insert_transfers(Scope::Payment, &transfers).await?;
+        for (i, payment) in order.into_iter().zip(payments) {
+            outcomes[i] = Some(Ok(Idempotent::fresh(payment)));
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.ok_or_else(|| StoreError::internal("a payment of the batch got no outcome"))
+        })
+        .collect()
+}
+
+/// Answers the payments whose key existed: the original payment (as first recorded) when the
+/// parameters match, [`StoreError::IdempotencyKeyReused`] when they differ.
+async fn replay_existing<C: BatchStatements>(
+    conn: &mut C,
+    existing_keys: &[(usize, &KeyRecord)],
+    outcomes: &mut [Option<Result<Idempotent<Payment>, StoreError>>],
+) -> Result<(), StoreError> {
+    if existing_keys.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = existing_keys
+        .iter()
+        .map(|(_, key)| key.key.as_str())
+        .collect();
+    let mut recorded: HashMap<String, KeyRecord> = conn
+        .find_keys(Scope::Payment, &names)
+        .await?
+        .into_iter()
+        .map(|record| (record.key.clone(), record))
+        .collect();
+    let mut replays = Vec::new();
+    for &(i, key) in existing_keys {
+        let replayed = recorded
+            .remove(&key.key)
+            .ok_or_else(|| {
+                StoreError::internal("idempotency key conflicted on insert but cannot be read")
+            })
+            .and_then(|record| replayed_resource(record, &key.fingerprint));
+        match replayed {
+            Ok(payment_id) => replays.push((i, payment_id)),
+            Err(error) => outcomes[i] = Some(Err(error)),
+        }
+    }
+    if replays.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = replays.iter().map(|(_, id)| id.as_str()).collect();
+    let mut found: HashMap<String, Payment> = conn
+        .payments_by_id(&ids)
+        .await?
+        .into_iter()
+        .map(|payment| (payment.payment_id.clone(), payment))
+        .collect();
+    for (i, payment_id) in replays {
+        outcomes[i] = Some(match found.remove(&payment_id) {
+            Some(mut payment) => {
+                payment.refunded_minor = 0;
+                Ok(Idempotent::replay(payment))
+            }
+            None => Err(dangling("payment", &payment_id)),
+        });
+    }
+    Ok(())
 }
 
 /// Returns part or all of a payment from the payee to the payer.
@@ -295,8 +473,13 @@ async fn claim_key<C: Statements>(
 }
 
 fn replay_of(existing: KeyRecord, fingerprint: &str) -> Result<Claim, StoreError> {
+    replayed_resource(existing, fingerprint).map(Claim::Replay)
+}
+
+/// The record a recorded key produced, if it was recorded with these parameters.
+fn replayed_resource(existing: KeyRecord, fingerprint: &str) -> Result<String, StoreError> {
     if existing.fingerprint == fingerprint {
-        Ok(Claim::Replay(existing.resource_id))
+        Ok(existing.resource_id)
     } else {
         Err(StoreError::IdempotencyKeyReused { key: existing.key })
     }
@@ -355,13 +538,15 @@ fn dangling(what: &str, id: &str) -> StoreError {
     ))
 }
 
-/// The accounts of one transfer, locked in ascending id order, with their balances as the
-/// transfer changes them.
+/// Locked accounts, with their balances as the transfers so far change them.
 struct Locked {
-    accounts: Vec<Account>,
+    accounts: BTreeMap<String, Account>,
+    /// The balances as locked, to write back only what changed.
+    locked_balances: BTreeMap<String, i64>,
 }
 
 impl Locked {
+    /// Locks the accounts of one transfer, one by one in ascending id order.
     async fn lock<C: Statements>(conn: &mut C, account_ids: [&str; 2]) -> Result<Self, StoreError> {
         let mut ids = account_ids;
         ids.sort_unstable();
@@ -370,17 +555,29 @@ impl Locked {
             if i > 0 && ids[i - 1] == *account_id {
                 continue;
             }
-            if let Some(account) = conn.lock_account(account_id).await? {
-                accounts.push(account);
-            }
+            accounts.extend(conn.lock_account(account_id).await?);
         }
-        Ok(Self { accounts })
+        Ok(Self::new(accounts))
+    }
+
+    fn new(accounts: Vec<Account>) -> Self {
+        let locked_balances = accounts
+            .iter()
+            .map(|account| (account.account_id.clone(), account.balance_minor))
+            .collect();
+        let accounts = accounts
+            .into_iter()
+            .map(|account| (account.account_id.clone(), account))
+            .collect();
+        Self {
+            accounts,
+            locked_balances,
+        }
     }
 
     fn get(&self, account_id: &str) -> Result<&Account, StoreError> {
         self.accounts
-            .iter()
-            .find(|account| account.account_id == account_id)
+            .get(account_id)
             .ok_or_else(|| StoreError::AccountNotFound {
                 account_id: account_id.to_owned(),
             })
@@ -388,14 +585,34 @@ impl Locked {
 
     fn get_mut(&mut self, account_id: &str) -> Result<&mut Account, StoreError> {
         self.accounts
-            .iter_mut()
-            .find(|account| account.account_id == account_id)
+            .get_mut(account_id)
             .ok_or_else(|| StoreError::AccountNotFound {
                 account_id: account_id.to_owned(),
             })
     }
 
-    /// Debits `from` and credits `to`, refusing an overdraft or an overflow.
+    /// Applies a payment's checks in the order callers see them (payer exists, payee exists,
+    /// currencies, funds), then its transfer; on error nothing changed.
+    fn pay(&mut self, request: &PaymentRequest) -> Result<(), StoreError> {
+        let (payer, payee) = (&request.payer_account_id, &request.payee_account_id);
+        for account_id in [payer, payee] {
+            self.get(account_id)?;
+        }
+        for account_id in [payer, payee] {
+            let account = self.get(account_id)?;
+            if account.currency != request.currency {
+                return Err(StoreError::CurrencyMismatch {
+                    account_id: account.account_id.clone(),
+                    account_currency: account.currency.clone(),
+                    requested_currency: request.currency.clone(),
+                });
+            }
+        }
+        self.transfer(payer, payee, request.amount_minor)
+    }
+
+    /// Debits `from` and credits `to`, refusing an overdraft or an overflow; on error nothing
+    /// changed.
     fn transfer(&mut self, from: &str, to: &str, amount_minor: i64) -> Result<(), StoreError> {
         let debited = self.get_mut(from)?;
         if debited.balance_minor < amount_minor {
@@ -407,19 +624,35 @@ impl Locked {
         }
         debited.balance_minor -= amount_minor;
         let credited = self.get_mut(to)?;
-        credited.balance_minor = credited
-            .balance_minor
-            .checked_add(amount_minor)
-            .ok_or_else(|| StoreError::BalanceOverflow {
-                account_id: to.to_owned(),
-            })?;
-        Ok(())
+        match credited.balance_minor.checked_add(amount_minor) {
+            Some(balance) => {
+                credited.balance_minor = balance;
+                Ok(())
+            }
+            None => {
+                self.get_mut(from)?.balance_minor += amount_minor;
+                Err(StoreError::BalanceOverflow {
+                    account_id: to.to_owned(),
+                })
+            }
+        }
     }
 
+    /// The accounts whose balance differs from when they were locked, with that balance.
+    fn changed(&self) -> Vec<(&str, i64)> {
+        self.accounts
+            .values()
+            .filter(|account| {
+                self.locked_balances.get(&account.account_id) != Some(&account.balance_minor)
+            })
+            .map(|account| (account.account_id.as_str(), account.balance_minor))
+            .collect()
+    }
+
+    /// Writes the changed balances one by one.
     async fn write<C: Statements>(&self, conn: &mut C) -> Result<(), StoreError> {
-        for account in &self.accounts {
-            conn.set_balance(&account.account_id, account.balance_minor)
-                .await?;
+        for (account_id, balance_minor) in self.changed() {
+            conn.set_balance(account_id, balance_minor).await?;
         }
         Ok(())
     }

@@ -25,11 +25,13 @@
 //! layer's job; the database still refuses records that break the invariants.
 
 mod api;
+mod batch_statements;
 mod cached;
 mod config;
 mod engine;
 mod error;
 mod fingerprint;
+mod group_commit;
 mod ids;
 mod layer;
 mod ledger;

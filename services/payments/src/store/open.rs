@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::api::Store;
 use super::config::StoreConfig;
 use super::error::StoreError;
+use super::group_commit::{BatchStore, GroupCommit};
 use super::{postgres, sqlite};
 
 /// Opens the store `url` names with the default [`StoreConfig`]: `sqlite://path/to/file.db`
@@ -19,15 +20,28 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 }
 
 /// [`open`] with a configuration.
+///
+/// Unless [`StoreConfig::batch_size`] is 1, payments go through group commit: a queue from
+/// which [`StoreConfig::committers`] tasks (spawned on the current Tokio runtime) commit up to
+/// `batch_size` waiting payments per transaction, with the same outcome for each as alone.
+/// Dropping the returned store stops them.
 pub async fn open_with(url: &str, config: StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-    match scheme {
-        "sqlite" => Ok(Arc::new(sqlite::open(url, config).await?)),
-        "postgres" | "postgresql" => Ok(Arc::new(postgres::open(url, config).await?)),
-        _ => Err(StoreError::Config(format!(
-            "unsupported database URL {:?}: expected sqlite://... or postgres://...",
-            redact(url)
-        ))),
+    let (batch_size, committers) = (config.batch_size, config.committers);
+    let engine: Arc<dyn BatchStore> = match scheme {
+        "sqlite" => Arc::new(sqlite::open(url, config).await?),
+        "postgres" | "postgresql" => Arc::new(postgres::open(url, config).await?),
+        _ => {
+            return Err(StoreError::Config(format!(
+                "unsupported database URL {:?}: expected sqlite://... or postgres://...",
+                redact(url)
+            )));
+        }
+    };
+    if batch_size > 1 {
+        Ok(Arc::new(GroupCommit::start(engine, batch_size, committers)))
+    } else {
+        Ok(engine)
     }
 }
 

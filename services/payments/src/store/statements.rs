@@ -124,12 +124,13 @@ macro_rules! payment_columns {
          currency, description, metadata, refunded_minor, created_at_us"
     };
 }
+pub(crate) use payment_columns;
 
 /// Implements [`Statements`] for `$connection` of database `$db`; `$lock` is appended to the
 /// reads that lock a row.
 macro_rules! impl_statements {
     ($module:ident, $connection:ty, $db:ty, lock = $lock:literal) => {
-        mod $module {
+        pub(super) mod $module {
             use sqlx::Row as _;
 
             use super::super::error::StoreError;
@@ -141,7 +142,8 @@ macro_rules! impl_statements {
 
             type DbRow = <$db as sqlx::Database>::Row;
 
-            fn account_from_row(row: &DbRow) -> Result<Account, StoreError> {
+            /// An account from a row of `accounts`.
+            pub(crate) fn account_from_row(row: &DbRow) -> Result<Account, StoreError> {
                 Ok(Account {
                     account_id: row.try_get("account_id")?,
                     currency: row.try_get("currency")?,
@@ -150,7 +152,8 @@ macro_rules! impl_statements {
                 })
             }
 
-            fn payment_from_row(row: &DbRow) -> Result<Payment, StoreError> {
+            /// A payment from a row of `payments` read with `payment_columns!()`.
+            pub(crate) fn payment_from_row(row: &DbRow) -> Result<Payment, StoreError> {
                 let metadata: String = row.try_get("metadata")?;
                 Ok(Payment {
                     payment_id: row.try_get("payment_id")?,

@@ -1,0 +1,362 @@
+//! The set-based statements of a group commit: each handles every payment of a batch in one
+//! statement on PostgreSQL (arrays bound as parameters and expanded with `unnest`), and row by
+//! row on SQLite, where a statement is a call into the library, not a round trip.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use sqlx::Row as _;
+
+use super::error::StoreError;
+use super::model::{Account, Payment};
+use super::records::{KeyRecord, Scope, time_to_us};
+use super::statements::{self, Statements, payment_columns};
+
+/// One transfer's pair of ledger entries: `amount_minor` from `debit` to `credit`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Transfer<'a> {
+    pub(crate) transfer_id: &'a str,
+    pub(crate) debit: &'a str,
+    pub(crate) credit: &'a str,
+    pub(crate) currency: &'a str,
+    pub(crate) amount_minor: i64,
+    pub(crate) created_at_us: i64,
+}
+
+/// The statements of the ledger over many rows at once, inside one transaction.
+pub(crate) trait BatchStatements: Statements {
+    /// Records idempotency keys (of one scope, all distinct) in ascending key order; returns
+    /// for each, in the order given, whether it was inserted (false: it existed). On
+    /// PostgreSQL a key another transaction holds makes this wait for it to end.
+    fn insert_keys(
+        &mut self,
+        records: &[KeyRecord],
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
+    /// The recorded keys among `keys` of `scope`, in no particular order.
+    fn find_keys(
+        &mut self,
+        scope: Scope,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+    /// Deletes keys of `scope`.
+    fn delete_keys(
+        &mut self,
+        scope: Scope,
+        keys: &[&str],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The payments among `payment_ids`, in no particular order.
+    fn payments_by_id(
+        &mut self,
+        payment_ids: &[&str],
+    ) -> impl Future<Output = Result<Vec<Payment>, StoreError>> + Send;
+    /// Reads and locks the accounts among `account_ids` (sorted, distinct), locking in
+    /// ascending id order (byte order), the order every transaction of the store locks in.
+    fn lock_accounts(
+        &mut self,
+        account_ids: &[&str],
+    ) -> impl Future<Output = Result<Vec<Account>, StoreError>> + Send;
+    /// Sets the balances of existing accounts.
+    fn set_balances(
+        &mut self,
+        balances: &[(&str, i64)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Inserts payments.
+    fn insert_payments(
+        &mut self,
+        payments: &[Payment],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Writes the two ledger entries of each transfer of `kind`, debit then credit.
+    fn insert_transfers(
+        &mut self,
+        kind: Scope,
+        transfers: &[Transfer<'_>],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+fn metadata_json(payment: &Payment) -> Result<String, StoreError> {
+    serde_json::to_string(&payment.metadata).map_err(|error| StoreError::Internal(Box::new(error)))
+}
+
+impl BatchStatements for sqlx::PgConnection {
+    async fn insert_keys(&mut self, records: &[KeyRecord]) -> Result<Vec<bool>, StoreError> {
+        let Some(first) = records.first() else {
+            return Ok(Vec::new());
+        };
+        let column = |field: fn(&KeyRecord) -> &str| records.iter().map(field).collect::<Vec<_>>();
+        let created: Vec<i64> = records.iter().map(|record| record.created_at_us).collect();
+        let inserted: HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO idempotency_keys \
+             (scope, idempotency_key, fingerprint, resource_id, created_at_us) \
+             SELECT $1, k.key, k.fingerprint, k.resource_id, k.created_at_us \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[]) \
+               AS k(key, fingerprint, resource_id, created_at_us) \
+             ORDER BY k.key COLLATE \"C\" \
+             ON CONFLICT DO NOTHING RETURNING idempotency_key",
+        )
+        .bind(first.scope.as_str())
+        .bind(column(|record| &record.key))
+        .bind(column(|record| &record.fingerprint))
+        .bind(column(|record| &record.resource_id))
+        .bind(created)
+        .fetch_all(&mut *self)
+        .await?
+        .into_iter()
+        .collect();
+        Ok(records
+            .iter()
+            .map(|record| inserted.contains(&record.key))
+            .collect())
+    }
+
+    async fn find_keys(
+        &mut self,
+        scope: Scope,
+        keys: &[&str],
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idempotency_key, fingerprint, resource_id, created_at_us \
+             FROM idempotency_keys WHERE scope = $1 AND idempotency_key = ANY($2)",
+        )
+        .bind(scope.as_str())
+        .bind(keys)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(KeyRecord {
+                    scope,
+                    key: row.try_get("idempotency_key")?,
+                    fingerprint: row.try_get("fingerprint")?,
+                    resource_id: row.try_get("resource_id")?,
+                    created_at_us: row.try_get("created_at_us")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_keys(&mut self, scope: Scope, keys: &[&str]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND idempotency_key = ANY($2)")
+            .bind(scope.as_str())
+            .bind(keys)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn payments_by_id(&mut self, payment_ids: &[&str]) -> Result<Vec<Payment>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            payment_columns!(),
+            " FROM payments WHERE payment_id = ANY($1)"
+        ))
+        .bind(payment_ids)
+        .fetch_all(&mut *self)
+        .await?
+        .iter()
+        .map(statements::postgres::payment_from_row)
+        .collect()
+    }
+
+    async fn lock_accounts(&mut self, account_ids: &[&str]) -> Result<Vec<Account>, StoreError> {
+        // The sort runs below the row locks, so rows are locked in this order; "C" collation
+        // is byte order, the order of Rust's `str` and of the single-payment path.
+        sqlx::query(
+            "SELECT account_id, currency, balance_minor, created_at_us FROM accounts \
+             WHERE account_id = ANY($1) ORDER BY account_id COLLATE \"C\" FOR UPDATE",
+        )
+        .bind(account_ids)
+        .fetch_all(&mut *self)
+        .await?
+        .iter()
+        .map(statements::postgres::account_from_row)
+        .collect()
+    }
+
+    async fn set_balances(&mut self, balances: &[(&str, i64)]) -> Result<(), StoreError> {
+        let ids: Vec<&str> = balances.iter().map(|(id, _)| *id).collect();
+        let amounts: Vec<i64> = balances.iter().map(|(_, amount)| *amount).collect();
+        let updated = sqlx::query(
+            "UPDATE accounts SET balance_minor = b.balance_minor \
+             FROM unnest($1::text[], $2::int8[]) AS b(account_id, balance_minor) \
+             WHERE accounts.account_id = b.account_id",
+        )
+        .bind(ids)
+        .bind(amounts)
+        .execute(&mut *self)
+        .await?;
+        expect_rows(updated.rows_affected(), balances.len(), "balance update")
+    }
+
+    async fn insert_payments(&mut self, payments: &[Payment]) -> Result<(), StoreError> {
+        let text = |field: fn(&Payment) -> &str| payments.iter().map(field).collect::<Vec<_>>();
+        let int = |field: fn(&Payment) -> i64| payments.iter().map(field).collect::<Vec<_>>();
+        let metadata = payments
+            .iter()
+            .map(metadata_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        sqlx::query(concat!(
+            "INSERT INTO payments (",
+            payment_columns!(),
+            ") SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+             $5::int8[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[])"
+        ))
+        .bind(text(|p| &p.payment_id))
+        .bind(text(|p| &p.idempotency_key))
+        .bind(text(|p| &p.payer_account_id))
+        .bind(text(|p| &p.payee_account_id))
+        .bind(int(|p| p.amount_minor))
+        .bind(text(|p| &p.currency))
+        .bind(text(|p| &p.description))
+        .bind(metadata)
+        .bind(int(|p| p.refunded_minor))
+        .bind(int(|p| time_to_us(p.created_at)))
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_transfers(
+        &mut self,
+        kind: Scope,
+        transfers: &[Transfer<'_>],
+    ) -> Result<(), StoreError> {
+        let mut ids = Vec::with_capacity(2 * transfers.len());
+        let mut accounts = Vec::with_capacity(2 * transfers.len());
+        let mut currencies = Vec::with_capacity(2 * transfers.len());
+        let mut amounts = Vec::with_capacity(2 * transfers.len());
+        let mut created = Vec::with_capacity(2 * transfers.len());
+        for transfer in transfers {
+            for (account, amount) in [
+                (transfer.debit, -transfer.amount_minor),
+                (transfer.credit, transfer.amount_minor),
+            ] {
+                ids.push(transfer.transfer_id);
+                accounts.push(account);
+                currencies.push(transfer.currency);
+                amounts.push(amount);
+                created.push(transfer.created_at_us);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO ledger_entries \
+             (transfer_id, kind, account_id, currency, amount_minor, created_at_us) \
+             SELECT e.transfer_id, $1, e.account_id, e.currency, e.amount_minor, e.created_at_us \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[]) \
+               WITH ORDINALITY AS e(transfer_id, account_id, currency, amount_minor, \
+                                    created_at_us, n) \
+             ORDER BY e.n",
+        )
+        .bind(kind.as_str())
+        .bind(ids)
+        .bind(accounts)
+        .bind(currencies)
+        .bind(amounts)
+        .bind(created)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+}
+
+/// SQLite runs in the process: one statement per row costs a call, not a round trip, and its
+/// write transactions are serialized, so there are no row locks to order.
+impl BatchStatements for sqlx::SqliteConnection {
+    async fn insert_keys(&mut self, records: &[KeyRecord]) -> Result<Vec<bool>, StoreError> {
+        let mut inserted = Vec::with_capacity(records.len());
+        for record in records {
+            inserted.push(self.insert_key(record).await?);
+        }
+        Ok(inserted)
+    }
+
+    async fn find_keys(
+        &mut self,
+        scope: Scope,
+        keys: &[&str],
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.extend(self.find_key(scope, key).await?);
+        }
+        Ok(found)
+    }
+
+    async fn delete_keys(&mut self, scope: Scope, keys: &[&str]) -> Result<(), StoreError> {
+        for key in keys {
+            sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND idempotency_key = $2")
+                .bind(scope.as_str())
+                .bind(key)
+                .execute(&mut *self)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn payments_by_id(&mut self, payment_ids: &[&str]) -> Result<Vec<Payment>, StoreError> {
+        let mut found = Vec::with_capacity(payment_ids.len());
+        for payment_id in payment_ids {
+            found.extend(self.payment(payment_id).await?);
+        }
+        Ok(found)
+    }
+
+    async fn lock_accounts(&mut self, account_ids: &[&str]) -> Result<Vec<Account>, StoreError> {
+        let mut found = Vec::with_capacity(account_ids.len());
+        for account_id in account_ids {
+            found.extend(self.lock_account(account_id).await?);
+        }
+        Ok(found)
+    }
+
+    async fn set_balances(&mut self, balances: &[(&str, i64)]) -> Result<(), StoreError> {
+        for (account_id, balance_minor) in balances {
+            self.set_balance(account_id, *balance_minor).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_payments(&mut self, payments: &[Payment]) -> Result<(), StoreError> {
+        for payment in payments {
+            self.insert_payment(payment).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_transfers(
+        &mut self,
+        kind: Scope,
+        transfers: &[Transfer<'_>],
+    ) -> Result<(), StoreError> {
+        for transfer in transfers {
+            let entries = [
+                super::records::Entry {
+                    account_id: Some(transfer.debit),
+                    amount_minor: -transfer.amount_minor,
+                },
+                super::records::Entry {
+                    account_id: Some(transfer.credit),
+                    amount_minor: transfer.amount_minor,
+                },
+            ];
+            self.insert_entries(
+                transfer.transfer_id,
+                kind,
+                transfer.currency,
+                entries,
+                transfer.created_at_us,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+fn expect_rows(changed: u64, expected: usize, what: &str) -> Result<(), StoreError> {
+    if usize::try_from(changed) == Ok(expected) {
+        Ok(())
+    } else {
+        Err(StoreError::internal(format!(
+            "{what} changed {changed} rows, not {expected}"
+        )))
+    }
+}
