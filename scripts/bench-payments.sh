@@ -36,7 +36,8 @@ With PostgreSQL, a second table shows PostgreSQL alone, driven by pgbench (no gR
 service, a C client that costs little): scripts/pgbench/payments-per-payment.sql runs the
 store's statements for one payment per transaction (16 clients, synchronous_commit on, then
 off), and scripts/pgbench/payments-batch.sql commits K payments in one transaction with one
-set-based statement (K = 16 and 64, one client), which is what a group committer could send.
+set-based statement (K = 16 and 64, one client): the shape of the store's group commit,
+which sends the same rows in a few set-based statements.
 
 The table also compares with the seed deployment's 12,400 req/s on three 4-core nodes
 (12 cores): the raw ratio, and per core (req/s / 2 cores here vs 12,400 / 12 there).
@@ -303,7 +304,7 @@ if [ "$do_pgbench" = 1 ] && [ "$pg_ok" = 1 ] && [[ " ${backends[*]} " == *" post
         -c "INSERT INTO accounts SELECT 'a' || g, 'EUR', 1000000000000, 0 FROM generate_series(0, 99) g" \
         >/dev/null || die "cannot load the schema into $pg_db"
     log "PostgreSQL alone (pgbench), ${duration} s per shape"
-    pgbench_one "one payment per transaction (the store today)" 16 1 payments-per-payment.sql
+    pgbench_one "one payment per transaction (the store without group commit)" 16 1 payments-per-payment.sql
     pgbench_one "the same, synchronous_commit=off (NOT durable)" 16 1 payments-per-payment.sql "-c synchronous_commit=off"
     pgbench_one "16 payments per transaction, one statement" 1 16 payments-batch.sql
     pgbench_one "64 payments per transaction, one statement" 1 64 payments-batch.sql

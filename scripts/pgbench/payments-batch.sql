@@ -1,7 +1,8 @@
--- :k payments in one transaction and one set-based statement: what a group committer in the
--- store could send (claim :k keys, insert :k payments and 2 x :k ledger entries, apply the
--- net balance change of each account once). The same rows and constraints as
--- payments-per-payment.sql; two round trips and one WAL flush for :k payments.
+-- :k payments in one transaction and one set-based statement, the shape of the store's group
+-- commit (which sends the same rows in a few set-based statements): claim :k keys, insert :k
+-- payments and 2 x :k ledger entries, apply the net balance change of each account once.
+-- The same rows and constraints as payments-per-payment.sql; two round trips and one WAL flush
+-- for :k payments.
 -- Used by scripts/bench-payments.sh with `-D k=16` or `-D k=64` and one client.
 BEGIN;
 WITH p AS MATERIALIZED (
