@@ -40,7 +40,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => {
+                let _telemetry = keel::telemetry::init("keel")?;
+                serve::run(args).await
+            }
             Command::InteropClient(args) => interop::run(args).await,
         }
     });

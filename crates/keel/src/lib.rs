@@ -30,6 +30,8 @@ pub mod health;
 pub mod layer;
 pub mod logging;
 pub mod metrics;
+pub mod observe;
 pub mod server;
+pub mod telemetry;
 
 pub use server::{BoundServer, Server, ServerBuilder, ServerError};

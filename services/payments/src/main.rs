@@ -106,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", toml::to_string(&config)?);
         return Ok(());
     }
+    let _telemetry = keel::telemetry::init("payments")?;
     let store_config = StoreConfig::default()
         .idempotency_retention(config.idempotency_retention)
         .max_connections(config.database_max_connections)

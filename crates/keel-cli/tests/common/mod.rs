@@ -22,6 +22,11 @@ impl KeelServe {
     /// Starts `keel serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 <extra>` and waits
     /// until it prints both addresses.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`KeelServe::start`] with extra environment variables (they override `KEEL_LOG`).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .args([
                 "serve",
@@ -36,6 +41,7 @@ impl KeelServe {
                 "KEEL_LOG",
                 std::env::var("KEEL_TEST_SERVER_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -8,11 +8,14 @@
 //! 3. [`LoadShed`]: refuses RPCs past the server-wide concurrency limit at once, with
 //!    RESOURCE_EXHAUSTED, instead of queueing them.
 
+mod catch_panic;
+pub(crate) mod framing;
 mod guard;
 mod load_shed;
 mod message_limit;
 mod track;
 
+pub use catch_panic::{CatchPanic, CatchPanicLayer};
 pub use guard::{GuardedBody, GuardedFuture};
 pub use load_shed::{LoadShed, LoadShedLayer};
 pub use message_limit::{LimitedBody, MessageLimit, MessageLimitLayer};

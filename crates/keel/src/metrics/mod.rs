@@ -16,6 +16,8 @@ use prometheus_client::registry::Registry;
 
 pub use process::ProcessCollector;
 
+use crate::observe::{RpcMetrics, Side};
+
 /// Why the server sent a connection GOAWAY.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct GoawayLabels {
@@ -41,6 +43,10 @@ pub struct Metrics {
     pub forced_closes: Counter,
     /// Tasks alive on the tokio runtime, refreshed at scrape.
     pub runtime_alive_tasks: Gauge,
+    /// Handler panics caught and answered with INTERNAL.
+    pub panics: Counter,
+    /// The `grpc_server_*` RPC metrics (go-grpc-middleware's names and labels).
+    pub rpc: RpcMetrics,
 }
 
 impl Default for Metrics {
@@ -62,6 +68,8 @@ impl Metrics {
             goaways: Family::default(),
             forced_closes: Counter::default(),
             runtime_alive_tasks: Gauge::default(),
+            panics: Counter::default(),
+            rpc: RpcMetrics::register(Side::Server, &mut registry),
             registry: Registry::default(),
         };
         let keel = registry.sub_registry_with_prefix("keel");
@@ -94,6 +102,11 @@ impl Metrics {
             "server_forced_closes",
             "Connections closed with RPCs still in flight after their grace period or the shutdown deadline",
             metrics.forced_closes.clone(),
+        );
+        keel.register(
+            "server_panics",
+            "Handler panics caught and answered with INTERNAL",
+            metrics.panics.clone(),
         );
         keel.register(
             "runtime_alive_tasks",

@@ -14,6 +14,7 @@ use crate::config::ServerConfig;
 use crate::health::pb::health_server::HealthServer;
 use crate::health::{self, HealthRegistry, HealthService, ServingStatus};
 use crate::metrics::Metrics;
+use crate::observe::{MethodTable, ServerObserver};
 
 /// Why a server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,9 @@ pub enum ServerError {
         /// The I/O error (e.g. address in use).
         source: std::io::Error,
     },
+    /// A descriptor set given for reflection and observability does not decode.
+    #[error(transparent)]
+    Descriptors(#[from] crate::observe::method::DescriptorError),
     /// A descriptor set given for reflection does not decode.
     #[error("invalid file descriptor set for reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -138,6 +142,15 @@ impl ServerBuilder {
             self.health.set(name, ServingStatus::Serving);
         }
 
+        let mut methods = MethodTable::default();
+        for set in self.descriptor_sets.iter().chain(&[
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]) {
+            methods.add_encoded(set)?;
+        }
+        let observer = Arc::new(ServerObserver::new(&methods, &self.metrics.rpc));
+
         let listener = bind(self.config.listen, "gRPC").await?;
         let admin = bind(self.config.admin_listen, "admin").await?;
         Ok(BoundServer {
@@ -147,6 +160,7 @@ impl ServerBuilder {
             config: Arc::new(self.config),
             health: self.health,
             metrics: Arc::new(self.metrics),
+            observer,
         })
     }
 }
@@ -166,6 +180,7 @@ pub struct BoundServer {
     pub(super) config: Arc<ServerConfig>,
     pub(super) health: HealthRegistry,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) observer: Arc<ServerObserver>,
 }
 
 impl BoundServer {

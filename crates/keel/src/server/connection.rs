@@ -20,8 +20,11 @@ use tonic::transport::server::Connected;
 use tower::ServiceBuilder;
 
 use crate::config::{ConnectionConfig, ServerConfig};
-use crate::layer::{ConnectionActivity, LoadShedLayer, MessageLimitLayer, TrackLayer};
+use crate::layer::{
+    CatchPanicLayer, ConnectionActivity, LoadShedLayer, MessageLimitLayer, TrackLayer,
+};
 use crate::metrics::{GoawayLabels, Metrics};
+use crate::observe::{ObserveLayer, ServerObserver};
 
 /// What every connection of one server shares.
 pub(super) struct ConnectionShared {
@@ -29,6 +32,8 @@ pub(super) struct ConnectionShared {
     routes: Routes,
     load_shed: LoadShedLayer,
     limits: MessageLimitLayer,
+    observe: ObserveLayer,
+    catch_panic: CatchPanicLayer,
     lifetime: ConnectionConfig,
     metrics: Arc<Metrics>,
     goaway: watch::Receiver<bool>,
@@ -40,6 +45,7 @@ impl ConnectionShared {
         config: &ServerConfig,
         routes: Routes,
         metrics: Arc<Metrics>,
+        observer: Arc<ServerObserver>,
         goaway: watch::Receiver<bool>,
     ) -> Self {
         let h2 = &config.http2;
@@ -66,6 +72,8 @@ impl ConnectionShared {
                 limits.max_recv_message_size,
                 limits.max_send_message_size,
             ),
+            observe: ObserveLayer::new(observer),
+            catch_panic: CatchPanicLayer::new(metrics.panics.clone()),
             lifetime: config.connection.clone(),
             metrics,
             goaway,
@@ -141,8 +149,10 @@ pub(super) async fn drive(tcp: TcpStream, shared: Arc<ConnectionShared>) {
             activity.clone(),
             shared.metrics.inflight_rpcs.clone(),
         ))
+        .layer(shared.observe.clone())
         .layer(shared.limits)
         .layer(shared.load_shed.clone())
+        .layer(shared.catch_panic.clone())
         .service(shared.routes.clone());
     let connection = shared
         .http2

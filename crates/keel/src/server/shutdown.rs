@@ -97,12 +97,14 @@ pub(super) async fn run(server: BoundServer, mut trigger: impl ShutdownTrigger) 
         config,
         health,
         metrics,
+        observer,
     } = server;
     let (goaway_tx, goaway_rx) = watch::channel(false);
     let shared = Arc::new(ConnectionShared::new(
         &config,
         routes,
         metrics.clone(),
+        observer,
         goaway_rx,
     ));
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();

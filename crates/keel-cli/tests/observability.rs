@@ -1,0 +1,305 @@
+//! Every call is counted and logged: after a scripted mix of calls (each RPC type; OK, client
+//! errors, server errors, a cancellation, an unimplemented method) the real `keel serve`
+//! shows exactly the expected go-grpc-middleware counter deltas on `/metrics`, scraped over
+//! HTTP, and one JSON "finished call" record per call with the documented fields and levels.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{KeelServe, metric, scrape};
+use keel_interop::pb::grpc_testing::test_service_client::TestServiceClient;
+use keel_interop::pb::grpc_testing::{
+    EchoStatus, Empty, ResponseParameters, SimpleRequest, StreamingInputCallRequest,
+    StreamingOutputCallRequest,
+};
+use keel_interop::pb::helloworld::HelloRequest;
+use keel_interop::pb::helloworld::greeter_client::GreeterClient;
+use tonic::transport::Channel;
+
+const TEST_SERVICE: &str = "grpc.testing.TestService";
+
+fn labels(rpc_type: &str, service: &str, method: &str) -> String {
+    format!(r#"grpc_type="{rpc_type}",grpc_service="{service}",grpc_method="{method}""#)
+}
+
+/// Every `grpc_server_*` series with its value.
+fn grpc_series(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| line.starts_with("grpc_server_") && !line.contains("_bucket{"))
+        .filter_map(|line| {
+            let line = line.split(" # ").next()?;
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn status_request(code: i32) -> SimpleRequest {
+    SimpleRequest {
+        response_status: Some(EchoStatus {
+            code,
+            message: format!("asked for {code}"),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run_the_mix(channel: Channel) {
+    let mut greeter = GreeterClient::new(channel.clone());
+    for _ in 0..3 {
+        greeter
+            .say_hello(HelloRequest { name: "Ada".into() })
+            .await
+            .unwrap();
+    }
+    let mut tests = TestServiceClient::new(channel);
+    for code in [3, 3, 13] {
+        let status = tests.unary_call(status_request(code)).await.unwrap_err();
+        assert_eq!(status.code() as i32, code);
+    }
+    let status = tests.unimplemented_call(Empty {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+
+    // Server streaming: three responses.
+    let parameters = |interval_us: i32| ResponseParameters {
+        size: 8,
+        interval_us,
+        ..Default::default()
+    };
+    let request = StreamingOutputCallRequest {
+        response_parameters: vec![parameters(0), parameters(0), parameters(0)],
+        ..Default::default()
+    };
+    let mut stream = tests
+        .streaming_output_call(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    while stream.message().await.unwrap().is_some() {
+        received += 1;
+    }
+    assert_eq!(received, 3);
+
+    // Client streaming: four requests.
+    let requests = (0..4).map(|_| StreamingInputCallRequest::default());
+    tests
+        .streaming_input_call(tokio_stream::iter(requests))
+        .await
+        .unwrap();
+
+    // Bidi: two requests, two responses.
+    let requests = (0..2).map(move |_| StreamingOutputCallRequest {
+        response_parameters: vec![parameters(0)],
+        ..Default::default()
+    });
+    let mut stream = tests
+        .full_duplex_call(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    while stream.message().await.unwrap().is_some() {
+        received += 1;
+    }
+    assert_eq!(received, 2);
+
+    // Cancelled: the first response comes at once, the second only after 30 s; the client
+    // leaves after the first.
+    let request = StreamingOutputCallRequest {
+        response_parameters: vec![parameters(0), parameters(30_000_000)],
+        ..Default::default()
+    };
+    let mut stream = tests
+        .streaming_output_call(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    drop(stream);
+}
+
+#[tokio::test]
+async fn a_mix_of_calls_shows_exact_counts_and_one_record_each() {
+    let server = KeelServe::start_with_env(
+        &[],
+        &[
+            ("KEEL_LOG", "info,keel::rpc=debug"),
+            ("KEEL_LOG_FORMAT", "json"),
+        ],
+    );
+    let channel = Channel::from_shared(server.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let before = grpc_series(&scrape(server.admin).await);
+    run_the_mix(channel).await;
+
+    // The cancellation reaches the server asynchronously.
+    let cancelled = format!(
+        "grpc_server_handled_total{{{},grpc_code=\"Canceled\"}}",
+        labels("server_stream", TEST_SERVICE, "StreamingOutputCall")
+    );
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = scrape(server.admin).await;
+        if metric(&after, &cancelled).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = grpc_series(&after);
+
+    let greeter = labels("unary", "helloworld.Greeter", "SayHello");
+    let unary = labels("unary", TEST_SERVICE, "UnaryCall");
+    let unimplemented = labels("unary", TEST_SERVICE, "UnimplementedCall");
+    let output = labels("server_stream", TEST_SERVICE, "StreamingOutputCall");
+    let input = labels("client_stream", TEST_SERVICE, "StreamingInputCall");
+    let duplex = labels("bidi_stream", TEST_SERVICE, "FullDuplexCall");
+    let handled = |labels: &str, code: &str| {
+        format!("grpc_server_handled_total{{{labels},grpc_code=\"{code}\"}}")
+    };
+    let mut expected: BTreeMap<String, f64> = BTreeMap::new();
+    for (series, delta) in [
+        (format!("grpc_server_started_total{{{greeter}}}"), 3.0),
+        (format!("grpc_server_msg_received_total{{{greeter}}}"), 3.0),
+        (format!("grpc_server_msg_sent_total{{{greeter}}}"), 3.0),
+        (handled(&greeter, "OK"), 3.0),
+        (
+            format!("grpc_server_handling_seconds_count{{{greeter}}}"),
+            3.0,
+        ),
+        (format!("grpc_server_started_total{{{unary}}}"), 3.0),
+        (format!("grpc_server_msg_received_total{{{unary}}}"), 3.0),
+        (format!("grpc_server_msg_sent_total{{{unary}}}"), 0.0),
+        (handled(&unary, "InvalidArgument"), 2.0),
+        (handled(&unary, "Internal"), 1.0),
+        (
+            format!("grpc_server_handling_seconds_count{{{unary}}}"),
+            3.0,
+        ),
+        (format!("grpc_server_started_total{{{unimplemented}}}"), 1.0),
+        (
+            format!("grpc_server_msg_received_total{{{unimplemented}}}"),
+            1.0,
+        ),
+        (
+            format!("grpc_server_msg_sent_total{{{unimplemented}}}"),
+            0.0,
+        ),
+        (handled(&unimplemented, "Unimplemented"), 1.0),
+        (
+            format!("grpc_server_handling_seconds_count{{{unimplemented}}}"),
+            1.0,
+        ),
+        (format!("grpc_server_started_total{{{output}}}"), 2.0),
+        (format!("grpc_server_msg_received_total{{{output}}}"), 2.0),
+        (format!("grpc_server_msg_sent_total{{{output}}}"), 4.0),
+        (handled(&output, "OK"), 1.0),
+        (handled(&output, "Canceled"), 1.0),
+        (
+            format!("grpc_server_handling_seconds_count{{{output}}}"),
+            2.0,
+        ),
+        (format!("grpc_server_started_total{{{input}}}"), 1.0),
+        (format!("grpc_server_msg_received_total{{{input}}}"), 4.0),
+        (format!("grpc_server_msg_sent_total{{{input}}}"), 1.0),
+        (handled(&input, "OK"), 1.0),
+        (
+            format!("grpc_server_handling_seconds_count{{{input}}}"),
+            1.0,
+        ),
+        (format!("grpc_server_started_total{{{duplex}}}"), 1.0),
+        (format!("grpc_server_msg_received_total{{{duplex}}}"), 2.0),
+        (format!("grpc_server_msg_sent_total{{{duplex}}}"), 2.0),
+        (handled(&duplex, "OK"), 1.0),
+        (
+            format!("grpc_server_handling_seconds_count{{{duplex}}}"),
+            1.0,
+        ),
+    ] {
+        expected.insert(series, delta);
+    }
+    // Exactly these series moved, by exactly these amounts (`_sum`s move by elapsed time).
+    let mut moved = BTreeMap::new();
+    for (series, value) in &after {
+        let delta = value - before.get(series).copied().unwrap_or(0.0);
+        if delta != 0.0 && !series.starts_with("grpc_server_handling_seconds_sum") {
+            moved.insert(series.clone(), delta);
+        }
+    }
+    let expected_moves: BTreeMap<String, f64> = expected
+        .iter()
+        .filter(|(_, delta)| **delta != 0.0)
+        .map(|(series, delta)| (series.clone(), *delta))
+        .collect();
+    assert_eq!(moved, expected_moves, "counter deltas after the mix");
+    for series in expected.keys() {
+        assert!(after.contains_key(series), "{series} is not exposed");
+    }
+
+    // One JSON record per finished call, with its fields and the level its code calls for.
+    let logs = server.logs();
+    let records: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|record| {
+            record["target"] == "keel::rpc" && record["fields"]["message"] == "finished call"
+        })
+        .collect();
+    let count = |method: &str, code: &str, level: &str| {
+        records
+            .iter()
+            .filter(|r| {
+                r["fields"]["grpc_method"] == method
+                    && r["fields"]["grpc_code"] == code
+                    && r["level"] == level
+            })
+            .count()
+    };
+    assert_eq!(count("SayHello", "OK", "DEBUG"), 3, "{logs}");
+    assert_eq!(count("UnaryCall", "InvalidArgument", "INFO"), 2, "{logs}");
+    assert_eq!(count("UnaryCall", "Internal", "ERROR"), 1, "{logs}");
+    assert_eq!(
+        count("UnimplementedCall", "Unimplemented", "WARN"),
+        1,
+        "{logs}"
+    );
+    assert_eq!(
+        count("StreamingOutputCall", "Canceled", "INFO"),
+        1,
+        "{logs}"
+    );
+    assert_eq!(
+        records.len(),
+        3 + 3 + 1 + 2 + 1 + 1,
+        "one record per call: {logs}"
+    );
+    for record in &records {
+        let fields = &record["fields"];
+        for field in [
+            "grpc_service",
+            "grpc_method",
+            "grpc_type",
+            "peer_address",
+            "grpc_code",
+            "duration_ms",
+            "trace_id",
+            "span_id",
+        ] {
+            assert!(!fields[field].is_null(), "{field} missing in {record}");
+        }
+        assert!(
+            fields["peer_address"]
+                .as_str()
+                .is_some_and(|peer| peer.starts_with("127.0.0.1:")),
+            "{record}"
+        );
+        let trace_id = fields["trace_id"].as_str().unwrap_or_default();
+        assert_eq!(trace_id.len(), 32, "trace id in {record}");
+        assert!(fields["duration_ms"].as_f64().is_some(), "{record}");
+    }
+}

@@ -1,0 +1,191 @@
+//! One observed call, from its start to its status: what every finished call reports to
+//! metrics, logs and traces, in one place, exactly once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
+use tonic::Code;
+
+use super::code::{Severity, code_name, is_server_fault, severity};
+use super::method::MethodInfo;
+use super::rpc_metrics::{MethodMetrics, Side};
+use super::semconv;
+
+/// Where a finished call's log record goes.
+pub(crate) const LOG_TARGET: &str = "keel::rpc";
+
+/// A known method with its metric handles.
+#[derive(Debug)]
+pub(crate) struct ObservedMethod {
+    pub(crate) info: MethodInfo,
+    pub(crate) metrics: Arc<MethodMetrics>,
+    /// `service/method`, the span name.
+    pub(crate) span_name: String,
+}
+
+/// A call in flight. Reports when [`Call::finish`] is called, or as CANCELLED when dropped
+/// before (the peer went away, or the response was never completed).
+pub(crate) struct Call {
+    side: Side,
+    method: Arc<ObservedMethod>,
+    /// The request path when the method is not in the table (labels say `unknown`).
+    unknown_path: Option<Box<str>>,
+    peer: Option<SocketAddr>,
+    start: Instant,
+    cx: Context,
+    /// Raised when the request stream failed: the peer reset it, so whatever status the
+    /// handler then produced, the call was cancelled by the client.
+    request_failed: Arc<AtomicBool>,
+    finished: bool,
+}
+
+impl Call {
+    pub(crate) fn start(
+        side: Side,
+        method: Arc<ObservedMethod>,
+        unknown_path: Option<Box<str>>,
+        peer: Option<SocketAddr>,
+        cx: Context,
+    ) -> Self {
+        method.metrics.started();
+        let call = Self {
+            side,
+            method,
+            unknown_path,
+            peer,
+            start: Instant::now(),
+            cx,
+            request_failed: Arc::default(),
+            finished: false,
+        };
+        tracing::debug!(
+            target: LOG_TARGET,
+            grpc_service = call.service(),
+            grpc_method = call.method_name(),
+            grpc_type = call.method.info.rpc_type.as_str(),
+            "started call"
+        );
+        call
+    }
+
+    /// The call's OpenTelemetry context (its span, its deadline).
+    pub(crate) fn context(&self) -> &Context {
+        &self.cx
+    }
+
+    /// The flag the request body raises when it fails.
+    pub(crate) fn request_failed(&self) -> Arc<AtomicBool> {
+        self.request_failed.clone()
+    }
+
+    /// The method's metrics.
+    pub(crate) fn metrics(&self) -> &Arc<MethodMetrics> {
+        &self.method.metrics
+    }
+
+    fn service(&self) -> &str {
+        match &self.unknown_path {
+            Some(path) => path_parts(path).0,
+            None => &self.method.info.service,
+        }
+    }
+
+    fn method_name(&self) -> &str {
+        match &self.unknown_path {
+            Some(path) => path_parts(path).1,
+            None => &self.method.info.method,
+        }
+    }
+
+    /// Reports the call's end with `code` (and the status message, for errors).
+    pub(crate) fn finish(mut self, code: Code, message: Option<&str>) {
+        self.report(code, message);
+    }
+
+    fn report(&mut self, code: Code, message: Option<&str>) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        // tonic answers a request stream reset before its message with INTERNAL ("Missing
+        // request message"); it was the client leaving, as grpc-go reports it.
+        let (code, message) = if code != Code::Ok && self.request_failed.load(Ordering::Relaxed) {
+            (Code::Cancelled, Some("the client cancelled the call"))
+        } else {
+            (code, message)
+        };
+        let elapsed = self.start.elapsed();
+        let span = self.cx.span();
+        let span_context = span.span_context();
+        let (trace_id, span_id) = if span_context.is_valid() {
+            (
+                span_context.trace_id().to_string(),
+                span_context.span_id().to_string(),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        let exemplar = span_context.is_sampled().then(|| trace_id.clone());
+        self.method.metrics.handled(code, elapsed, exemplar);
+
+        span.set_attribute(KeyValue::new(
+            semconv::RPC_GRPC_STATUS_CODE,
+            i64::from(code as i32),
+        ));
+        let fault = match self.side {
+            Side::Server => is_server_fault(code),
+            Side::Client => code != Code::Ok,
+        };
+        if fault {
+            span.set_status(Status::error(message.unwrap_or_default().to_owned()));
+        }
+        span.end();
+
+        let level = match self.side {
+            Side::Server => severity(code),
+            // A client reports what it got; the server's log says why.
+            Side::Client if code == Code::Ok => Severity::Debug,
+            Side::Client => Severity::Info,
+        };
+        let peer = self.peer.map(|peer| peer.to_string()).unwrap_or_default();
+        macro_rules! finished {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: LOG_TARGET,
+                    side = match self.side { Side::Server => "server", Side::Client => "client" },
+                    grpc_service = self.service(),
+                    grpc_method = self.method_name(),
+                    grpc_type = self.method.info.rpc_type.as_str(),
+                    peer_address = %peer,
+                    grpc_code = code_name(code),
+                    grpc_message = message.unwrap_or_default(),
+                    duration_ms = elapsed.as_secs_f64() * 1e3,
+                    trace_id = %trace_id,
+                    span_id = %span_id,
+                    "finished call"
+                )
+            };
+        }
+        match level {
+            Severity::Debug => finished!(debug),
+            Severity::Info => finished!(info),
+            Severity::Warn => finished!(warn),
+            Severity::Error => finished!(error),
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.report(Code::Cancelled, Some("call ended before its status"));
+    }
+}
+
+/// `("pkg.Service", "Method")` of `/pkg.Service/Method`, leniently.
+fn path_parts(path: &str) -> (&str, &str) {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    path.split_once('/').unwrap_or((path, ""))
+}

@@ -1,0 +1,34 @@
+//! Observability of every call: Prometheus metrics with go-grpc-middleware's names, one
+//! structured "finished call" log record, and an OpenTelemetry span, from one layer.
+//!
+//! One layer, not three: the three need the same facts (the method and its type, the start
+//! time, the peer, the final status), and gathering them once per call is what keeps the
+//! layer cheap enough to leave on. A call is reported exactly once, when its status passes
+//! (in the trailers, or in the headers of a trailers-only response), or as CANCELLED when it
+//! ends without one.
+//!
+//! - [`method`]: the RPC types and names, read from descriptor sets;
+//! - [`rpc_metrics`]: `grpc_server_*` / `grpc_client_*` families and per-method handles;
+//! - [`code`]: code names as grpc-go spells them, fault and log level by code;
+//! - [`context`]: the deadline and trace context a call carries into outgoing calls;
+//! - [`semconv`]: the OpenTelemetry attribute names, in one place;
+//! - [`server`]: the server layer.
+//!
+//! Logs go to the `keel::rpc` target: "finished call" at debug for OK, info for the caller's
+//! errors, warn for unavailability and deadlines, error for internal failures; "started
+//! call" at debug. Payloads and metadata are never logged.
+
+mod body;
+mod call;
+pub mod code;
+pub mod context;
+pub mod method;
+pub mod rpc_metrics;
+pub mod semconv;
+pub mod server;
+
+pub use body::ObservedBody;
+pub use context::Deadline;
+pub use method::{MethodInfo, MethodTable, RpcType};
+pub use rpc_metrics::{RpcMetrics, Side};
+pub use server::{Observe, ObserveLayer, ServerObserver, current_trace_id};

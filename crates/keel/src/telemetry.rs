@@ -1,0 +1,184 @@
+//! OpenTelemetry for Keel binaries, configured by the standard `OTEL_*` environment variables.
+//!
+//! [`init`] installs the global tracer provider and propagator that Keel's observability
+//! layers use:
+//! - **Export** over OTLP/gRPC when `OTEL_TRACES_EXPORTER=otlp` or an endpoint is set
+//!   (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; the exporter reads
+//!   them, and `OTEL_EXPORTER_OTLP_TIMEOUT`, `..._HEADERS`, itself). Not exporting by default
+//!   keeps a server without a collector from logging connection errors for ever.
+//! - **Sampling** by `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (e.g.
+//!   `parentbased_traceidratio` and `0.1`), default `parentbased_always_on`. Without export,
+//!   spans are still created, so logs carry trace ids and calls pass the trace on, but
+//!   nothing is recorded unless the caller sampled it.
+//! - **Propagation** by `OTEL_PROPAGATORS`: `tracecontext` (W3C `traceparent`/`tracestate`),
+//!   `baggage`, `b3` (B3 single header) and `b3multi` (`X-B3-*` headers), default
+//!   `tracecontext,baggage,b3`. Every B3 propagator reads both B3 forms; the list decides
+//!   what outgoing calls write.
+//! - **Resource**: `OTEL_SERVICE_NAME` (else the binary's name) and `OTEL_RESOURCE_ATTRIBUTES`.
+//! - `OTEL_SDK_DISABLED=true` turns spans off; propagation still works.
+
+// opentelemetry-zipkin is deprecated as an exporter; its B3 propagator is what Keel uses of
+// it, until Keel carries its own.
+#![allow(deprecated)]
+
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_zipkin::{B3Encoding, Propagator as B3Propagator};
+
+/// A telemetry setting that cannot be used, naming the variable and what it accepts.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TelemetryError(String);
+
+/// Keeps the tracer provider; dropping it (or [`Telemetry::shutdown`]) flushes the spans
+/// still queued for export.
+#[derive(Debug)]
+#[must_use = "dropping it shuts tracing down"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    exporting: bool,
+}
+
+impl Telemetry {
+    /// True when spans are exported over OTLP.
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Exports what is queued and stops the provider.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "flushing spans at shutdown failed");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads the `OTEL_*` variables and installs the global propagator and tracer provider.
+/// `service_name` is used unless `OTEL_SERVICE_NAME` is set. Call it once, inside the Tokio
+/// runtime (the exporter runs on it), before building servers and clients.
+pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
+    init_from(service_name, |name| std::env::var(name).ok())
+}
+
+fn init_from(
+    service_name: &str,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Telemetry, TelemetryError> {
+    let propagators = var("OTEL_PROPAGATORS").unwrap_or_else(|| "tracecontext,baggage,b3".into());
+    opentelemetry::global::set_text_map_propagator(propagator(&propagators)?);
+
+    if var("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
+        return Ok(Telemetry {
+            provider: None,
+            exporting: false,
+        });
+    }
+    let exporting = match var("OTEL_TRACES_EXPORTER").as_deref() {
+        Some("otlp") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(TelemetryError(format!(
+                "OTEL_TRACES_EXPORTER={other:?} is not supported; use `otlp` or `none`"
+            )));
+        }
+        None => {
+            var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+                || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+        }
+    };
+
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if var("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service_name.to_owned());
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    if exporting {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|error| TelemetryError(format!("cannot set up the OTLP exporter: {error}")))?;
+        let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+        builder = builder.with_span_processor(processor);
+    } else {
+        // Nothing to export to: keep ids and the caller's sampling decision, record nothing
+        // of our own.
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
+    }
+    let provider = builder.build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(Telemetry {
+        provider: Some(provider),
+        exporting,
+    })
+}
+
+/// The composite propagator an `OTEL_PROPAGATORS` value names.
+fn propagator(list: &str) -> Result<TextMapCompositePropagator, TelemetryError> {
+    let mut propagators: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
+    for name in list
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
+        propagators.push(match name {
+            "tracecontext" => Box::new(TraceContextPropagator::new()),
+            "baggage" => Box::new(BaggagePropagator::new()),
+            "b3" => Box::new(B3Propagator::with_encoding(B3Encoding::SingleHeader)),
+            "b3multi" => Box::new(B3Propagator::with_encoding(B3Encoding::MultipleHeader)),
+            "none" => continue,
+            other => {
+                return Err(TelemetryError(format!(
+                    "OTEL_PROPAGATORS names {other:?}; supported: tracecontext, baggage, b3, \
+                     b3multi, none"
+                )));
+            }
+        });
+    }
+    Ok(TextMapCompositePropagator::new(propagators))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_settings_name_their_variable() {
+        let error = propagator("tracecontext,xray").unwrap_err().to_string();
+        assert!(
+            error.contains("OTEL_PROPAGATORS") && error.contains("xray"),
+            "{error}"
+        );
+        let error = init_from("t", |name| {
+            (name == "OTEL_TRACES_EXPORTER").then(|| "zipkin".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("OTEL_TRACES_EXPORTER"), "{error}");
+    }
+
+    #[test]
+    fn every_supported_propagator_is_accepted() {
+        let composite = propagator("tracecontext, baggage,b3,b3multi,none").unwrap();
+        let fields: Vec<&str> = composite.fields().collect();
+        for field in ["traceparent", "tracestate", "baggage", "b3", "x-b3-traceid"] {
+            assert!(fields.contains(&field), "{field} missing from {fields:?}");
+        }
+    }
+}
