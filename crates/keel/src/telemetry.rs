@@ -22,6 +22,7 @@
 #![allow(deprecated)]
 
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_zipkin::{B3Encoding, Propagator as B3Propagator};
@@ -44,6 +45,15 @@ impl Telemetry {
     /// True when spans are exported over OTLP.
     pub fn exporting(&self) -> bool {
         self.exporting
+    }
+
+    /// Exports the spans queued so far, waiting for the exporter.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider
+            && let Err(error) = provider.force_flush()
+        {
+            tracing::warn!(%error, "flushing spans failed");
+        }
     }
 
     /// Exports what is queued and stops the provider.
@@ -70,10 +80,12 @@ impl Drop for Telemetry {
 /// `service_name` is used unless `OTEL_SERVICE_NAME` is set. Call it once, inside the Tokio
 /// runtime (the exporter runs on it), before building servers and clients.
 pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
-    init_from(service_name, |name| std::env::var(name).ok())
+    init_with(service_name, |name| std::env::var(name).ok())
 }
 
-fn init_from(
+/// [`init`] reading the `OTEL_*` settings from `var` instead of the environment (for tests
+/// and embedders that configure telemetry from their own settings).
+pub fn init_with(
     service_name: &str,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Telemetry, TelemetryError> {
@@ -106,8 +118,13 @@ fn init_from(
     }
     let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
     if exporting {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if let Some(endpoint) =
+            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        {
+            exporter = exporter.with_endpoint(endpoint);
+        }
+        let exporter = exporter
             .build()
             .map_err(|error| TelemetryError(format!("cannot set up the OTLP exporter: {error}")))?;
         let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
@@ -165,7 +182,7 @@ mod tests {
             error.contains("OTEL_PROPAGATORS") && error.contains("xray"),
             "{error}"
         );
-        let error = init_from("t", |name| {
+        let error = init_with("t", |name| {
             (name == "OTEL_TRACES_EXPORTER").then(|| "zipkin".to_owned())
         })
         .unwrap_err()

@@ -12,7 +12,7 @@ use tonic::Code;
 
 use super::code::{Severity, code_name, is_server_fault, severity};
 use super::method::MethodInfo;
-use super::rpc_metrics::{MethodMetrics, Side};
+use super::rpc_metrics::{MethodMetrics, RpcMetrics, Side};
 use super::semconv;
 
 /// Where a finished call's log record goes.
@@ -25,6 +25,17 @@ pub(crate) struct ObservedMethod {
     pub(crate) metrics: Arc<MethodMetrics>,
     /// `service/method`, the span name.
     pub(crate) span_name: String,
+}
+
+impl ObservedMethod {
+    /// `info` with its series in `metrics`.
+    pub(crate) fn new(info: MethodInfo, metrics: &RpcMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            metrics: metrics.method(&info),
+            span_name: format!("{}/{}", info.service, info.method),
+            info,
+        })
+    }
 }
 
 /// A call in flight. Reports when [`Call::finish`] is called, or as CANCELLED when dropped

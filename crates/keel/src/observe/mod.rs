@@ -12,7 +12,7 @@
 //! - [`code`]: code names as grpc-go spells them, fault and log level by code;
 //! - [`context`]: the deadline and trace context a call carries into outgoing calls;
 //! - [`semconv`]: the OpenTelemetry attribute names, in one place;
-//! - [`server`]: the server layer.
+//! - [`server`]: the server layer; [`client`]: the client layer.
 //!
 //! Logs go to the `keel::rpc` target: "finished call" at debug for OK, info for the caller's
 //! errors, warn for unavailability and deadlines, error for internal failures; "started
@@ -20,6 +20,7 @@
 
 mod body;
 mod call;
+pub mod client;
 pub mod code;
 pub mod context;
 pub mod method;
@@ -28,6 +29,7 @@ pub mod semconv;
 pub mod server;
 
 pub use body::ObservedBody;
+pub use client::{ClientObserve, ClientObserveLayer, ClientObserver};
 pub use context::Deadline;
 pub use method::{MethodInfo, MethodTable, RpcType};
 pub use rpc_metrics::{RpcMetrics, Side};

@@ -10,7 +10,7 @@ use std::time::Instant;
 use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::global::{self, BoxedTracer};
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 use pin_project_lite::pin_project;
 use tonic::Code;
 use tonic::transport::server::TcpConnectInfo;
@@ -44,23 +44,15 @@ impl std::fmt::Debug for ServerObserver {
     }
 }
 
-fn observed(info: MethodInfo, metrics: &RpcMetrics) -> Arc<ObservedMethod> {
-    Arc::new(ObservedMethod {
-        metrics: metrics.method(&info),
-        span_name: format!("{}/{}", info.service, info.method),
-        info,
-    })
-}
-
 impl ServerObserver {
     /// Observes the methods of `table` into `metrics`, tracing with the global tracer
     /// provider (see [`crate::telemetry::init`]).
     pub fn new(table: &MethodTable, metrics: &RpcMetrics) -> Self {
         let methods = table
             .iter()
-            .map(|(path, info)| (path.to_owned(), observed(info.clone(), metrics)))
+            .map(|(path, info)| (path.to_owned(), ObservedMethod::new(info.clone(), metrics)))
             .collect();
-        let unknown = observed(
+        let unknown = ObservedMethod::new(
             MethodInfo {
                 service: "unknown".into(),
                 method: "unknown".into(),
@@ -142,8 +134,14 @@ where
         });
         let mut attributes = vec![
             KeyValue::new(semconv::RPC_SYSTEM, "grpc"),
-            KeyValue::new(semconv::RPC_SERVICE, method.info.service.to_string()),
-            KeyValue::new(semconv::RPC_METHOD, method.info.method.to_string()),
+            KeyValue::new(
+                semconv::RPC_SERVICE,
+                StringValue::from(method.info.service.clone()),
+            ),
+            KeyValue::new(
+                semconv::RPC_METHOD,
+                StringValue::from(method.info.method.clone()),
+            ),
         ];
         if let Some(peer) = peer {
             attributes.push(KeyValue::new(

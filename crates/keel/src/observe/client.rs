@@ -1,0 +1,270 @@
+//! The client side: [`ClientObserveLayer`] reports every outgoing call to the
+//! `grpc_client_*` metrics, the log and a client span, and carries the call being served
+//! onward: its trace (written in the headers by the global propagator) and what is left of
+//! its deadline (`grpc-timeout`, never longer than the caller's own).
+//!
+//! ```no_run
+//! # async fn run(channel: tonic::transport::Channel) {
+//! use keel::observe::{ClientObserveLayer, ClientObserver, MethodTable};
+//!
+//! let mut methods = MethodTable::default();
+//! methods.add_encoded(keel_interop::FILE_DESCRIPTOR_SET).unwrap();
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let observer = ClientObserver::new(&methods, &mut registry);
+//! let channel = tower::ServiceBuilder::new()
+//!     .layer(ClientObserveLayer::new(observer).target(&"http://127.0.0.1:50051".parse().unwrap()))
+//!     .service(channel);
+//! let mut greeter =
+//!     keel_interop::pb::helloworld::greeter_client::GreeterClient::new(channel);
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue, StringValue};
+use pin_project_lite::pin_project;
+use prometheus_client::registry::Registry;
+use tonic::Code;
+use tower::{Layer, Service};
+
+use super::body::{Flow, ObservedBody};
+use super::call::{Call, ObservedMethod};
+use super::code::status_of;
+use super::context::{Deadline, HeaderInjector, format_grpc_timeout, parse_grpc_timeout};
+use super::method::{MethodInfo, MethodTable, RpcType};
+use super::rpc_metrics::{RpcMetrics, Side};
+use super::semconv;
+
+/// What every outgoing call of one client is observed with.
+pub struct ClientObserver {
+    methods: HashMap<String, Arc<ObservedMethod>>,
+    unknown: Arc<ObservedMethod>,
+    tracer: BoxedTracer,
+}
+
+impl std::fmt::Debug for ClientObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientObserver")
+            .field("methods", &self.methods.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientObserver {
+    /// Observes calls to the methods of `table`, registering the `grpc_client_*` families in
+    /// `registry` (serve it on the process's `/metrics`: a Keel server's
+    /// [`crate::ServerBuilder::metrics_registry`], say).
+    pub fn new(table: &MethodTable, registry: &mut Registry) -> Arc<Self> {
+        let metrics = RpcMetrics::register(Side::Client, registry);
+        let methods = table
+            .iter()
+            .map(|(path, info)| (path.to_owned(), ObservedMethod::new(info.clone(), &metrics)))
+            .collect();
+        let unknown = ObservedMethod::new(
+            MethodInfo {
+                service: "unknown".into(),
+                method: "unknown".into(),
+                rpc_type: RpcType::Unary,
+            },
+            &metrics,
+        );
+        Arc::new(Self {
+            methods,
+            unknown,
+            tracer: global::tracer("keel"),
+        })
+    }
+}
+
+/// Layer producing [`ClientObserve`], for a tonic `Channel` (or any service taking
+/// `http::Request<tonic::body::Body>`).
+#[derive(Debug, Clone)]
+pub struct ClientObserveLayer {
+    observer: Arc<ClientObserver>,
+    target: Option<Arc<Target>>,
+}
+
+/// The server a channel calls, for span attributes and logs (a tonic `Channel` adds it to
+/// requests only below this layer).
+#[derive(Debug)]
+struct Target {
+    host: String,
+    port: Option<u16>,
+    address: Option<SocketAddr>,
+}
+
+impl ClientObserveLayer {
+    /// Observes outgoing calls with `observer`.
+    pub fn new(observer: Arc<ClientObserver>) -> Self {
+        Self {
+            observer,
+            target: None,
+        }
+    }
+
+    /// Names the server the wrapped channel calls (`http://host:port`), for the
+    /// `server.address`/`server.port` span attributes and the log's peer.
+    #[must_use]
+    pub fn target(mut self, uri: &http::Uri) -> Self {
+        self.target = uri.authority().map(|authority| {
+            Arc::new(Target {
+                host: authority.host().to_owned(),
+                port: authority.port_u16(),
+                address: authority.as_str().parse().ok(),
+            })
+        });
+        self
+    }
+}
+
+impl<S> Layer<S> for ClientObserveLayer {
+    type Service = ClientObserve<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientObserve {
+            inner,
+            observer: self.observer.clone(),
+            target: self.target.clone(),
+        }
+    }
+}
+
+/// Counts, logs and traces every outgoing call, and propagates trace and deadline.
+#[derive(Debug, Clone)]
+pub struct ClientObserve<S> {
+    inner: S,
+    observer: Arc<ClientObserver>,
+    target: Option<Arc<Target>>,
+}
+
+impl<S, ResBody> Service<http::Request<tonic::body::Body>> for ClientObserve<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
+    S::Error: std::fmt::Display,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        let observer = &self.observer;
+        let path = request.uri().path();
+        let (method, unknown_path) = match observer.methods.get(path) {
+            Some(method) => (method.clone(), None),
+            None => (observer.unknown.clone(), Some(path.into())),
+        };
+        let target = request.uri().authority().map_or_else(
+            || self.target.clone(),
+            |authority| {
+                Some(Arc::new(Target {
+                    host: authority.host().to_owned(),
+                    port: authority.port_u16(),
+                    address: authority.as_str().parse().ok(),
+                }))
+            },
+        );
+
+        let parent = Context::current();
+        let mut attributes = vec![
+            KeyValue::new(semconv::RPC_SYSTEM, "grpc"),
+            KeyValue::new(
+                semconv::RPC_SERVICE,
+                StringValue::from(method.info.service.clone()),
+            ),
+            KeyValue::new(
+                semconv::RPC_METHOD,
+                StringValue::from(method.info.method.clone()),
+            ),
+        ];
+        if let Some(target) = &target {
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, target.host.clone()));
+            if let Some(port) = target.port {
+                attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+            }
+        }
+        let span = observer
+            .tracer
+            .span_builder(method.span_name.clone())
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(&observer.tracer, &parent);
+        let cx = parent.with_span(span);
+        global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
+        });
+        if let Some(deadline) = cx.get::<Deadline>() {
+            let left = deadline.remaining();
+            let own = parse_grpc_timeout(request.headers());
+            if own.is_none_or(|own| left < own)
+                && let Ok(value) = format_grpc_timeout(left).parse()
+            {
+                request.headers_mut().insert("grpc-timeout", value);
+            }
+        }
+
+        let server = target.and_then(|target| target.address);
+        let call = Call::start(Side::Client, method, unknown_path, server, cx);
+        let metrics = call.metrics().clone();
+        let request = request
+            .map(|body| tonic::body::Body::new(ObservedBody::new(body, metrics, Flow::Sent, None)));
+        ResponseFuture {
+            inner: self.inner.call(request),
+            call: Some(call),
+        }
+    }
+}
+
+pin_project! {
+    /// Waits for the response headers; wraps the body to see the status.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<Call>,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    E: std::fmt::Display,
+{
+    type Output = Result<http::Response<ObservedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = ready!(this.inner.poll(cx));
+        let call = this
+            .call
+            .take()
+            .expect("ResponseFuture polled after completion");
+        Poll::Ready(match outcome {
+            Ok(response) => {
+                let metrics = call.metrics().clone();
+                let call = match status_of(response.headers()) {
+                    Some((code, message)) => {
+                        call.finish(code, message.as_deref());
+                        None
+                    }
+                    None => Some(call),
+                };
+                Ok(response.map(|body| ObservedBody::new(body, metrics, Flow::Received, call)))
+            }
+            Err(error) => {
+                // What tonic reports for a call the transport could not carry.
+                call.finish(Code::Unavailable, Some(&error.to_string()));
+                Err(error)
+            }
+        })
+    }
+}
