@@ -13,7 +13,12 @@ Usage: scripts/bench-greeter.sh [--quick] [--servers LIST] [--no-callgrind] [--n
 
 Benchmarks helloworld.Greeter/SayHello (unary, name "world") on:
   bare   bare tonic: crates/bare-greeter, tonic's defaults and nothing else (the baseline)
-  keel   `keel serve` with Keel's full default stack (health, reflection, admin, layers)
+  keel   `keel serve` with Keel's full default stack (health, reflection, admin, layers;
+         observability on, no trace export: what runs without OTEL_* settings)
+  keel-off     the same with `--set observe.enabled=false`: no metrics, logs or spans per call
+  keel-traced  the same with observability on and traces exported over OTLP, 10% sampled
+         (OTEL_TRACES_SAMPLER=traceidratio, OTEL_TRACES_SAMPLER_ARG=0.1) to a sink
+         (scripts/otlp-sink.py, grpcio from .venv; skipped with a note if it cannot run)
   go     grpc-go's helloworld greeter_server, built from Debian packages by
          ../shared/peers/build-go-greeter.sh (informative; skipped if it cannot be built)
 
@@ -34,7 +39,8 @@ HelloReply message ("Hello world"), otherwise the benchmark fails.
 
 Options:
   --quick          short smoke run (20k requests x 1 round, callgrind 200/1200 requests)
-  --servers LIST   comma-separated subset of bare,keel,go (default: bare,keel,go)
+  --servers LIST   comma-separated subset of bare,keel,keel-off,keel-traced,go
+                   (default: bare,keel,go; the observability cost: keel-off,keel,keel-traced)
   --no-callgrind   skip the instruction counts (measurement 2)
   --no-throughput  skip the throughput and CPU time rounds (measurement 1)
   --no-build       use the existing target/release binaries
@@ -54,7 +60,8 @@ go-vs-bare.txt).
 
 Exit status: non-zero if bare-greeter or keel fails to build, start or run under callgrind,
 or if any request fails (grpc-go's failures are only reported). Meeting the 1.10x goal is
-reported, not enforced: speed is shown by benchmarks, not asserted.
+reported, not enforced: speed is shown by benchmarks, not asserted. With keel-off and
+keel-traced, the observability goal is reported too: keel-traced <= 1.10x keel-off.
 EOF
 }
 
@@ -141,14 +148,16 @@ if [ "$do_cg" = 1 ] && ! command -v valgrind >/dev/null; then apt_install valgri
 command -v h2load >/dev/null || die "h2load not found"
 
 # ---------------------------------------------------------------- servers
-want_bare=0 want_keel=0 want_go=0
+want_bare=0 want_keel=0 want_go=0 want_off=0 want_traced=0
 IFS=, read -r -a _list <<<"$servers_arg"
 for s in "${_list[@]}"; do
     case "$s" in
         bare) want_bare=1 ;;
         keel) want_keel=1 ;;
+        keel-off) want_off=1 ;;
+        keel-traced) want_traced=1 ;;
         go) want_go=1 ;;
-        *) die "unknown server '$s' in --servers (bare, keel, go)" ;;
+        *) die "unknown server '$s' in --servers (bare, keel, keel-off, keel-traced, go)" ;;
     esac
 done
 [ "$want_bare" = 1 ] || log "note: without 'bare' there is no baseline, ratios are left empty"
@@ -156,11 +165,12 @@ done
 servers=()
 [ "$want_bare" = 1 ] && servers+=(bare)
 [ "$want_keel" = 1 ] && servers+=(keel)
+[ "$want_off" = 1 ] && servers+=(keel-off)
 
 if [ "$do_build" = 1 ]; then
     pkgs=()
     [ "$want_bare" = 1 ] && pkgs+=(-p bare-greeter)
-    [ "$want_keel" = 1 ] && pkgs+=(-p keel-cli)
+    [ "$want_keel$want_off$want_traced" = 000 ] || pkgs+=(-p keel-cli)
     if [ ${#pkgs[@]} -gt 0 ]; then
         log "cargo build --release ${pkgs[*]}"
         cargo build --release "${pkgs[@]}" >"$out/logs/cargo-build.log" 2>&1 ||
@@ -172,7 +182,27 @@ bare_bin=$target_dir/release/bare-greeter
 keel_bin=$target_dir/release/keel
 go_bin=$out/go-peer/greeter_server
 [ "$want_bare" = 0 ] || [ -x "$bare_bin" ] || die "$bare_bin not built"
-[ "$want_keel" = 0 ] || [ -x "$keel_bin" ] || die "$keel_bin not built"
+[ "$want_keel$want_off$want_traced" = 000 ] || [ -x "$keel_bin" ] || die "$keel_bin not built"
+
+# keel-traced exports to an OTLP sink of its own (Python grpcio, from the test environment).
+sink_addr=
+if [ "$want_traced" = 1 ]; then
+    sink_py=$root/.venv/bin/python
+    if [ -x "$sink_py" ] && "$sink_py" -c 'import grpc' 2>/dev/null; then
+        "$sink_py" "$root/scripts/otlp-sink.py" 127.0.0.1:0 >"$out/logs/otlp-sink.out" 2>&1 &
+        pids+=("$!")
+        for _ in $(seq 50); do
+            sink_addr=$(sed -n 's/^otlp sink listening on //p' "$out/logs/otlp-sink.out")
+            [ -z "$sink_addr" ] || break
+            sleep 0.1
+        done
+    fi
+    if [ -n "$sink_addr" ]; then
+        servers+=(keel-traced)
+    else
+        log "no OTLP sink (run scripts/test.sh once to create .venv with grpcio); skipping keel-traced"
+    fi
+fi
 
 if [ "$want_go" = 1 ]; then
     if [ ! -x "$go_bin" ]; then
@@ -193,6 +223,8 @@ label() {
     case "$1" in
         bare) echo "bare tonic (baseline)" ;;
         keel) echo "keel serve" ;;
+        keel-off) echo "keel serve, observe off" ;;
+        keel-traced) echo "keel serve, traces 10% exported" ;;
         go) echo "grpc-go (informative)" ;;
     esac
 }
@@ -218,12 +250,22 @@ pick_port() {
 # (and $started_port for grpc-go).
 started_pid='' started_port=''
 start_server() {
-    local name=$1 logbase=$2 cgout=${3:-} cmd
+    local name=$1 logbase=$2 cgout=${3:-} cmd envs=()
     started_port=0
     case "$name" in
         bare) cmd=("$bare_bin" 127.0.0.1:0) ;;
         keel)
             # shellcheck disable=SC2206 # KEEL_SERVE_ARGS is split on purpose
+            cmd=("$keel_bin" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+                --set shutdown.drain_delay=0s $KEEL_SERVE_ARGS) ;;
+        keel-off)
+            # shellcheck disable=SC2206 # KEEL_SERVE_ARGS is split on purpose
+            cmd=("$keel_bin" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+                --set shutdown.drain_delay=0s --set observe.enabled=false $KEEL_SERVE_ARGS) ;;
+        keel-traced)
+            # shellcheck disable=SC2206 # KEEL_SERVE_ARGS is split on purpose
+            envs=("OTEL_EXPORTER_OTLP_ENDPOINT=http://$sink_addr" OTEL_TRACES_SAMPLER=traceidratio
+                OTEL_TRACES_SAMPLER_ARG=0.1)
             cmd=("$keel_bin" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
                 --set shutdown.drain_delay=0s $KEEL_SERVE_ARGS) ;;
         go)
@@ -237,6 +279,8 @@ start_server() {
         # Go's asynchronous preemption signals trip an assertion in callgrind's signal handling.
         [ "$name" != go ] || cmd=(env GODEBUG=asyncpreemptoff=1 "${cmd[@]}")
     fi
+    # Environment goes on the outermost command: valgrind does not follow an `env` it runs.
+    [ ${#envs[@]} -eq 0 ] || cmd=(env "${envs[@]}" "${cmd[@]}")
     echo "${cmd[*]}" >"$logbase.cmd"
     "${cmd[@]}" >"$logbase.out" 2>"$logbase.err" &
     started_pid=$!
@@ -474,6 +518,11 @@ if [ "$do_cg" = 1 ] && [ -n "${ir_req[bare]:-}" ]; then
         [ -z "${ir_req[$s]:-}" ] || cg_delta bare "$s" >"$out/callgrind/$s-vs-bare.txt" || true
     done
 fi
+if [ "$do_cg" = 1 ] && [ -n "${ir_req[keel-off]:-}" ]; then
+    for s in keel keel-traced; do
+        [ -z "${ir_req[$s]:-}" ] || cg_delta keel-off "$s" >"$out/callgrind/$s-vs-keel-off.txt" || true
+    done
+fi
 
 # ---------------------------------------------------------------- report
 for s in "${servers[@]}"; do
@@ -510,6 +559,17 @@ if [ -n "${cpu_med[keel]:-}" ] && [ -n "${cpu_med[bare]:-}" ]; then
         if (ki != "" && bi != "") { q = ki / bi; s = s sprintf(", instructions %.3fx (%s)", q, q <= 1.10 ? "met" : "NOT met") }
         print s "." }')
 fi
+
+# Observability's cost: traced (10% exported) and default (on, no export) vs off.
+for s in keel-traced keel; do
+    [ -n "${ir_req[keel-off]:-}${cpu_med[keel-off]:-}" ] && [ -n "${ir_req[$s]:-}${cpu_med[$s]:-}" ] || continue
+    verdict+="${verdict:+ }$(awk -v name="$(label "$s")" -v c="${cpu_med[$s]:-}" -v co="${cpu_med[keel-off]:-}" \
+        -v i="${ir_req[$s]:-}" -v io="${ir_req[keel-off]:-}" 'BEGIN {
+        s = "Observability goal: " name " <= 1.10x keel serve, observe off:"
+        if (c != "" && co != "") { r = c / co; s = s sprintf(" CPU time %.3fx (%s)", r, r <= 1.10 ? "met" : "NOT met") }
+        if (i != "" && io != "") { q = i / io; s = s sprintf("%s instructions %.3fx (%s)", (c != "" && co != "") ? "," : "", q, q <= 1.10 ? "met" : "NOT met") }
+        print s "." }')"
+done
 
 git_rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "no commit")
 if [ -n "$(git -C "$root" status --porcelain 2>/dev/null | head -1)" ]; then git_rev="$git_rev (with uncommitted changes)"; fi

@@ -303,3 +303,23 @@ async fn a_mix_of_calls_shows_exact_counts_and_one_record_each() {
         assert!(fields["duration_ms"].as_f64().is_some(), "{record}");
     }
 }
+
+#[tokio::test]
+async fn observe_enabled_false_turns_counting_off() {
+    let server = KeelServe::start(&["--set", "observe.enabled=false"]);
+    let channel = Channel::from_shared(server.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    GreeterClient::new(channel)
+        .say_hello(HelloRequest { name: "Ada".into() })
+        .await
+        .unwrap();
+    let text = scrape(server.admin).await;
+    let started = format!(
+        "grpc_server_started_total{{{}}}",
+        labels("unary", "helloworld.Greeter", "SayHello")
+    );
+    assert_eq!(metric(&text, &started), Some(0.0), "{text}");
+}

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel::Server;
+use keel::config::{PayloadConfig, ServerConfig};
 use keel::observe::{ClientObserveLayer, ClientObserver, Deadline, MethodTable};
 use keel_interop::pb::helloworld::greeter_client::GreeterClient;
 use keel_interop::pb::helloworld::greeter_server::{Greeter, GreeterServer};
@@ -125,8 +126,8 @@ fn observed(channel: Channel, url: &str, registry: &mut Registry) -> GreeterClie
     )
 }
 
-async fn serve(service: GreeterServer<impl Greeter>) -> String {
-    let server = Server::builder(common::config())
+async fn serve(service: GreeterServer<impl Greeter>, config: ServerConfig) -> String {
+    let server = Server::builder(config)
         .add_service(service)
         .file_descriptor_set(keel_interop::FILE_DESCRIPTOR_SET)
         .bind()
@@ -233,7 +234,15 @@ async fn spans_link_across_hops_and_follow_the_conventions() {
     );
     assert!(telemetry.exporting());
 
-    let echo_url = serve(GreeterServer::new(Echo)).await;
+    // The echo server puts its OK responses on its spans, with `message` redacted.
+    let mut echo_config = common::config();
+    echo_config.observe.payloads = PayloadConfig {
+        enabled: true,
+        min_bytes: 0,
+        redact: vec!["message".into()],
+        ..PayloadConfig::default()
+    };
+    let echo_url = serve(GreeterServer::new(Echo), echo_config).await;
     let relay = Relay {
         echo: observed(
             channel(&echo_url).await,
@@ -241,7 +250,7 @@ async fn spans_link_across_hops_and_follow_the_conventions() {
             &mut Registry::default(),
         ),
     };
-    let relay_url = serve(GreeterServer::new(relay)).await;
+    let relay_url = serve(GreeterServer::new(relay), common::config()).await;
     let relay_channel = channel(&relay_url).await;
 
     // 1. A chain: observed client → relay → echo is one trace of four spans.
@@ -308,6 +317,26 @@ async fn spans_link_across_hops_and_follow_the_conventions() {
         assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
     }
     assert!(attributes(relay_server).contains_key("network.peer.address"));
+    let payload = |span: &Span| {
+        span.events
+            .iter()
+            .find(|event| event.name == "rpc.response.payload")
+            .map(|event| {
+                event
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key == "rpc.response.body")
+                    .and_then(|kv| kv.value.as_ref()?.value.clone())
+            })
+    };
+    assert_eq!(
+        payload(echo_server),
+        Some(Some(AnyValue::StringValue(
+            r#"{"message":"[REDACTED]"}"#.to_owned()
+        ))),
+        "the echo server's span carries its redacted response"
+    );
+    assert_eq!(payload(relay_server), None, "capture is off on the relay");
     assert!(attributes(inner_client).contains_key("server.port"));
 
     // 2. Incoming trace headers, each format: the relay's server span continues the trace.

@@ -5,4 +5,7 @@ mod load;
 mod server;
 
 pub use load::{ConfigError, Loader, Validate, Violation};
-pub use server::{ConnectionConfig, Http2Config, LimitsConfig, ServerConfig, ShutdownConfig};
+pub use server::{
+    ConnectionConfig, Http2Config, LimitsConfig, ObserveConfig, PayloadConfig, ServerConfig,
+    ShutdownConfig,
+};

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Validate, Violation};
+pub use crate::observe::payload::PayloadConfig;
 
 /// Everything a Keel server needs to start. `Default` is the production configuration.
 ///
@@ -27,6 +28,8 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     /// Graceful shutdown settings.
     pub shutdown: ShutdownConfig,
+    /// Metrics, logs and traces of every call.
+    pub observe: ObserveConfig,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +41,7 @@ impl Default for ServerConfig {
             connection: ConnectionConfig::default(),
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            observe: ObserveConfig::default(),
         }
     }
 }
@@ -179,6 +183,27 @@ impl Default for ShutdownConfig {
         Self {
             drain_delay: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Observability of every call (see [`crate::observe`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObserveConfig {
+    /// Count, log and trace every call: the `grpc_server_*` metrics, the "finished call"
+    /// records and server spans. On: it costs little (docs/BENCHMARKS.md) and a server
+    /// nobody can see into is not production-ready. Off only to measure what it costs.
+    pub enabled: bool,
+    /// Response payloads on sampled spans, for the responses a predicate selects.
+    pub payloads: PayloadConfig,
+}
+
+impl Default for ObserveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            payloads: PayloadConfig::default(),
         }
     }
 }

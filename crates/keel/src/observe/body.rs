@@ -32,7 +32,8 @@ pin_project! {
         inner: B,
         framing: Framing,
         counted: u64,
-        metrics: Arc<MethodMetrics>,
+        // None: not observed, the body passes through untouched.
+        metrics: Option<Arc<MethodMetrics>>,
         flow: Flow,
         // The call to finish when the trailers pass; None when it is reported elsewhere.
         call: Option<Call>,
@@ -52,9 +53,22 @@ impl<B> ObservedBody<B> {
             inner,
             framing: Framing::counting(),
             counted: 0,
-            metrics,
+            metrics: Some(metrics),
             flow,
             call,
+            failed: None,
+        }
+    }
+
+    /// A body that is not observed (observability switched off).
+    pub(crate) fn unobserved(inner: B) -> Self {
+        Self {
+            inner,
+            framing: Framing::counting(),
+            counted: 0,
+            metrics: None,
+            flow: Flow::Sent,
+            call: None,
             failed: None,
         }
     }
@@ -79,16 +93,23 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
+        let Some(metrics) = this.metrics else {
+            return this.inner.poll_frame(cx);
+        };
         // A streaming handler's code runs while its response body is polled: give it the
-        // call's context, as the handler future had.
+        // call's context, as the handler future had. (Unary bodies run no user code.)
         let _attached = this
             .call
             .as_ref()
+            .filter(|call| call.runs_handler_in_body())
             .map(|call| call.context().clone().attach());
         let frame = ready!(this.inner.poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
+                    if let Some(call) = this.call.as_mut() {
+                        call.sent_data(data);
+                    }
                     // Counting never meets a limit: `Framing::counting` has none.
                     let _ = this.framing.scan(data);
                     let seen = this.framing.messages();
@@ -96,8 +117,8 @@ where
                     if new > 0 {
                         *this.counted = seen;
                         match this.flow {
-                            Flow::Received => this.metrics.received(new),
-                            Flow::Sent => this.metrics.sent(new),
+                            Flow::Received => metrics.received(new),
+                            Flow::Sent => metrics.sent(new),
                         }
                     }
                 } else if let Some(trailers) = frame.trailers_ref()

@@ -1,9 +1,10 @@
 //! One observed call, from its start to its status: what every finished call reports to
 //! metrics, logs and traces, in one place, exactly once.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use opentelemetry::trace::{Status, TraceContextExt};
@@ -11,9 +12,11 @@ use opentelemetry::{Context, KeyValue};
 use tonic::Code;
 
 use super::code::{Severity, code_name, is_server_fault, severity};
-use super::method::MethodInfo;
+use super::method::{MethodInfo, RpcType};
+use super::payload::{Capture, PayloadConfig};
 use super::rpc_metrics::{MethodMetrics, RpcMetrics, Side};
 use super::semconv;
+use prost_reflect::MessageDescriptor;
 
 /// Where a finished call's log record goes.
 pub(crate) const LOG_TARGET: &str = "keel::rpc";
@@ -24,7 +27,16 @@ pub(crate) struct ObservedMethod {
     pub(crate) info: MethodInfo,
     pub(crate) metrics: Arc<MethodMetrics>,
     /// `service/method`, the span name.
-    pub(crate) span_name: String,
+    pub(crate) span_name: &'static str,
+    /// How to show its responses on a span, when payload capture is on.
+    pub(crate) payloads: Option<Arc<MethodPayloads>>,
+}
+
+/// What capturing a method's responses takes: the policy and the response type.
+#[derive(Debug)]
+pub(crate) struct MethodPayloads {
+    pub(crate) config: Arc<PayloadConfig>,
+    pub(crate) output: MessageDescriptor,
 }
 
 impl ObservedMethod {
@@ -32,7 +44,8 @@ impl ObservedMethod {
     pub(crate) fn new(info: MethodInfo, metrics: &RpcMetrics) -> Arc<Self> {
         Arc::new(Self {
             metrics: metrics.method(&info),
-            span_name: format!("{}/{}", info.service, info.method),
+            span_name: intern(format!("{}/{}", info.service, info.method)),
+            payloads: None,
             info,
         })
     }
@@ -51,6 +64,8 @@ pub(crate) struct Call {
     /// Raised when the request stream failed: the peer reset it, so whatever status the
     /// handler then produced, the call was cancelled by the client.
     request_failed: Arc<AtomicBool>,
+    /// The response bytes, kept only when payload capture is on and the span is recorded.
+    capture: Option<Capture>,
     finished: bool,
 }
 
@@ -71,6 +86,7 @@ impl Call {
             start: Instant::now(),
             cx,
             request_failed: Arc::default(),
+            capture: None,
             finished: false,
         };
         tracing::debug!(
@@ -86,6 +102,31 @@ impl Call {
     /// The call's OpenTelemetry context (its span, its deadline).
     pub(crate) fn context(&self) -> &Context {
         &self.cx
+    }
+
+    /// True for a server call whose handler produces responses while the body is polled
+    /// (server and bidi streaming).
+    pub(crate) fn runs_handler_in_body(&self) -> bool {
+        self.side == Side::Server
+            && matches!(
+                self.method.info.rpc_type,
+                RpcType::ServerStream | RpcType::BidiStream
+            )
+    }
+
+    /// Starts keeping the response bytes if the method's payloads may be captured and the
+    /// call is traced (server side).
+    pub(crate) fn capture_if_wanted(&mut self) {
+        if self.method.payloads.is_some() && self.cx.span().is_recording() {
+            self.capture = Some(Capture::default());
+        }
+    }
+
+    /// Response data passing, for payload capture.
+    pub(crate) fn sent_data(&mut self, data: &bytes::Bytes) {
+        if let Some(capture) = &mut self.capture {
+            capture.add(data);
+        }
     }
 
     /// The flag the request body raises when it fails.
@@ -130,30 +171,42 @@ impl Call {
         };
         let elapsed = self.start.elapsed();
         let span = self.cx.span();
-        let span_context = span.span_context();
-        let (trace_id, span_id) = if span_context.is_valid() {
-            (
-                span_context.trace_id().to_string(),
-                span_context.span_id().to_string(),
-            )
-        } else {
-            (String::new(), String::new())
-        };
-        let exemplar = span_context.is_sampled().then(|| trace_id.clone());
+        let span_context = span.span_context().clone();
+        let exemplar = span_context
+            .is_sampled()
+            .then(|| span_context.trace_id().to_string());
         self.method.metrics.handled(code, elapsed, exemplar);
 
-        span.set_attribute(KeyValue::new(
-            semconv::RPC_GRPC_STATUS_CODE,
-            i64::from(code as i32),
-        ));
-        let fault = match self.side {
-            Side::Server => is_server_fault(code),
-            Side::Client => code != Code::Ok,
-        };
-        if fault {
-            span.set_status(Status::error(message.unwrap_or_default().to_owned()));
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new(
+                semconv::RPC_GRPC_STATUS_CODE,
+                i64::from(code as i32),
+            ));
+            let fault = match self.side {
+                Side::Server => is_server_fault(code),
+                Side::Client => code != Code::Ok,
+            };
+            if fault {
+                span.set_status(Status::error(message.unwrap_or_default().to_owned()));
+            }
+            if let (Some(capture), Some(payloads)) = (&self.capture, &self.method.payloads)
+                && payloads.config.selects(code, capture.sent)
+                && let Some(text) = payloads.config.render(&payloads.output, capture.bytes())
+            {
+                span.add_event(
+                    semconv::PAYLOAD_EVENT,
+                    vec![KeyValue::new(semconv::PAYLOAD_BODY, text)],
+                );
+            }
         }
         span.end();
+        // Formatted only if the record is written.
+        let (trace_id, span_id) = if span_context.is_valid() {
+            (Some(span_context.trace_id()), Some(span_context.span_id()))
+        } else {
+            (None, None)
+        };
+        let peer = self.peer;
 
         let level = match self.side {
             Side::Server => severity(code),
@@ -161,7 +214,6 @@ impl Call {
             Side::Client if code == Code::Ok => Severity::Debug,
             Side::Client => Severity::Info,
         };
-        let peer = self.peer.map(|peer| peer.to_string()).unwrap_or_default();
         macro_rules! finished {
             ($level:ident) => {
                 tracing::$level!(
@@ -170,12 +222,12 @@ impl Call {
                     grpc_service = self.service(),
                     grpc_method = self.method_name(),
                     grpc_type = self.method.info.rpc_type.as_str(),
-                    peer_address = %peer,
+                    peer_address = %Shown(peer),
                     grpc_code = code_name(code),
                     grpc_message = message.unwrap_or_default(),
                     duration_ms = elapsed.as_secs_f64() * 1e3,
-                    trace_id = %trace_id,
-                    span_id = %span_id,
+                    trace_id = %Shown(trace_id),
+                    span_id = %Shown(span_id),
                     "finished call"
                 )
             };
@@ -192,6 +244,34 @@ impl Call {
 impl Drop for Call {
     fn drop(&mut self) {
         self.report(Code::Cancelled, Some("call ended before its status"));
+    }
+}
+
+/// `name` with a static lifetime, shared by every server and client of the process that
+/// names it: span names are needed per call, and a borrowed name costs no allocation. The
+/// set only grows with the distinct methods the process serves or calls.
+fn intern(name: String) -> &'static str {
+    static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut names = NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = names.get(name.as_str()) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+/// An optional value in a log record: itself, or nothing.
+struct Shown<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Shown<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => Ok(()),
+        }
     }
 }
 

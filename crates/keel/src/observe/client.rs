@@ -19,7 +19,6 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,7 +26,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
 use opentelemetry::global::{self, BoxedTracer};
-use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, StringValue};
 use pin_project_lite::pin_project;
 use prometheus_client::registry::Registry;
@@ -37,14 +36,16 @@ use tower::{Layer, Service};
 use super::body::{Flow, ObservedBody};
 use super::call::{Call, ObservedMethod};
 use super::code::status_of;
-use super::context::{Deadline, HeaderInjector, format_grpc_timeout, parse_grpc_timeout};
-use super::method::{MethodInfo, MethodTable, RpcType};
+use super::context::{
+    Deadline, GRPC_TIMEOUT, HeaderInjector, format_grpc_timeout, parse_grpc_timeout,
+};
+use super::method::{MethodInfo, MethodTable, PathMap, RpcType};
 use super::rpc_metrics::{RpcMetrics, Side};
 use super::semconv;
 
 /// What every outgoing call of one client is observed with.
 pub struct ClientObserver {
-    methods: HashMap<String, Arc<ObservedMethod>>,
+    methods: PathMap<Arc<ObservedMethod>>,
     unknown: Arc<ObservedMethod>,
     tracer: BoxedTracer,
 }
@@ -176,29 +177,28 @@ where
         );
 
         let parent = Context::current();
-        let mut attributes = vec![
-            KeyValue::new(semconv::RPC_SYSTEM, "grpc"),
-            KeyValue::new(
+        let mut span = observer
+            .tracer
+            .span_builder(method.span_name)
+            .with_kind(SpanKind::Client)
+            .start_with_context(&observer.tracer, &parent);
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new(semconv::RPC_SYSTEM, "grpc"));
+            span.set_attribute(KeyValue::new(
                 semconv::RPC_SERVICE,
                 StringValue::from(method.info.service.clone()),
-            ),
-            KeyValue::new(
+            ));
+            span.set_attribute(KeyValue::new(
                 semconv::RPC_METHOD,
                 StringValue::from(method.info.method.clone()),
-            ),
-        ];
-        if let Some(target) = &target {
-            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, target.host.clone()));
-            if let Some(port) = target.port {
-                attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+            ));
+            if let Some(target) = &target {
+                span.set_attribute(KeyValue::new(semconv::SERVER_ADDRESS, target.host.clone()));
+                if let Some(port) = target.port {
+                    span.set_attribute(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+                }
             }
         }
-        let span = observer
-            .tracer
-            .span_builder(method.span_name.clone())
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
-            .start_with_context(&observer.tracer, &parent);
         let cx = parent.with_span(span);
         global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
@@ -209,7 +209,7 @@ where
             if own.is_none_or(|own| left < own)
                 && let Ok(value) = format_grpc_timeout(left).parse()
             {
-                request.headers_mut().insert("grpc-timeout", value);
+                request.headers_mut().insert(GRPC_TIMEOUT, value);
             }
         }
 

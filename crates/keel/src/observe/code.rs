@@ -1,7 +1,7 @@
 //! gRPC status codes as observability reports them: names as grpc-go spells them (the
 //! `grpc_code` label), who is at fault, and reading the code of a finished call.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use tonic::Code;
 
 /// The `grpc_code` label value: grpc-go's `codes.Code.String()` (`OK`, `Canceled`,
@@ -69,13 +69,15 @@ pub fn severity(code: Code) -> Severity {
 /// The status a header block (trailers, or the headers of a trailers-only response)
 /// carries: its code, and its message when not OK.
 pub fn status_of(headers: &HeaderMap) -> Option<(Code, Option<String>)> {
-    let code = headers.get("grpc-status")?;
+    const STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    const MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    let code = headers.get(STATUS)?;
     let code = std::str::from_utf8(code.as_bytes())
         .ok()
         .and_then(|text| text.parse::<i32>().ok())
         .map_or(Code::Unknown, Code::from_i32);
     let message = (code != Code::Ok)
-        .then(|| headers.get("grpc-message"))
+        .then(|| headers.get(MESSAGE))
         .flatten()
         .map(|value| percent_decode(value.as_bytes()));
     Some((code, message))

@@ -52,10 +52,13 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
+/// The header carrying a call's timeout.
+pub(crate) const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// The `grpc-timeout` of a request: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
 /// Anything else is no timeout, as grpc-go treats a malformed one.
 pub fn parse_grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let text = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     if text.len() < 2 || text.len() > 9 {
         return None;
     }

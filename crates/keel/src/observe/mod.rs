@@ -12,6 +12,7 @@
 //! - [`code`]: code names as grpc-go spells them, fault and log level by code;
 //! - [`context`]: the deadline and trace context a call carries into outgoing calls;
 //! - [`semconv`]: the OpenTelemetry attribute names, in one place;
+//! - [`payload`]: optional response payloads on spans, selected, redacted and truncated;
 //! - [`server`]: the server layer; [`client`]: the client layer.
 //!
 //! Logs go to the `keel::rpc` target: "finished call" at debug for OK, info for the caller's
@@ -24,6 +25,7 @@ pub mod client;
 pub mod code;
 pub mod context;
 pub mod method;
+pub mod payload;
 pub mod rpc_metrics;
 pub mod semconv;
 pub mod server;

@@ -19,3 +19,5 @@ pub const SERVER_ADDRESS: &str = "server.address";
 pub const SERVER_PORT: &str = "server.port";
 /// Span event carrying a captured response payload.
 pub const PAYLOAD_EVENT: &str = "rpc.response.payload";
+/// The payload event's attribute: the response as JSON, redacted and truncated.
+pub const PAYLOAD_BODY: &str = "rpc.response.body";

@@ -1,6 +1,5 @@
 //! The server side: [`ObserveLayer`] reports every call to metrics, logs and traces.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,7 +8,7 @@ use std::time::Instant;
 
 use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::global::{self, BoxedTracer};
-use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, StringValue};
 use pin_project_lite::pin_project;
 use tonic::Code;
@@ -17,19 +16,21 @@ use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
 use super::body::{Flow, ObservedBody};
-use super::call::{Call, ObservedMethod};
+use super::call::{Call, MethodPayloads, ObservedMethod};
 use super::code::status_of;
 use super::context::{Deadline, HeaderExtractor, parse_grpc_timeout};
-use super::method::{MethodInfo, MethodTable, RpcType};
+use super::method::{MethodInfo, MethodTable, PathMap, RpcType};
+use super::payload::PayloadConfig;
 use super::rpc_metrics::{RpcMetrics, Side};
 use super::semconv;
+use prost_reflect::DescriptorPool;
 
 /// Longest request path kept in logs for methods no descriptor names.
 const MAX_UNKNOWN_PATH: usize = 256;
 
 /// What every call of one server is observed with.
 pub struct ServerObserver {
-    methods: HashMap<String, Arc<ObservedMethod>>,
+    methods: PathMap<Arc<ObservedMethod>>,
     /// Methods no descriptor names share one series (`grpc_service="unknown"`), so that
     /// scanning for paths cannot create series without bound.
     unknown: Arc<ObservedMethod>,
@@ -46,11 +47,32 @@ impl std::fmt::Debug for ServerObserver {
 
 impl ServerObserver {
     /// Observes the methods of `table` into `metrics`, tracing with the global tracer
-    /// provider (see [`crate::telemetry::init`]).
-    pub fn new(table: &MethodTable, metrics: &RpcMetrics) -> Self {
+    /// provider (see [`crate::telemetry::init`]). With `payloads` (a capture policy and the
+    /// descriptors of the methods' response types), selected responses go on the spans.
+    pub fn new(
+        table: &MethodTable,
+        metrics: &RpcMetrics,
+        payloads: Option<(PayloadConfig, &DescriptorPool)>,
+    ) -> Self {
+        let payloads = payloads.map(|(config, pool)| (Arc::new(config), pool));
         let methods = table
             .iter()
-            .map(|(path, info)| (path.to_owned(), ObservedMethod::new(info.clone(), metrics)))
+            .map(|(path, info)| {
+                let mut method = ObservedMethod::new(info.clone(), metrics);
+                if let Some((config, pool)) = &payloads
+                    && let Some(output) = pool
+                        .get_service_by_name(&info.service)
+                        .and_then(|service| service.methods().find(|m| m.name() == &*info.method))
+                        .map(|method| method.output())
+                {
+                    Arc::get_mut(&mut method).expect("just created").payloads =
+                        Some(Arc::new(MethodPayloads {
+                            config: config.clone(),
+                            output,
+                        }));
+                }
+                (path.to_owned(), method)
+            })
             .collect();
         let unknown = ObservedMethod::new(
             MethodInfo {
@@ -71,13 +93,21 @@ impl ServerObserver {
 /// Layer producing [`Observe`].
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
-    observer: Arc<ServerObserver>,
+    observer: Option<Arc<ServerObserver>>,
 }
 
 impl ObserveLayer {
     /// Observes calls with `observer`.
     pub fn new(observer: Arc<ServerObserver>) -> Self {
-        Self { observer }
+        Self {
+            observer: Some(observer),
+        }
+    }
+
+    /// Observes nothing (`observe.enabled = false`): requests and responses pass through,
+    /// with the same types as when observed.
+    pub fn disabled() -> Self {
+        Self { observer: None }
     }
 }
 
@@ -96,12 +126,13 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Debug, Clone)]
 pub struct Observe<S> {
     inner: S,
-    observer: Arc<ServerObserver>,
+    observer: Option<Arc<ServerObserver>>,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Observe<S>
 where
     S: Service<http::Request<ObservedBody<ReqBody>>, Response = http::Response<ResBody>>,
+    ResBody: http_body::Body,
 {
     type Response = http::Response<ObservedBody<ResBody>>;
     type Error = S::Error;
@@ -112,7 +143,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let observer = &self.observer;
+        let Some(observer) = &self.observer else {
+            return ResponseFuture {
+                state: State::Unobserved {
+                    inner: self.inner.call(request.map(ObservedBody::unobserved)),
+                },
+            };
+        };
         let path = request.uri().path();
         let (method, unknown_path) = match observer.methods.get(path) {
             Some(method) => (method.clone(), None),
@@ -129,54 +166,59 @@ where
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr);
 
-        let parent = global::get_text_map_propagator(|propagator| {
-            propagator.extract(&HeaderExtractor(request.headers()))
-        });
-        let mut attributes = vec![
-            KeyValue::new(semconv::RPC_SYSTEM, "grpc"),
-            KeyValue::new(
+        // Most requests carry no trace headers: skip the propagators' header lookups then.
+        let parent = if carries_trace(request.headers()) {
+            global::get_text_map_propagator(|propagator| {
+                propagator.extract(&HeaderExtractor(request.headers()))
+            })
+        } else {
+            Context::new()
+        };
+        let mut span = observer
+            .tracer
+            .span_builder(method.span_name)
+            .with_kind(SpanKind::Server)
+            .start_with_context(&observer.tracer, &parent);
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new(semconv::RPC_SYSTEM, "grpc"));
+            span.set_attribute(KeyValue::new(
                 semconv::RPC_SERVICE,
                 StringValue::from(method.info.service.clone()),
-            ),
-            KeyValue::new(
+            ));
+            span.set_attribute(KeyValue::new(
                 semconv::RPC_METHOD,
                 StringValue::from(method.info.method.clone()),
-            ),
-        ];
-        if let Some(peer) = peer {
-            attributes.push(KeyValue::new(
-                semconv::NETWORK_PEER_ADDRESS,
-                peer.ip().to_string(),
             ));
-            attributes.push(KeyValue::new(
-                semconv::NETWORK_PEER_PORT,
-                i64::from(peer.port()),
-            ));
+            if let Some(peer) = peer {
+                span.set_attribute(KeyValue::new(
+                    semconv::NETWORK_PEER_ADDRESS,
+                    peer.ip().to_string(),
+                ));
+                span.set_attribute(KeyValue::new(
+                    semconv::NETWORK_PEER_PORT,
+                    i64::from(peer.port()),
+                ));
+            }
         }
-        let span = observer
-            .tracer
-            .span_builder(method.span_name.clone())
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
-            .start_with_context(&observer.tracer, &parent);
         let mut cx = parent.with_span(span);
         if let Some(timeout) = parse_grpc_timeout(request.headers()) {
             cx = cx.with_value(Deadline(Instant::now() + timeout));
         }
 
-        let call = Call::start(Side::Server, method, unknown_path, peer, cx.clone());
+        let mut call = Call::start(Side::Server, method, unknown_path, peer, cx.clone());
+        call.capture_if_wanted();
         let metrics = call.metrics().clone();
         let failed = call.request_failed();
         let request = request.map(|body| {
             ObservedBody::new(body, metrics, Flow::Received, None).flag_failure(failed)
         });
-        let inner = {
-            let _attached = cx.clone().attach();
-            self.inner.call(request)
-        };
+        // The handler runs when the future is polled, in the call's context.
+        let inner = self.inner.call(request);
         ResponseFuture {
-            inner: inner.with_context(cx),
-            call: Some(call),
+            state: State::Observed {
+                inner: inner.with_context(cx),
+                call: Some(call),
+            },
         }
     }
 }
@@ -185,29 +227,53 @@ pin_project! {
     /// Runs the handler in the call's context; wraps the response body to see the status.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: WithContext<F>,
-        call: Option<Call>,
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = Projected]
+    enum State<F> {
+        Observed {
+            #[pin]
+            inner: WithContext<F>,
+            call: Option<Call>,
+        },
+        // Observability is off.
+        Unobserved {
+            #[pin]
+            inner: F,
+        },
     }
 }
 
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
+    B: http_body::Body,
 {
     type Output = Result<http::Response<ObservedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let outcome = ready!(this.inner.poll(cx));
-        let call = this
-            .call
-            .take()
-            .expect("ResponseFuture polled after completion");
+        let (inner, call) = match self.project().state.project() {
+            Projected::Observed { inner, call } => (inner, call),
+            Projected::Unobserved { inner } => {
+                let outcome = ready!(inner.poll(cx));
+                return Poll::Ready(outcome.map(|response| response.map(ObservedBody::unobserved)));
+            }
+        };
+        let outcome = ready!(inner.poll(cx));
+        let call = call.take().expect("ResponseFuture polled after completion");
         Poll::Ready(match outcome {
             Ok(response) => {
                 let metrics = call.metrics().clone();
-                // A trailers-only response carries its status in the headers.
-                let call = match status_of(response.headers()) {
+                // A trailers-only response (no body) carries its status in the headers.
+                let in_headers = if response.body().is_end_stream() {
+                    status_of(response.headers())
+                } else {
+                    None
+                };
+                let call = match in_headers {
                     Some((code, message)) => {
                         call.finish(code, message.as_deref());
                         None
@@ -222,6 +288,14 @@ where
             }
         })
     }
+}
+
+/// True when a request has a header some trace propagator reads (W3C, baggage, B3).
+fn carries_trace(headers: &http::HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str();
+        name == "traceparent" || name == "baggage" || name == "b3" || name.starts_with("x-b3-")
+    })
 }
 
 /// The trace id of the call the current task serves, if any: for code that logs something

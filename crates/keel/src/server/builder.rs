@@ -149,7 +149,17 @@ impl ServerBuilder {
         ]) {
             methods.add_encoded(set)?;
         }
-        let observer = Arc::new(ServerObserver::new(&methods, &self.metrics.rpc));
+        let payloads = &self.config.observe.payloads;
+        let pool = if payloads.enabled {
+            Some(descriptor_pool(&self.descriptor_sets))
+        } else {
+            None
+        };
+        let observer = Arc::new(ServerObserver::new(
+            &methods,
+            &self.metrics.rpc,
+            pool.as_ref().map(|pool| (payloads.clone(), pool)),
+        ));
 
         let listener = bind(self.config.listen, "gRPC").await?;
         let admin = bind(self.config.admin_listen, "admin").await?;
@@ -163,6 +173,18 @@ impl ServerBuilder {
             observer,
         })
     }
+}
+
+/// The descriptors payload capture decodes responses with. A set that does not fit (its
+/// types clash with another's) leaves its methods uncaptured, with a warning.
+fn descriptor_pool(sets: &[&[u8]]) -> prost_reflect::DescriptorPool {
+    let mut pool = prost_reflect::DescriptorPool::new();
+    for set in sets {
+        if let Err(error) = pool.decode_file_descriptor_set(*set) {
+            tracing::warn!(%error, "a descriptor set cannot be used for payload capture");
+        }
+    }
+    pool
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {

@@ -72,7 +72,11 @@ impl ConnectionShared {
                 limits.max_recv_message_size,
                 limits.max_send_message_size,
             ),
-            observe: ObserveLayer::new(observer),
+            observe: if config.observe.enabled {
+                ObserveLayer::new(observer)
+            } else {
+                ObserveLayer::disabled()
+            },
             catch_panic: CatchPanicLayer::new(metrics.panics.clone()),
             lifetime: config.connection.clone(),
             metrics,

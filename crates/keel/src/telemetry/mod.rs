@@ -17,15 +17,14 @@
 //! - **Resource**: `OTEL_SERVICE_NAME` (else the binary's name) and `OTEL_RESOURCE_ATTRIBUTES`.
 //! - `OTEL_SDK_DISABLED=true` turns spans off; propagation still works.
 
-// opentelemetry-zipkin is deprecated as an exporter; its B3 propagator is what Keel uses of
-// it, until Keel carries its own.
-#![allow(deprecated)]
+mod b3;
+
+pub use b3::{B3Format, B3Propagator};
 
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use opentelemetry_zipkin::{B3Encoding, Propagator as B3Propagator};
 
 /// A telemetry setting that cannot be used, naming the variable and what it accepts.
 #[derive(Debug, thiserror::Error)]
@@ -157,8 +156,8 @@ fn propagator(list: &str) -> Result<TextMapCompositePropagator, TelemetryError> 
         propagators.push(match name {
             "tracecontext" => Box::new(TraceContextPropagator::new()),
             "baggage" => Box::new(BaggagePropagator::new()),
-            "b3" => Box::new(B3Propagator::with_encoding(B3Encoding::SingleHeader)),
-            "b3multi" => Box::new(B3Propagator::with_encoding(B3Encoding::MultipleHeader)),
+            "b3" => Box::new(B3Propagator::new(B3Format::Single)),
+            "b3multi" => Box::new(B3Propagator::new(B3Format::Multi)),
             "none" => continue,
             other => {
                 return Err(TelemetryError(format!(
