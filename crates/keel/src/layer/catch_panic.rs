@@ -180,3 +180,49 @@ fn caught(panics: &Counter, panic: &(dyn Any + Send), in_what: &str) {
         "{in_what} panicked; the call fails with INTERNAL"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A response stream whose second frame panics, as a streaming handler can.
+    struct Explodes(u8);
+
+    impl http_body::Body for Explodes {
+        type Data = Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+            self.0 += 1;
+            if self.0 > 1 {
+                panic!("stream blew up");
+            }
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_response_stream_ends_with_internal_trailers() {
+        let panics = Counter::default();
+        let body = PanicSafeBody {
+            inner: Body::new(Explodes(0)),
+            panics: panics.clone(),
+            done: false,
+        };
+        let collected = body.collect().await.expect("no error, a status");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "13");
+        assert_eq!(trailers["grpc-message"], MESSAGE);
+        assert_eq!(
+            collected.to_bytes().len(),
+            5,
+            "what was sent before stays sent"
+        );
+        assert_eq!(panics.get(), 1);
+    }
+}
