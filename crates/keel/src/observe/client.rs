@@ -25,8 +25,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
-use opentelemetry::global::{self, BoxedTracer};
-use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::global;
+use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue, StringValue};
 use pin_project_lite::pin_project;
 use prometheus_client::registry::Registry;
@@ -42,12 +42,13 @@ use super::context::{
 use super::method::{MethodInfo, MethodTable, PathMap, RpcType};
 use super::rpc_metrics::{RpcMetrics, Side};
 use super::semconv;
+use super::spans::Spans;
 
 /// What every outgoing call of one client is observed with.
 pub struct ClientObserver {
     methods: PathMap<Arc<ObservedMethod>>,
     unknown: Arc<ObservedMethod>,
-    tracer: BoxedTracer,
+    spans: Spans,
 }
 
 impl std::fmt::Debug for ClientObserver {
@@ -79,7 +80,7 @@ impl ClientObserver {
         Arc::new(Self {
             methods,
             unknown,
-            tracer: global::tracer("keel"),
+            spans: Spans::current(),
         })
     }
 }
@@ -177,29 +178,28 @@ where
         );
 
         let parent = Context::current();
-        let mut span = observer
-            .tracer
-            .span_builder(method.span_name)
-            .with_kind(SpanKind::Client)
-            .start_with_context(&observer.tracer, &parent);
-        if span.is_recording() {
-            span.set_attribute(KeyValue::new(semconv::RPC_SYSTEM, "grpc"));
-            span.set_attribute(KeyValue::new(
-                semconv::RPC_SERVICE,
-                StringValue::from(method.info.service.clone()),
-            ));
-            span.set_attribute(KeyValue::new(
-                semconv::RPC_METHOD,
-                StringValue::from(method.info.method.clone()),
-            ));
-            if let Some(target) = &target {
-                span.set_attribute(KeyValue::new(semconv::SERVER_ADDRESS, target.host.clone()));
-                if let Some(port) = target.port {
-                    span.set_attribute(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+        let cx = observer
+            .spans
+            .start(method.span_name, SpanKind::Client, &parent, || {
+                let mut attributes = vec![
+                    KeyValue::new(semconv::RPC_SYSTEM, "grpc"),
+                    KeyValue::new(
+                        semconv::RPC_SERVICE,
+                        StringValue::from(method.info.service.clone()),
+                    ),
+                    KeyValue::new(
+                        semconv::RPC_METHOD,
+                        StringValue::from(method.info.method.clone()),
+                    ),
+                ];
+                if let Some(target) = &target {
+                    attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, target.host.clone()));
+                    if let Some(port) = target.port {
+                        attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+                    }
                 }
-            }
-        }
-        let cx = parent.with_span(span);
+                attributes
+            });
         global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
         });

@@ -7,8 +7,8 @@ use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Instant;
 
 use opentelemetry::context::{FutureExt as _, WithContext};
-use opentelemetry::global::{self, BoxedTracer};
-use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::global;
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue};
 use pin_project_lite::pin_project;
 use tonic::Code;
@@ -23,6 +23,7 @@ use super::method::{MethodInfo, MethodTable, PathMap, RpcType};
 use super::payload::PayloadConfig;
 use super::rpc_metrics::{RpcMetrics, Side};
 use super::semconv;
+use super::spans::Spans;
 use prost_reflect::DescriptorPool;
 
 /// Longest request path kept in logs for methods no descriptor names.
@@ -34,7 +35,7 @@ pub struct ServerObserver {
     /// Methods no descriptor names share one series (`grpc_service="unknown"`), so that
     /// scanning for paths cannot create series without bound.
     unknown: Arc<ObservedMethod>,
-    tracer: BoxedTracer,
+    spans: Spans,
 }
 
 impl std::fmt::Debug for ServerObserver {
@@ -85,7 +86,7 @@ impl ServerObserver {
         Self {
             methods,
             unknown,
-            tracer: global::tracer("keel"),
+            spans: Spans::current(),
         }
     }
 }
@@ -174,33 +175,32 @@ where
         } else {
             Context::new()
         };
-        let mut span = observer
-            .tracer
-            .span_builder(method.span_name)
-            .with_kind(SpanKind::Server)
-            .start_with_context(&observer.tracer, &parent);
-        if span.is_recording() {
-            span.set_attribute(KeyValue::new(semconv::RPC_SYSTEM, "grpc"));
-            span.set_attribute(KeyValue::new(
-                semconv::RPC_SERVICE,
-                StringValue::from(method.info.service.clone()),
-            ));
-            span.set_attribute(KeyValue::new(
-                semconv::RPC_METHOD,
-                StringValue::from(method.info.method.clone()),
-            ));
-            if let Some(peer) = peer {
-                span.set_attribute(KeyValue::new(
-                    semconv::NETWORK_PEER_ADDRESS,
-                    peer.ip().to_string(),
-                ));
-                span.set_attribute(KeyValue::new(
-                    semconv::NETWORK_PEER_PORT,
-                    i64::from(peer.port()),
-                ));
-            }
-        }
-        let mut cx = parent.with_span(span);
+        let mut cx = observer
+            .spans
+            .start(method.span_name, SpanKind::Server, &parent, || {
+                let mut attributes = vec![
+                    KeyValue::new(semconv::RPC_SYSTEM, "grpc"),
+                    KeyValue::new(
+                        semconv::RPC_SERVICE,
+                        StringValue::from(method.info.service.clone()),
+                    ),
+                    KeyValue::new(
+                        semconv::RPC_METHOD,
+                        StringValue::from(method.info.method.clone()),
+                    ),
+                ];
+                if let Some(peer) = peer {
+                    attributes.push(KeyValue::new(
+                        semconv::NETWORK_PEER_ADDRESS,
+                        peer.ip().to_string(),
+                    ));
+                    attributes.push(KeyValue::new(
+                        semconv::NETWORK_PEER_PORT,
+                        i64::from(peer.port()),
+                    ));
+                }
+                attributes
+            });
         if let Some(timeout) = parse_grpc_timeout(request.headers()) {
             cx = cx.with_value(Deadline(Instant::now() + timeout));
         }

@@ -7,9 +7,9 @@
 //!   them, and `OTEL_EXPORTER_OTLP_TIMEOUT`, `..._HEADERS`, itself). Not exporting by default
 //!   keeps a server without a collector from logging connection errors for ever.
 //! - **Sampling** by `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (e.g.
-//!   `parentbased_traceidratio` and `0.1`), default `parentbased_always_on`. Without export,
-//!   spans are still created, so logs carry trace ids and calls pass the trace on, but
-//!   nothing is recorded unless the caller sampled it.
+//!   `parentbased_traceidratio` and `0.1`), default `parentbased_always_on`. Without export
+//!   no SDK runs: calls still get span ids (children of the caller's, keeping its sampling
+//!   flag), so logs carry trace ids and outgoing calls pass the trace on.
 //! - **Propagation** by `OTEL_PROPAGATORS`: `tracecontext` (W3C `traceparent`/`tracestate`),
 //!   `baggage`, `b3` (B3 single header) and `b3multi` (`X-B3-*` headers), default
 //!   `tracecontext,baggage,b3`. Every B3 propagator reads both B3 forms; the list decides
@@ -21,10 +21,21 @@ mod b3;
 
 pub use b3::{B3Format, B3Propagator};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
+/// Set by [`init`] when nothing is exported: observers then mint span ids themselves
+/// instead of going through the SDK (see `observe::spans`).
+static IDS_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// True when [`init`] found nothing to export.
+pub(crate) fn ids_only() -> bool {
+    IDS_ONLY.load(Ordering::Relaxed)
+}
 
 /// A telemetry setting that cannot be used, naming the variable and what it accepts.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +103,7 @@ pub fn init_with(
     opentelemetry::global::set_text_map_propagator(propagator(&propagators)?);
 
     if var("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
+        IDS_ONLY.store(true, Ordering::Relaxed);
         return Ok(Telemetry {
             provider: None,
             exporting: false,
@@ -111,33 +123,37 @@ pub fn init_with(
         }
     };
 
+    IDS_ONLY.store(!exporting, Ordering::Relaxed);
+    if !exporting {
+        return Ok(Telemetry {
+            provider: None,
+            exporting,
+        });
+    }
+
     let mut resource = opentelemetry_sdk::Resource::builder();
     if var("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service_name.to_owned());
     }
-    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
-    if exporting {
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-        if let Some(endpoint) =
-            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        {
-            exporter = exporter.with_endpoint(endpoint);
-        }
-        let exporter = exporter
-            .build()
-            .map_err(|error| TelemetryError(format!("cannot set up the OTLP exporter: {error}")))?;
-        let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(endpoint) =
+        var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    {
+        exporter = exporter.with_endpoint(endpoint);
+    }
+    let exporter = exporter
+        .build()
+        .map_err(|error| TelemetryError(format!("cannot set up the OTLP exporter: {error}")))?;
+    let processor =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
             exporter,
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
-        builder = builder.with_span_processor(processor);
-    } else {
-        // Nothing to export to: keep ids and the caller's sampling decision, record nothing
-        // of our own.
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
-    }
-    let provider = builder.build();
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource.build())
+        .with_span_processor(processor)
+        .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
     Ok(Telemetry {
         provider: Some(provider),
