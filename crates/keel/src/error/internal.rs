@@ -25,8 +25,9 @@ pub const ERROR_ID_KEY: &str = "error_id";
 /// a support request can be matched to the log line. The error's text (SQL, paths, hosts,
 /// stack details) never reaches the caller.
 ///
-/// The id is 16 random hex digits for now; once tracing is exported (OpenTelemetry, a later
-/// issue) it becomes the request's trace id, so the reference leads to the whole trace.
+/// Inside a call, the id is the call's trace id (32 hex digits), the same the "finished
+/// call" record and the spans carry, so the reference leads to the whole trace; outside one,
+/// 16 random hex digits.
 ///
 /// ```
 /// # fn load() -> Result<u64, std::io::Error> { Err(std::io::Error::other("disk on fire")) }
@@ -38,7 +39,8 @@ pub const ERROR_ID_KEY: &str = "error_id";
 /// assert!(!status.message().contains("disk"));
 /// ```
 pub fn internal(error: &dyn Error) -> Status {
-    let id = format!("{:016x}", rand::random::<u64>());
+    let id = crate::observe::current_trace_id()
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
     tracing::error!(error_id = %id, error = %Chain(error), "internal error");
     let metadata = HashMap::from([(ERROR_ID_KEY.to_owned(), id.clone())]);
     Status::with_error_details(
@@ -151,6 +153,24 @@ mod tests {
             log.contains("failed on db-7.internal: password=hunter2 rejected"),
             "{log}"
         );
+    }
+
+    #[test]
+    fn inside_a_call_the_reference_is_its_trace_id() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        let trace_id = TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c_u128);
+        let cx = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            trace_id,
+            SpanId::from(7),
+            TraceFlags::default(),
+            true,
+            TraceState::default(),
+        ));
+        let _attached = cx.attach();
+        let status = internal(&query_failed());
+        assert_eq!(error_id(&status), "0af7651916cd43dd8448eb211c80319c");
     }
 
     #[test]
