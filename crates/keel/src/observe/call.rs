@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
+use prost_reflect::MessageDescriptor;
 use tonic::Code;
 
 use super::code::{Severity, code_name, is_server_fault, severity};
@@ -16,7 +17,6 @@ use super::method::{MethodInfo, RpcType};
 use super::payload::{Capture, PayloadConfig};
 use super::rpc_metrics::{MethodMetrics, RpcMetrics, Side};
 use super::semconv;
-use prost_reflect::MessageDescriptor;
 
 /// Where a finished call's log record goes.
 pub(crate) const LOG_TARGET: &str = "keel::rpc";
@@ -40,12 +40,16 @@ pub(crate) struct MethodPayloads {
 }
 
 impl ObservedMethod {
-    /// `info` with its series in `metrics`.
-    pub(crate) fn new(info: MethodInfo, metrics: &RpcMetrics) -> Arc<Self> {
+    /// `info` with its series in `metrics`, and its payload capture if any.
+    pub(crate) fn new(
+        info: MethodInfo,
+        metrics: &RpcMetrics,
+        payloads: Option<MethodPayloads>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             metrics: metrics.method(&info),
             span_name: intern(format!("{}/{}", info.service, info.method)),
-            payloads: None,
+            payloads: payloads.map(Arc::new),
             info,
         })
     }

@@ -67,7 +67,12 @@ impl ClientObserver {
         let metrics = RpcMetrics::register(Side::Client, registry);
         let methods = table
             .iter()
-            .map(|(path, info)| (path.to_owned(), ObservedMethod::new(info.clone(), &metrics)))
+            .map(|(path, info)| {
+                (
+                    path.to_owned(),
+                    ObservedMethod::new(info.clone(), &metrics, None),
+                )
+            })
             .collect();
         let unknown = ObservedMethod::new(
             MethodInfo {
@@ -76,6 +81,7 @@ impl ClientObserver {
                 rpc_type: RpcType::Unary,
             },
             &metrics,
+            None,
         );
         Arc::new(Self {
             methods,

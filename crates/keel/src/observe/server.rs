@@ -11,6 +11,7 @@ use opentelemetry::global;
 use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue};
 use pin_project_lite::pin_project;
+use prost_reflect::DescriptorPool;
 use tonic::Code;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
@@ -24,7 +25,6 @@ use super::payload::PayloadConfig;
 use super::rpc_metrics::{RpcMetrics, Side};
 use super::semconv;
 use super::spans::Spans;
-use prost_reflect::DescriptorPool;
 
 /// Longest request path kept in logs for methods no descriptor names.
 const MAX_UNKNOWN_PATH: usize = 256;
@@ -59,19 +59,15 @@ impl ServerObserver {
         let methods = table
             .iter()
             .map(|(path, info)| {
-                let mut method = ObservedMethod::new(info.clone(), metrics);
-                if let Some((config, pool)) = &payloads
-                    && let Some(output) = pool
-                        .get_service_by_name(&info.service)
-                        .and_then(|service| service.methods().find(|m| m.name() == &*info.method))
-                        .map(|method| method.output())
-                {
-                    Arc::get_mut(&mut method).expect("just created").payloads =
-                        Some(Arc::new(MethodPayloads {
-                            config: config.clone(),
-                            output,
-                        }));
-                }
+                let capture = payloads.as_ref().and_then(|(config, pool)| {
+                    let service = pool.get_service_by_name(&info.service)?;
+                    let method = service.methods().find(|m| m.name() == &*info.method)?;
+                    Some(MethodPayloads {
+                        config: config.clone(),
+                        output: method.output(),
+                    })
+                });
+                let method = ObservedMethod::new(info.clone(), metrics, capture);
                 (path.to_owned(), method)
             })
             .collect();
@@ -82,6 +78,7 @@ impl ServerObserver {
                 rpc_type: RpcType::Unary,
             },
             metrics,
+            None,
         );
         Self {
             methods,
