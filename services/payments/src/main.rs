@@ -31,7 +31,10 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
     payments\n  \
     payments --database-url postgres://postgres@127.0.0.1:5432/payments\n  \
     payments --redis-url redis://127.0.0.1:6379 --set rate_limit_per_account=50\n  \
-    payments --print-config"
+    payments --print-config\n\n\
+    Observability: metrics on the admin /metrics; PAYMENTS_LOG=info,keel::rpc=debug logs every\n\
+    call, PAYMENTS_LOG_FORMAT=json as JSON lines; OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4317\n\
+    exports traces (OTEL_TRACES_SAMPLER, OTEL_SERVICE_NAME, OTEL_PROPAGATORS as usual)."
 )]
 struct Cli {
     /// gRPC address to listen on [default: 127.0.0.1:50051]
