@@ -13,10 +13,11 @@ use prost_reflect::MessageDescriptor;
 use tonic::Code;
 
 use super::code::{Severity, code_name, is_server_fault, severity};
-use super::method::{MethodInfo, RpcType};
+use super::method::{MethodInfo, MethodTable, PathMap, RpcType};
 use super::payload::{Capture, PayloadConfig};
 use super::rpc_metrics::{MethodMetrics, RpcMetrics, Side};
 use super::semconv;
+use super::spans::Spans;
 
 /// Where a finished call's log record goes.
 pub(crate) const LOG_TARGET: &str = "keel::rpc";
@@ -30,6 +31,76 @@ pub(crate) struct ObservedMethod {
     pub(crate) span_name: &'static str,
     /// How to show its responses on a span, when payload capture is on.
     pub(crate) payloads: Option<Arc<MethodPayloads>>,
+}
+
+/// The methods one server or client observes, by request path, and where their spans come
+/// from.
+pub(crate) struct Methods {
+    by_path: PathMap<Arc<ObservedMethod>>,
+    /// Paths no descriptor names share one series (`grpc_service="unknown"`), so that
+    /// scanning for paths cannot create series without bound.
+    unknown: Arc<ObservedMethod>,
+    /// How calls get their spans.
+    pub(crate) spans: Spans,
+}
+
+/// Longest request path kept in logs for methods no descriptor names.
+const MAX_UNKNOWN_PATH: usize = 256;
+
+impl Methods {
+    /// The methods of `table` with their series in `metrics`, and payload capture where
+    /// `capture` gives one.
+    pub(crate) fn new(
+        table: &MethodTable,
+        metrics: &RpcMetrics,
+        capture: impl Fn(&MethodInfo) -> Option<MethodPayloads>,
+    ) -> Self {
+        let by_path = table
+            .iter()
+            .map(|(path, info)| {
+                let method = ObservedMethod::new(info.clone(), metrics, capture(info));
+                (path.to_owned(), method)
+            })
+            .collect();
+        let unknown = ObservedMethod::new(
+            MethodInfo {
+                service: "unknown".into(),
+                method: "unknown".into(),
+                rpc_type: RpcType::Unary,
+            },
+            metrics,
+            None,
+        );
+        Self {
+            by_path,
+            unknown,
+            spans: Spans::current(),
+        }
+    }
+
+    /// The method a request path names, and, when no descriptor names it, the path itself
+    /// (cut to a bounded length) for the log.
+    pub(crate) fn lookup(&self, path: &str) -> (Arc<ObservedMethod>, Option<Box<str>>) {
+        match self.by_path.get(path) {
+            Some(method) => (method.clone(), None),
+            None => {
+                let mut end = path.len().min(MAX_UNKNOWN_PATH);
+                while !path.is_char_boundary(end) {
+                    end -= 1;
+                }
+                (self.unknown.clone(), Some(path[..end].into()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Methods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Methods")
+            .field("known", &self.by_path.len())
+            .field("spans", &self.spans)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What capturing a method's responses takes: the policy and the response type.

@@ -34,29 +34,19 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use super::body::{Flow, ObservedBody};
-use super::call::{Call, ObservedMethod};
+use super::call::{Call, Methods};
 use super::code::status_of;
 use super::context::{
     Deadline, GRPC_TIMEOUT, HeaderInjector, format_grpc_timeout, parse_grpc_timeout,
 };
-use super::method::{MethodInfo, MethodTable, PathMap, RpcType};
+use super::method::MethodTable;
 use super::rpc_metrics::{RpcMetrics, Side};
 use super::semconv;
-use super::spans::Spans;
 
 /// What every outgoing call of one client is observed with.
+#[derive(Debug)]
 pub struct ClientObserver {
-    methods: PathMap<Arc<ObservedMethod>>,
-    unknown: Arc<ObservedMethod>,
-    spans: Spans,
-}
-
-impl std::fmt::Debug for ClientObserver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientObserver")
-            .field("methods", &self.methods.len())
-            .finish_non_exhaustive()
-    }
+    methods: Methods,
 }
 
 impl ClientObserver {
@@ -65,28 +55,8 @@ impl ClientObserver {
     /// [`crate::ServerBuilder::metrics_registry`], say).
     pub fn new(table: &MethodTable, registry: &mut Registry) -> Arc<Self> {
         let metrics = RpcMetrics::register(Side::Client, registry);
-        let methods = table
-            .iter()
-            .map(|(path, info)| {
-                (
-                    path.to_owned(),
-                    ObservedMethod::new(info.clone(), &metrics, None),
-                )
-            })
-            .collect();
-        let unknown = ObservedMethod::new(
-            MethodInfo {
-                service: "unknown".into(),
-                method: "unknown".into(),
-                rpc_type: RpcType::Unary,
-            },
-            &metrics,
-            None,
-        );
         Arc::new(Self {
-            methods,
-            unknown,
-            spans: Spans::current(),
+            methods: Methods::new(table, &metrics, |_| None),
         })
     }
 }
@@ -167,11 +137,7 @@ where
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let observer = &self.observer;
-        let path = request.uri().path();
-        let (method, unknown_path) = match observer.methods.get(path) {
-            Some(method) => (method.clone(), None),
-            None => (observer.unknown.clone(), Some(path.into())),
-        };
+        let (method, unknown_path) = observer.methods.lookup(request.uri().path());
         let target = request.uri().authority().map_or_else(
             || self.target.clone(),
             |authority| {
@@ -185,6 +151,7 @@ where
 
         let parent = Context::current();
         let cx = observer
+            .methods
             .spans
             .start(method.span_name, SpanKind::Client, &parent, || {
                 let mut attributes = vec![

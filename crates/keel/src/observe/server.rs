@@ -17,33 +17,18 @@ use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
 use super::body::{Flow, ObservedBody};
-use super::call::{Call, MethodPayloads, ObservedMethod};
+use super::call::{Call, MethodPayloads, Methods};
 use super::code::status_of;
 use super::context::{Deadline, HeaderExtractor, parse_grpc_timeout};
-use super::method::{MethodInfo, MethodTable, PathMap, RpcType};
+use super::method::MethodTable;
 use super::payload::PayloadConfig;
 use super::rpc_metrics::{RpcMetrics, Side};
 use super::semconv;
-use super::spans::Spans;
-
-/// Longest request path kept in logs for methods no descriptor names.
-const MAX_UNKNOWN_PATH: usize = 256;
 
 /// What every call of one server is observed with.
+#[derive(Debug)]
 pub struct ServerObserver {
-    methods: PathMap<Arc<ObservedMethod>>,
-    /// Methods no descriptor names share one series (`grpc_service="unknown"`), so that
-    /// scanning for paths cannot create series without bound.
-    unknown: Arc<ObservedMethod>,
-    spans: Spans,
-}
-
-impl std::fmt::Debug for ServerObserver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerObserver")
-            .field("methods", &self.methods.len())
-            .finish_non_exhaustive()
-    }
+    methods: Methods,
 }
 
 impl ServerObserver {
@@ -56,35 +41,16 @@ impl ServerObserver {
         payloads: Option<(PayloadConfig, &DescriptorPool)>,
     ) -> Self {
         let payloads = payloads.map(|(config, pool)| (Arc::new(config), pool));
-        let methods = table
-            .iter()
-            .map(|(path, info)| {
-                let capture = payloads.as_ref().and_then(|(config, pool)| {
-                    let service = pool.get_service_by_name(&info.service)?;
-                    let method = service.methods().find(|m| m.name() == &*info.method)?;
-                    Some(MethodPayloads {
-                        config: config.clone(),
-                        output: method.output(),
-                    })
-                });
-                let method = ObservedMethod::new(info.clone(), metrics, capture);
-                (path.to_owned(), method)
+        let methods = Methods::new(table, metrics, |info| {
+            let (config, pool) = payloads.as_ref()?;
+            let service = pool.get_service_by_name(&info.service)?;
+            let method = service.methods().find(|m| m.name() == &*info.method)?;
+            Some(MethodPayloads {
+                config: config.clone(),
+                output: method.output(),
             })
-            .collect();
-        let unknown = ObservedMethod::new(
-            MethodInfo {
-                service: "unknown".into(),
-                method: "unknown".into(),
-                rpc_type: RpcType::Unary,
-            },
-            metrics,
-            None,
-        );
-        Self {
-            methods,
-            unknown,
-            spans: Spans::current(),
-        }
+        });
+        Self { methods }
     }
 }
 
@@ -148,17 +114,7 @@ where
                 },
             };
         };
-        let path = request.uri().path();
-        let (method, unknown_path) = match observer.methods.get(path) {
-            Some(method) => (method.clone(), None),
-            None => {
-                let mut end = path.len().min(MAX_UNKNOWN_PATH);
-                while !path.is_char_boundary(end) {
-                    end -= 1;
-                }
-                (observer.unknown.clone(), Some(path[..end].into()))
-            }
-        };
+        let (method, unknown_path) = observer.methods.lookup(request.uri().path());
         let peer = request
             .extensions()
             .get::<TcpConnectInfo>()
@@ -172,32 +128,34 @@ where
         } else {
             Context::new()
         };
-        let mut cx = observer
-            .spans
-            .start(method.span_name, SpanKind::Server, &parent, || {
-                let mut attributes = vec![
-                    KeyValue::new(semconv::RPC_SYSTEM, "grpc"),
-                    KeyValue::new(
-                        semconv::RPC_SERVICE,
-                        StringValue::from(method.info.service.clone()),
-                    ),
-                    KeyValue::new(
-                        semconv::RPC_METHOD,
-                        StringValue::from(method.info.method.clone()),
-                    ),
-                ];
-                if let Some(peer) = peer {
-                    attributes.push(KeyValue::new(
-                        semconv::NETWORK_PEER_ADDRESS,
-                        peer.ip().to_string(),
-                    ));
-                    attributes.push(KeyValue::new(
-                        semconv::NETWORK_PEER_PORT,
-                        i64::from(peer.port()),
-                    ));
-                }
-                attributes
-            });
+        let mut cx =
+            observer
+                .methods
+                .spans
+                .start(method.span_name, SpanKind::Server, &parent, || {
+                    let mut attributes = vec![
+                        KeyValue::new(semconv::RPC_SYSTEM, "grpc"),
+                        KeyValue::new(
+                            semconv::RPC_SERVICE,
+                            StringValue::from(method.info.service.clone()),
+                        ),
+                        KeyValue::new(
+                            semconv::RPC_METHOD,
+                            StringValue::from(method.info.method.clone()),
+                        ),
+                    ];
+                    if let Some(peer) = peer {
+                        attributes.push(KeyValue::new(
+                            semconv::NETWORK_PEER_ADDRESS,
+                            peer.ip().to_string(),
+                        ));
+                        attributes.push(KeyValue::new(
+                            semconv::NETWORK_PEER_PORT,
+                            i64::from(peer.port()),
+                        ));
+                    }
+                    attributes
+                });
         if let Some(timeout) = parse_grpc_timeout(request.headers()) {
             cx = cx.with_value(Deadline(Instant::now() + timeout));
         }
