@@ -27,7 +27,7 @@ use std::task::{Context as TaskContext, Poll, ready};
 
 use opentelemetry::global;
 use opentelemetry::trace::SpanKind;
-use opentelemetry::{Context, KeyValue, StringValue};
+use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
 use prometheus_client::registry::Registry;
 use tonic::Code;
@@ -154,17 +154,7 @@ where
             .methods
             .spans
             .start(method.span_name, SpanKind::Client, &parent, || {
-                let mut attributes = vec![
-                    KeyValue::new(semconv::RPC_SYSTEM, "grpc"),
-                    KeyValue::new(
-                        semconv::RPC_SERVICE,
-                        StringValue::from(method.info.service.clone()),
-                    ),
-                    KeyValue::new(
-                        semconv::RPC_METHOD,
-                        StringValue::from(method.info.method.clone()),
-                    ),
-                ];
+                let mut attributes = semconv::rpc_attributes(&method.info);
                 if let Some(target) = &target {
                     attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, target.host.clone()));
                     if let Some(port) = target.port {

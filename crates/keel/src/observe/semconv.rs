@@ -21,3 +21,13 @@ pub const SERVER_PORT: &str = "server.port";
 pub const PAYLOAD_EVENT: &str = "rpc.response.payload";
 /// The payload event's attribute: the response as JSON, redacted and truncated.
 pub const PAYLOAD_BODY: &str = "rpc.response.body";
+
+/// The attributes every RPC span starts with: system, service and method.
+pub(crate) fn rpc_attributes(info: &super::method::MethodInfo) -> Vec<opentelemetry::KeyValue> {
+    use opentelemetry::{KeyValue, StringValue};
+    vec![
+        KeyValue::new(RPC_SYSTEM, "grpc"),
+        KeyValue::new(RPC_SERVICE, StringValue::from(info.service.clone())),
+        KeyValue::new(RPC_METHOD, StringValue::from(info.method.clone())),
+    ]
+}

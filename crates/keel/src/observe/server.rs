@@ -9,7 +9,7 @@ use std::time::Instant;
 use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::global;
 use opentelemetry::trace::{SpanKind, TraceContextExt};
-use opentelemetry::{Context, KeyValue, StringValue};
+use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
 use prost_reflect::DescriptorPool;
 use tonic::Code;
@@ -133,17 +133,7 @@ where
                 .methods
                 .spans
                 .start(method.span_name, SpanKind::Server, &parent, || {
-                    let mut attributes = vec![
-                        KeyValue::new(semconv::RPC_SYSTEM, "grpc"),
-                        KeyValue::new(
-                            semconv::RPC_SERVICE,
-                            StringValue::from(method.info.service.clone()),
-                        ),
-                        KeyValue::new(
-                            semconv::RPC_METHOD,
-                            StringValue::from(method.info.method.clone()),
-                        ),
-                    ];
+                    let mut attributes = semconv::rpc_attributes(&method.info);
                     if let Some(peer) = peer {
                         attributes.push(KeyValue::new(
                             semconv::NETWORK_PEER_ADDRESS,
