@@ -254,30 +254,27 @@ start_server() {
     started_port=0
     case "$name" in
         bare) cmd=("$bare_bin" 127.0.0.1:0) ;;
-        keel)
+        keel*)
             # shellcheck disable=SC2206 # KEEL_SERVE_ARGS is split on purpose
             cmd=("$keel_bin" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
-                --set shutdown.drain_delay=0s $KEEL_SERVE_ARGS) ;;
-        keel-off)
-            # shellcheck disable=SC2206 # KEEL_SERVE_ARGS is split on purpose
-            cmd=("$keel_bin" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
-                --set shutdown.drain_delay=0s --set observe.enabled=false $KEEL_SERVE_ARGS) ;;
-        keel-traced)
-            # shellcheck disable=SC2206 # KEEL_SERVE_ARGS is split on purpose
-            envs=("OTEL_EXPORTER_OTLP_ENDPOINT=http://$sink_addr" OTEL_TRACES_SAMPLER=traceidratio
-                OTEL_TRACES_SAMPLER_ARG=0.1)
-            cmd=("$keel_bin" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
-                --set shutdown.drain_delay=0s $KEEL_SERVE_ARGS) ;;
+                --set shutdown.drain_delay=0s $KEEL_SERVE_ARGS)
+            case "$name" in
+                keel-off) cmd+=(--set observe.enabled=false) ;;
+                keel-traced)
+                    envs=("OTEL_EXPORTER_OTLP_ENDPOINT=http://$sink_addr"
+                        OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.1) ;;
+            esac ;;
         go)
             started_port=$(pick_port)
-            cmd=("$go_bin" "127.0.0.1:$started_port") ;;
+            cmd=("$go_bin" "127.0.0.1:$started_port")
+            # Go's asynchronous preemption signals trip an assertion in callgrind's signal
+            # handling.
+            [ -z "$cgout" ] || envs=(GODEBUG=asyncpreemptoff=1) ;;
     esac
     if [ -n "$cgout" ]; then
         # --fair-sched: valgrind runs one thread at a time; without fair scheduling a thread
         # spinning on another (Go's GC does) can livelock for a long time and inflate the counts.
         cmd=(valgrind --tool=callgrind --fair-sched=yes "--callgrind-out-file=$cgout" "${cmd[@]}")
-        # Go's asynchronous preemption signals trip an assertion in callgrind's signal handling.
-        [ "$name" != go ] || cmd=(env GODEBUG=asyncpreemptoff=1 "${cmd[@]}")
     fi
     # Environment goes on the outermost command: valgrind does not follow an `env` it runs.
     [ ${#envs[@]} -eq 0 ] || cmd=(env "${envs[@]}" "${cmd[@]}")

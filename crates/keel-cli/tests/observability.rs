@@ -24,6 +24,36 @@ fn labels(rpc_type: &str, service: &str, method: &str) -> String {
     format!(r#"grpc_type="{rpc_type}",grpc_service="{service}",grpc_method="{method}""#)
 }
 
+/// The expected deltas of one method's series: `calls` started (and timed), messages
+/// `received` and `sent`, and calls handled by code.
+fn method_deltas(
+    labels: &str,
+    calls: f64,
+    received: f64,
+    sent: f64,
+    codes: &[(&str, f64)],
+) -> Vec<(String, f64)> {
+    let mut deltas = vec![
+        (format!("grpc_server_started_total{{{labels}}}"), calls),
+        (
+            format!("grpc_server_msg_received_total{{{labels}}}"),
+            received,
+        ),
+        (format!("grpc_server_msg_sent_total{{{labels}}}"), sent),
+        (
+            format!("grpc_server_handling_seconds_count{{{labels}}}"),
+            calls,
+        ),
+    ];
+    deltas.extend(codes.iter().map(|(code, delta)| {
+        (
+            format!("grpc_server_handled_total{{{labels},grpc_code=\"{code}\"}}"),
+            *delta,
+        )
+    }));
+    deltas
+}
+
 /// Every `grpc_server_*` series with its value.
 fn grpc_series(text: &str) -> BTreeMap<String, f64> {
     text.lines()
@@ -159,70 +189,23 @@ async fn a_mix_of_calls_shows_exact_counts_and_one_record_each() {
     let output = labels("server_stream", TEST_SERVICE, "StreamingOutputCall");
     let input = labels("client_stream", TEST_SERVICE, "StreamingInputCall");
     let duplex = labels("bidi_stream", TEST_SERVICE, "FullDuplexCall");
-    let handled = |labels: &str, code: &str| {
-        format!("grpc_server_handled_total{{{labels},grpc_code=\"{code}\"}}")
-    };
-    let mut expected: BTreeMap<String, f64> = BTreeMap::new();
-    for (series, delta) in [
-        (format!("grpc_server_started_total{{{greeter}}}"), 3.0),
-        (format!("grpc_server_msg_received_total{{{greeter}}}"), 3.0),
-        (format!("grpc_server_msg_sent_total{{{greeter}}}"), 3.0),
-        (handled(&greeter, "OK"), 3.0),
-        (
-            format!("grpc_server_handling_seconds_count{{{greeter}}}"),
+    let expected: BTreeMap<String, f64> = [
+        method_deltas(&greeter, 3.0, 3.0, 3.0, &[("OK", 3.0)]),
+        method_deltas(
+            &unary,
             3.0,
-        ),
-        (format!("grpc_server_started_total{{{unary}}}"), 3.0),
-        (format!("grpc_server_msg_received_total{{{unary}}}"), 3.0),
-        (format!("grpc_server_msg_sent_total{{{unary}}}"), 0.0),
-        (handled(&unary, "InvalidArgument"), 2.0),
-        (handled(&unary, "Internal"), 1.0),
-        (
-            format!("grpc_server_handling_seconds_count{{{unary}}}"),
             3.0,
-        ),
-        (format!("grpc_server_started_total{{{unimplemented}}}"), 1.0),
-        (
-            format!("grpc_server_msg_received_total{{{unimplemented}}}"),
-            1.0,
-        ),
-        (
-            format!("grpc_server_msg_sent_total{{{unimplemented}}}"),
             0.0,
+            &[("InvalidArgument", 2.0), ("Internal", 1.0)],
         ),
-        (handled(&unimplemented, "Unimplemented"), 1.0),
-        (
-            format!("grpc_server_handling_seconds_count{{{unimplemented}}}"),
-            1.0,
-        ),
-        (format!("grpc_server_started_total{{{output}}}"), 2.0),
-        (format!("grpc_server_msg_received_total{{{output}}}"), 2.0),
-        (format!("grpc_server_msg_sent_total{{{output}}}"), 4.0),
-        (handled(&output, "OK"), 1.0),
-        (handled(&output, "Canceled"), 1.0),
-        (
-            format!("grpc_server_handling_seconds_count{{{output}}}"),
-            2.0,
-        ),
-        (format!("grpc_server_started_total{{{input}}}"), 1.0),
-        (format!("grpc_server_msg_received_total{{{input}}}"), 4.0),
-        (format!("grpc_server_msg_sent_total{{{input}}}"), 1.0),
-        (handled(&input, "OK"), 1.0),
-        (
-            format!("grpc_server_handling_seconds_count{{{input}}}"),
-            1.0,
-        ),
-        (format!("grpc_server_started_total{{{duplex}}}"), 1.0),
-        (format!("grpc_server_msg_received_total{{{duplex}}}"), 2.0),
-        (format!("grpc_server_msg_sent_total{{{duplex}}}"), 2.0),
-        (handled(&duplex, "OK"), 1.0),
-        (
-            format!("grpc_server_handling_seconds_count{{{duplex}}}"),
-            1.0,
-        ),
-    ] {
-        expected.insert(series, delta);
-    }
+        method_deltas(&unimplemented, 1.0, 1.0, 0.0, &[("Unimplemented", 1.0)]),
+        method_deltas(&output, 2.0, 2.0, 4.0, &[("OK", 1.0), ("Canceled", 1.0)]),
+        method_deltas(&input, 1.0, 4.0, 1.0, &[("OK", 1.0)]),
+        method_deltas(&duplex, 1.0, 2.0, 2.0, &[("OK", 1.0)]),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     // Exactly these series moved, by exactly these amounts (`_sum`s move by elapsed time).
     let mut moved = BTreeMap::new();
     for (series, value) in &after {

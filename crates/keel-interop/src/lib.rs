@@ -4,6 +4,7 @@
 //! - [`TestService`]: `grpc.testing.TestService`, the gRPC interop service, which
 //!   exercises all four RPC modes, metadata echo and status echo.
 //! - [`client`]: the standard interop client cases, run against any `TestService` server.
+//! - [`otlp`]: an OTLP trace collector, for tests of what a server exports.
 //!
 //! [`FILE_DESCRIPTOR_SET`] carries both contracts for reflection.
 
@@ -27,6 +28,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 pub mod client;
 mod echo_metadata;
 mod greeter;
+pub mod otlp;
 mod test_service;
 
 pub use echo_metadata::{ECHO_INITIAL_KEY, ECHO_TRAILING_KEY, EchoFuture, EchoMetadata};

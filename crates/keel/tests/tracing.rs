@@ -12,50 +12,19 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel::Server;
 use keel::config::{PayloadConfig, ServerConfig};
 use keel::observe::{ClientObserveLayer, ClientObserver, Deadline, MethodTable};
+use keel_interop::otlp::{AnyValue, OtlpCollector, Span};
 use keel_interop::pb::helloworld::greeter_client::GreeterClient;
 use keel_interop::pb::helloworld::greeter_server::{Greeter, GreeterServer};
 use keel_interop::pb::helloworld::{HelloReply, HelloRequest};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use prometheus_client::registry::Registry;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-
-/// Keeps every span exported to it.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for resource in request.into_inner().resource_spans {
-            for scope in resource.scope_spans {
-                spans.extend(scope.spans);
-            }
-        }
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
 
 /// Answers with how much time its caller left it, or fails as the name asks.
 struct Echo;
@@ -177,25 +146,30 @@ const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 const STATUS_ERROR: i32 = 2;
 
+/// Every span the collector has, after flushing what the SDK still queues.
+async fn flushed_spans(
+    collector: &OtlpCollector,
+    telemetry: &Arc<keel::telemetry::Telemetry>,
+) -> Vec<Span> {
+    let flushing = telemetry.clone();
+    tokio::task::spawn_blocking(move || flushing.flush())
+        .await
+        .unwrap();
+    collector.spans().into_iter().map(|c| c.span).collect()
+}
+
 /// The spans of a trace, once `count` of them arrived.
 async fn trace(
-    collector: &Collector,
+    collector: &OtlpCollector,
     telemetry: &Arc<keel::telemetry::Telemetry>,
     trace_id: &str,
     count: usize,
 ) -> Vec<Span> {
     for _ in 0..100 {
-        let flushing = telemetry.clone();
-        tokio::task::spawn_blocking(move || flushing.flush())
+        let spans: Vec<Span> = flushed_spans(collector, telemetry)
             .await
-            .unwrap();
-        let spans: Vec<Span> = collector
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
+            .into_iter()
             .filter(|span| hex(&span.trace_id) == trace_id)
-            .cloned()
             .collect();
         if spans.len() >= count {
             assert_eq!(spans.len(), count, "spans of {trace_id}: {spans:#?}");
@@ -205,7 +179,7 @@ async fn trace(
     }
     panic!(
         "trace {trace_id} did not arrive with {count} spans; collector has {:#?}",
-        collector.spans.lock().unwrap()
+        collector.spans()
     );
 }
 
@@ -218,14 +192,7 @@ fn by_kind(spans: &[Span], kind: i32, service_hop: usize) -> &Span {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_link_across_hops_and_follow_the_conventions() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (collector, endpoint) = OtlpCollector::start().await;
     let telemetry = Arc::new(
         keel::telemetry::init_with("keel-tracing-test", |name| {
             (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone())
@@ -263,14 +230,8 @@ async fn spans_link_across_hops_and_follow_the_conventions() {
         .await
         .unwrap();
     let trace_id = loop {
-        let flushing = telemetry.clone();
-        tokio::task::spawn_blocking(move || flushing.flush())
+        let found = flushed_spans(&collector, &telemetry)
             .await
-            .unwrap();
-        let found = collector
-            .spans
-            .lock()
-            .unwrap()
             .iter()
             .find(|span| span.kind == CLIENT && span.parent_span_id.is_empty())
             .map(|span| hex(&span.trace_id));
@@ -383,21 +344,14 @@ async fn spans_link_across_hops_and_follow_the_conventions() {
         .await
         .unwrap();
     let fresh = loop {
-        let flushing = telemetry.clone();
-        tokio::task::spawn_blocking(move || flushing.flush())
+        let found = flushed_spans(&collector, &telemetry)
             .await
-            .unwrap();
-        let found = collector
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
+            .into_iter()
             .find(|s| {
                 s.kind == SERVER
                     && s.name == "helloworld.Greeter/SayHelloAgain"
                     && s.parent_span_id.is_empty()
-            })
-            .cloned();
+            });
         if let Some(span) = found {
             break span;
         }

@@ -78,6 +78,16 @@ struct Target {
     address: Option<SocketAddr>,
 }
 
+impl Target {
+    fn of(authority: &http::uri::Authority) -> Arc<Self> {
+        Arc::new(Self {
+            host: authority.host().to_owned(),
+            port: authority.port_u16(),
+            address: authority.as_str().parse().ok(),
+        })
+    }
+}
+
 impl ClientObserveLayer {
     /// Observes outgoing calls with `observer`.
     pub fn new(observer: Arc<ClientObserver>) -> Self {
@@ -91,13 +101,7 @@ impl ClientObserveLayer {
     /// `server.address`/`server.port` span attributes and the log's peer.
     #[must_use]
     pub fn target(mut self, uri: &http::Uri) -> Self {
-        self.target = uri.authority().map(|authority| {
-            Arc::new(Target {
-                host: authority.host().to_owned(),
-                port: authority.port_u16(),
-                address: authority.as_str().parse().ok(),
-            })
-        });
+        self.target = uri.authority().map(Target::of);
         self
     }
 }
@@ -138,16 +142,10 @@ where
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let observer = &self.observer;
         let (method, unknown_path) = observer.methods.lookup(request.uri().path());
-        let target = request.uri().authority().map_or_else(
-            || self.target.clone(),
-            |authority| {
-                Some(Arc::new(Target {
-                    host: authority.host().to_owned(),
-                    port: authority.port_u16(),
-                    address: authority.as_str().parse().ok(),
-                }))
-            },
-        );
+        let target = match request.uri().authority() {
+            Some(authority) => Some(Target::of(authority)),
+            None => self.target.clone(),
+        };
 
         let parent = Context::current();
         let cx = observer

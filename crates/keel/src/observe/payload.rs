@@ -2,7 +2,7 @@
 //! (by status code and size), the messages as JSON, with sensitive fields redacted and the
 //! text truncated, as a span event. Off by default; only sampled calls pay for it.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage, Value};
 use serde::{Deserialize, Serialize};
 use tonic::Code;
@@ -163,12 +163,8 @@ impl Capture {
     /// Keeps what fits of a data frame.
     pub(crate) fn add(&mut self, data: &Bytes) {
         self.sent += data.len();
-        let room = MAX_RAW.saturating_sub(self.raw.len());
-        if room > 0 {
-            let mut chunk = data.clone();
-            let take = room.min(chunk.len());
-            self.raw.extend_from_slice(&chunk.copy_to_bytes(take));
-        }
+        let take = MAX_RAW.saturating_sub(self.raw.len()).min(data.len());
+        self.raw.extend_from_slice(&data[..take]);
     }
 
     /// What was kept.
