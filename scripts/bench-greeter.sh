@@ -522,6 +522,17 @@ if [ "$do_cg" = 1 ] && [ -n "${ir_req[keel-off]:-}" ]; then
 fi
 
 # ---------------------------------------------------------------- report
+# keel-traced only counts if its spans really reached the sink.
+if [ -n "$sink_addr" ]; then
+    exported=$(sed -n 's/^otlp sink received \([0-9]*\) exports, \([0-9]*\) spans$/\2 spans in \1 exports/p' \
+        "$out/logs/otlp-sink.out" | tail -1)
+    if [ -z "$exported" ]; then
+        log "$(label keel-traced): FAILED (the OTLP sink received no spans)"
+        failed[keel-traced]="no spans exported"
+    else
+        log "OTLP sink received $exported"
+    fi
+fi
 for s in "${servers[@]}"; do
     if [ -n "${failed[$s]:-}" ]; then
         log "$(label "$s"): FAILED (${failed[$s]})"

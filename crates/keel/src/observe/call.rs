@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use opentelemetry::trace::{Status, TraceContextExt};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::Context;
+use opentelemetry::trace::TraceContextExt;
 use prost_reflect::MessageDescriptor;
 use tonic::Code;
 
@@ -16,8 +16,7 @@ use super::code::{Severity, code_name, is_server_fault, severity};
 use super::method::{MethodInfo, MethodTable, PathMap, RpcType};
 use super::payload::{Capture, PayloadConfig};
 use super::rpc_metrics::{MethodMetrics, RpcMetrics, Side};
-use super::semconv;
-use super::spans::Spans;
+use super::spans::{CallSpan, SpanEnd, Spans};
 
 /// Where a finished call's log record goes.
 pub(crate) const LOG_TARGET: &str = "keel::rpc";
@@ -136,6 +135,7 @@ pub(crate) struct Call {
     peer: Option<SocketAddr>,
     start: Instant,
     cx: Context,
+    span: CallSpan,
     /// Raised when the request stream failed: the peer reset it, so whatever status the
     /// handler then produced, the call was cancelled by the client.
     request_failed: Arc<AtomicBool>,
@@ -150,7 +150,7 @@ impl Call {
         method: Arc<ObservedMethod>,
         unknown_path: Option<Box<str>>,
         peer: Option<SocketAddr>,
-        cx: Context,
+        (cx, span): (Context, CallSpan),
     ) -> Self {
         method.metrics.started();
         let call = Self {
@@ -160,6 +160,7 @@ impl Call {
             peer,
             start: Instant::now(),
             cx,
+            span,
             request_failed: Arc::default(),
             capture: None,
             finished: false,
@@ -192,7 +193,7 @@ impl Call {
     /// Starts keeping the response bytes if the method's payloads may be captured and the
     /// call is traced (server side).
     pub(crate) fn capture_if_wanted(&mut self) {
-        if self.method.payloads.is_some() && self.cx.span().is_recording() {
+        if self.method.payloads.is_some() && self.span.is_recording(&self.cx) {
             self.capture = Some(Capture::default());
         }
     }
@@ -245,36 +246,30 @@ impl Call {
             (code, message)
         };
         let elapsed = self.start.elapsed();
-        let span = self.cx.span();
-        let span_context = span.span_context().clone();
+        let span_context = self.cx.span().span_context().clone();
         let exemplar = span_context
             .is_sampled()
             .then(|| span_context.trace_id().to_string());
         self.method.metrics.handled(code, elapsed, exemplar);
 
-        if span.is_recording() {
-            span.set_attribute(KeyValue::new(
-                semconv::RPC_GRPC_STATUS_CODE,
-                i64::from(code as i32),
-            ));
-            let fault = match self.side {
+        let (side, capture, method) = (self.side, &self.capture, &self.method);
+        self.span.end(&self.cx, || {
+            let fault = match side {
                 Side::Server => is_server_fault(code),
                 Side::Client => code != Code::Ok,
             };
-            if fault {
-                span.set_status(Status::error(message.unwrap_or_default().to_owned()));
+            let payload = match (capture, &method.payloads) {
+                (Some(capture), Some(payloads)) if payloads.config.selects(code, capture.sent) => {
+                    payloads.config.render(&payloads.output, capture.bytes())
+                }
+                _ => None,
+            };
+            SpanEnd {
+                code: i64::from(code as i32),
+                error: fault.then(|| message.unwrap_or_default().to_owned()),
+                payload,
             }
-            if let (Some(capture), Some(payloads)) = (&self.capture, &self.method.payloads)
-                && payloads.config.selects(code, capture.sent)
-                && let Some(text) = payloads.config.render(&payloads.output, capture.bytes())
-            {
-                span.add_event(
-                    semconv::PAYLOAD_EVENT,
-                    vec![KeyValue::new(semconv::PAYLOAD_BODY, text)],
-                );
-            }
-        }
-        span.end();
+        });
         // Formatted only if the record is written.
         let (trace_id, span_id) = if span_context.is_valid() {
             (Some(span_context.trace_id()), Some(span_context.span_id()))

@@ -148,19 +148,21 @@ where
         };
 
         let parent = Context::current();
-        let cx = observer
-            .methods
-            .spans
-            .start(method.span_name, SpanKind::Client, &parent, || {
-                let mut attributes = semconv::rpc_attributes(&method.info);
-                if let Some(target) = &target {
-                    attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, target.host.clone()));
-                    if let Some(port) = target.port {
-                        attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+        let (cx, span) =
+            observer
+                .methods
+                .spans
+                .start(method.span_name, SpanKind::Client, &parent, || {
+                    let mut attributes = semconv::rpc_attributes(&method.info);
+                    if let Some(target) = &target {
+                        attributes
+                            .push(KeyValue::new(semconv::SERVER_ADDRESS, target.host.clone()));
+                        if let Some(port) = target.port {
+                            attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+                        }
                     }
-                }
-                attributes
-            });
+                    attributes
+                });
         global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
         });
@@ -175,7 +177,7 @@ where
         }
 
         let server = target.and_then(|target| target.address);
-        let call = Call::start(Side::Client, method, unknown_path, server, cx);
+        let call = Call::start(Side::Client, method, unknown_path, server, (cx, span));
         let metrics = call.metrics().clone();
         let request = request
             .map(|body| tonic::body::Body::new(ObservedBody::new(body, metrics, Flow::Sent, None)));

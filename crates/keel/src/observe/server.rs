@@ -128,7 +128,7 @@ where
         } else {
             Context::new()
         };
-        let mut cx =
+        let (mut cx, span) =
             observer
                 .methods
                 .spans
@@ -150,7 +150,7 @@ where
             cx = cx.with_value(Deadline(Instant::now() + timeout));
         }
 
-        let mut call = Call::start(Side::Server, method, unknown_path, peer, cx.clone());
+        let mut call = Call::start(Side::Server, method, unknown_path, peer, (cx.clone(), span));
         call.capture_if_wanted();
         let metrics = call.metrics().clone();
         let failed = call.request_failed();

@@ -6,10 +6,13 @@
 //!   (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; the exporter reads
 //!   them, and `OTEL_EXPORTER_OTLP_TIMEOUT`, `..._HEADERS`, itself). Not exporting by default
 //!   keeps a server without a collector from logging connection errors for ever.
+//!   Keel's own RPC spans take a leaner path than the SDK's to the same collector
+//!   (`recorder`, `otlp`; the batching variables `OTEL_BSP_*` apply to both).
 //! - **Sampling** by `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (e.g.
-//!   `parentbased_traceidratio` and `0.1`), default `parentbased_always_on`. Without export
-//!   no SDK runs: calls still get span ids (children of the caller's, keeping its sampling
-//!   flag), so logs carry trace ids and outgoing calls pass the trace on.
+//!   `parentbased_traceidratio` and `0.1`), default `parentbased_always_on`, for Keel's spans
+//!   and the SDK's alike. Without export no SDK runs: calls still get span ids (children of
+//!   the caller's, keeping its sampling flag), so logs carry trace ids and outgoing calls
+//!   pass the trace on.
 //! - **Propagation** by `OTEL_PROPAGATORS`: `tracecontext` (W3C `traceparent`/`tracestate`),
 //!   `baggage`, `b3` (B3 single header) and `b3multi` (`X-B3-*` headers), default
 //!   `tracecontext,baggage,b3`. Every B3 propagator reads both B3 forms; the list decides
@@ -18,15 +21,22 @@
 //! - `OTEL_SDK_DISABLED=true` turns spans off; propagation still works.
 
 mod b3;
+mod otlp;
+pub(crate) mod recorder;
+mod sampler;
 
 pub use b3::{B3Format, B3Propagator};
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+
+use recorder::{ExportSettings, SpanRecorder};
+use sampler::Sampler;
 
 /// Set by [`init`] when nothing is exported: observers then mint span ids themselves
 /// instead of going through the SDK (see `observe::spans`).
@@ -37,17 +47,29 @@ pub(crate) fn ids_only() -> bool {
     IDS_ONLY.load(Ordering::Relaxed)
 }
 
+/// Set by [`init`] when spans are exported: where Keel's RPC spans go.
+static RECORDER: Mutex<Option<Arc<SpanRecorder>>> = Mutex::new(None);
+
+/// The recorder for Keel's RPC spans, when spans are exported.
+pub(crate) fn recorder() -> Option<Arc<SpanRecorder>> {
+    RECORDER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
 /// A telemetry setting that cannot be used, naming the variable and what it accepts.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct TelemetryError(String);
 
-/// Keeps the tracer provider; dropping it (or [`Telemetry::shutdown`]) flushes the spans
-/// still queued for export.
+/// Keeps the tracer provider and Keel's span recorder; dropping it (or
+/// [`Telemetry::shutdown`]) flushes the spans still queued for export.
 #[derive(Debug)]
 #[must_use = "dropping it shuts tracing down"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    recorder: Option<Arc<SpanRecorder>>,
     exporting: bool,
 }
 
@@ -59,6 +81,11 @@ impl Telemetry {
 
     /// Exports the spans queued so far, waiting for the exporter.
     pub fn flush(&self) {
+        if let Some(recorder) = &self.recorder
+            && !recorder.flush()
+        {
+            tracing::warn!("flushing Keel's spans did not finish in time");
+        }
         if let Some(provider) = &self.provider
             && let Err(error) = provider.force_flush()
         {
@@ -72,6 +99,19 @@ impl Telemetry {
     }
 
     fn stop(&mut self) {
+        if let Some(recorder) = self.recorder.take() {
+            let mut installed = RECORDER.lock().unwrap_or_else(PoisonError::into_inner);
+            if installed
+                .as_ref()
+                .is_some_and(|it| Arc::ptr_eq(it, &recorder))
+            {
+                *installed = None;
+            }
+            drop(installed);
+            if !recorder.stop() {
+                tracing::warn!("flushing Keel's spans at shutdown did not finish in time");
+            }
+        }
         if let Some(provider) = self.provider.take()
             && let Err(error) = provider.shutdown()
         {
@@ -106,6 +146,7 @@ pub fn init_with(
         IDS_ONLY.store(true, Ordering::Relaxed);
         return Ok(Telemetry {
             provider: None,
+            recorder: None,
             exporting: false,
         });
     }
@@ -123,18 +164,31 @@ pub fn init_with(
         }
     };
 
+    let sampler = Sampler::parse(
+        var("OTEL_TRACES_SAMPLER").as_deref(),
+        var("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+    )?;
     IDS_ONLY.store(!exporting, Ordering::Relaxed);
     if !exporting {
         return Ok(Telemetry {
             provider: None,
+            recorder: None,
             exporting,
         });
     }
 
     let mut resource = opentelemetry_sdk::Resource::builder();
-    if var("OTEL_SERVICE_NAME").is_none() {
+    if let Some(name) = var("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name(name);
+    } else {
         resource = resource.with_service_name(service_name.to_owned());
     }
+    let resource = resource.build();
+    let recorder = SpanRecorder::start(
+        ExportSettings::from_vars(&var)?,
+        sampler,
+        otlp::resource(resource.iter().map(|(key, value)| (key.as_str(), value))),
+    )?;
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
     if let Some(endpoint) =
         var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
@@ -151,12 +205,15 @@ pub fn init_with(
         )
         .build();
     let provider = SdkTracerProvider::builder()
-        .with_resource(resource.build())
+        .with_resource(resource)
+        .with_sampler(sampler.to_sdk())
         .with_span_processor(processor)
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
+    *RECORDER.lock().unwrap_or_else(PoisonError::into_inner) = Some(recorder.clone());
     Ok(Telemetry {
         provider: Some(provider),
+        recorder: Some(recorder),
         exporting,
     })
 }
