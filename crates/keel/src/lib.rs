@@ -24,6 +24,7 @@
 //! and the admin listener.
 
 mod admin;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod health;
@@ -31,6 +32,7 @@ pub mod layer;
 pub mod logging;
 pub mod metrics;
 pub mod observe;
+mod random;
 pub mod server;
 pub mod telemetry;
 

@@ -159,7 +159,12 @@ impl Spans {
             Self::IdsOnly => {
                 let (trace_id, caller, state) = child_of(parent);
                 let sampled = caller.is_some_and(|(_, sampled)| sampled);
-                let ids = span_context(trace_id, SpanId::from(next_id()), sampled, state);
+                let ids = span_context(
+                    trace_id,
+                    SpanId::from(crate::random::nonzero_u64()),
+                    sampled,
+                    state,
+                );
                 (parent.with_remote_span_context(ids), CallSpan::InContext)
             }
             Self::Recorder(recorder) => {
@@ -167,7 +172,7 @@ impl Spans {
                 let sampled = recorder
                     .sampler
                     .samples(caller.map(|(_, sampled)| sampled), trace_id);
-                let span_id = SpanId::from(next_id());
+                let span_id = SpanId::from(crate::random::nonzero_u64());
                 let span = if sampled {
                     CallSpan::Recorded(Box::new(OpenSpan {
                         recorder: recorder.clone(),
@@ -208,7 +213,10 @@ fn child_of(parent: &Context) -> (TraceId, Option<(SpanId, bool)>, TraceState) {
         )
     } else {
         (
-            TraceId::from(u128::from(next_id()) << 64 | u128::from(next_id())),
+            TraceId::from(
+                u128::from(crate::random::nonzero_u64()) << 64
+                    | u128::from(crate::random::nonzero_u64()),
+            ),
             None,
             TraceState::default(),
         )
@@ -231,33 +239,8 @@ fn span_context(
     SpanContext::new(trace_id, span_id, flags, false, state)
 }
 
-/// A non-zero id from a per-thread SplitMix64 sequence seeded from the OS: ids must not
-/// repeat, not resist prediction, and this costs a few instructions where a cryptographic
-/// generator costs hundreds on every call.
-fn next_id() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(rand::random());
-    }
-    STATE.with(|state| {
-        loop {
-            let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-            state.set(next);
-            let mut z = next;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            if z != 0 {
-                return z;
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use super::*;
 
     #[test]
@@ -281,12 +264,5 @@ mod tests {
         assert_eq!(child.trace_id(), root.trace_id(), "same trace");
         assert_ne!(child.span_id(), root.span_id(), "its own span");
         assert!(child.is_sampled(), "the caller's decision travels on");
-    }
-
-    #[test]
-    fn ids_do_not_repeat() {
-        let ids: HashSet<u64> = (0..100_000).map(|_| next_id()).collect();
-        assert_eq!(ids.len(), 100_000);
-        assert!(!ids.contains(&0));
     }
 }

@@ -450,13 +450,29 @@ mod tests {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while collector.spans().len() < 3 {
-            assert!(tokio::time::Instant::now() < deadline, "the batch was not sent");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the batch was not sent"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let ids: Vec<Vec<u8>> = collector.spans().into_iter().map(|c| c.span.span_id).collect();
-        assert_eq!(ids, (1..=3_u64).map(|n| n.to_be_bytes().to_vec()).collect::<Vec<_>>());
+        let ids: Vec<Vec<u8>> = collector
+            .spans()
+            .into_iter()
+            .map(|c| c.span.span_id)
+            .collect();
+        assert_eq!(
+            ids,
+            (1..=3_u64)
+                .map(|n| n.to_be_bytes().to_vec())
+                .collect::<Vec<_>>()
+        );
         let stopping = recorder.clone();
-        assert!(tokio::task::spawn_blocking(move || stopping.stop()).await.unwrap());
+        assert!(
+            tokio::task::spawn_blocking(move || stopping.stop())
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,15 +483,28 @@ mod tests {
             recorder.record(span(n));
         }
         assert_eq!(recorder.dropped.load(Ordering::Relaxed), 2);
-        assert!(collector.spans().is_empty(), "nothing is sent before a batch fills");
-        let flushing = recorder.clone();
-        assert!(tokio::task::spawn_blocking(move || flushing.flush()).await.unwrap());
-        assert_eq!(collector.spans().len(), 3);
-        let stopping = recorder.clone();
-        assert!(tokio::task::spawn_blocking(move || stopping.stop()).await.unwrap());
+        assert!(
+            collector.spans().is_empty(),
+            "nothing is sent before a batch fills"
+        );
         let flushing = recorder.clone();
         assert!(
-            !tokio::task::spawn_blocking(move || flushing.flush()).await.unwrap(),
+            tokio::task::spawn_blocking(move || flushing.flush())
+                .await
+                .unwrap()
+        );
+        assert_eq!(collector.spans().len(), 3);
+        let stopping = recorder.clone();
+        assert!(
+            tokio::task::spawn_blocking(move || stopping.stop())
+                .await
+                .unwrap()
+        );
+        let flushing = recorder.clone();
+        assert!(
+            !tokio::task::spawn_blocking(move || flushing.flush())
+                .await
+                .unwrap(),
             "a stopped recorder says its flush did not happen"
         );
     }

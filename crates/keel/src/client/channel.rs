@@ -1,0 +1,422 @@
+//! [`Channel`]: the client end every generated tonic client can use, with Keel's resolver,
+//! balancer and subchannels behind it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, Sleep};
+use tonic::{Code, Status};
+
+use super::balancer::{self, Picks};
+use super::config::ChannelConfig;
+use super::picker::{self, CallInfo, Picker};
+use super::resolver::{self, Resolution, Resolver};
+use super::subchannel::{Backend, ConnectivityState};
+use super::target::{Address, Target, TargetError};
+use crate::observe::context::{format_grpc_timeout, parse_grpc_timeout};
+
+/// Calls sent again because they never left the client (their connection was closing)
+/// before one fails; each such retry picks a backend anew.
+const MAX_TRANSPARENT_RETRIES: usize = 8;
+
+/// A client channel: one target, its backends' connections shared by every clone and every
+/// call, calls spread by the configured policy.
+///
+/// Use it wherever tonic takes a channel: `GreeterClient::new(channel.clone())`. Cloning
+/// is cheap; the connections close when the last clone is dropped (after their calls end).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use keel::client::{Channel, Policy};
+///
+/// let channel = Channel::builder("dns:///payments.internal:50051")?
+///     .policy(Policy::LeastRequest)
+///     .connections_per_backend(2)
+///     .build();
+/// # let _ = channel;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Channel {
+    shared: Arc<Shared>,
+    picks: watch::Receiver<Arc<Picks>>,
+}
+
+/// What every call of a channel reads.
+struct Shared {
+    target: String,
+    picker: Arc<dyn Picker>,
+    measure_latency: bool,
+    authority: Authority,
+    timeout: Option<Duration>,
+    wait_for_ready: bool,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("target", &self.shared.target)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Channel`].
+pub struct ChannelBuilder {
+    target: Target,
+    config: ChannelConfig,
+    picker: Option<Arc<dyn Picker>>,
+    resolver: Option<Box<dyn Resolver>>,
+}
+
+impl std::fmt::Debug for ChannelBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelBuilder")
+            .field("target", &self.target)
+            .field("config", &self.config)
+            .field("custom_picker", &self.picker.is_some())
+            .field("custom_resolver", &self.resolver.is_some())
+            .finish()
+    }
+}
+
+impl ChannelBuilder {
+    /// All settings at once.
+    pub fn config(mut self, config: ChannelConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The load-balancing policy.
+    pub fn policy(mut self, policy: super::Policy) -> Self {
+        self.config.policy = policy;
+        self
+    }
+
+    /// A picker of your own instead of the policy's.
+    pub fn picker(mut self, picker: impl Picker) -> Self {
+        self.picker = Some(Arc::new(picker));
+        self
+    }
+
+    /// A resolver of your own instead of the target's.
+    pub fn resolver(mut self, resolver: impl Resolver) -> Self {
+        self.resolver = Some(Box::new(resolver));
+        self
+    }
+
+    /// HTTP/2 connections per backend.
+    pub fn connections_per_backend(mut self, count: usize) -> Self {
+        self.config.connections_per_backend = count.max(1);
+        self
+    }
+
+    /// The deadline of calls that set none.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = Some(timeout);
+        self
+    }
+
+    /// Starts resolving and connecting (in the background, on the current Tokio runtime)
+    /// and returns the channel at once. Panics outside a Tokio runtime.
+    pub fn build(self) -> Channel {
+        let config = Arc::new(self.config);
+        let picker = self
+            .picker
+            .unwrap_or_else(|| picker::for_policy(config.policy));
+        let authority_text = config
+            .authority
+            .clone()
+            .unwrap_or_else(|| self.target.authority());
+        let authority = authority_text
+            .parse()
+            .unwrap_or_else(|_| Authority::from_static("localhost"));
+        let target = self.target.to_string();
+        let resolver = self
+            .resolver
+            .unwrap_or_else(|| resolver::for_target(&self.target, config.dns));
+
+        let (resolutions_tx, resolutions) = watch::channel(Resolution::default());
+        let (picks_tx, picks) = watch::channel(Arc::new(Picks::starting()));
+        let refresh = Arc::new(Notify::new());
+        tokio::spawn(resolver::run(
+            resolver,
+            resolutions_tx,
+            refresh.clone(),
+            target.clone(),
+        ));
+        tokio::spawn(balancer::run(
+            resolutions,
+            picks_tx,
+            Arc::new(Notify::new()),
+            refresh,
+            config.clone(),
+        ));
+        Channel {
+            shared: Arc::new(Shared {
+                target,
+                measure_latency: picker.measures_latency(),
+                picker,
+                authority,
+                timeout: config.timeout,
+                wait_for_ready: config.wait_for_ready,
+            }),
+            picks,
+        }
+    }
+}
+
+impl Channel {
+    /// A builder for `target` (see [`Target::parse`] for the forms).
+    pub fn builder(target: &str) -> Result<ChannelBuilder, TargetError> {
+        Ok(ChannelBuilder {
+            target: Target::parse(target)?,
+            config: ChannelConfig::default(),
+            picker: None,
+            resolver: None,
+        })
+    }
+
+    /// A channel to `target` with the default settings.
+    pub fn new(target: &str) -> Result<Self, TargetError> {
+        Ok(Self::builder(target)?.build())
+    }
+
+    /// The channel's state: READY when any backend can take calls.
+    pub fn state(&self) -> ConnectivityState {
+        self.picks.borrow().state
+    }
+
+    /// Every backend and its subchannel's state, in the resolver's order.
+    pub fn backends(&self) -> Vec<(Address, ConnectivityState)> {
+        self.picks.borrow().all.clone()
+    }
+
+    /// Waits until some backend can take calls, at most `timeout`; false if none could.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        let mut picks = self.picks.clone();
+        tokio::time::timeout(timeout, picks.wait_for(|picks| !picks.ready.is_empty()))
+            .await
+            .is_ok_and(|found| found.is_ok())
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Channel {
+    type Response = http::Response<ResponseBody>;
+    type Error = Status;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Status>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        // Calls wait for a backend inside their future, under their deadline.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(call(self.shared.clone(), self.picks.clone(), request))
+    }
+}
+
+/// One call: its deadline around choosing a backend and getting the response headers; the
+/// rest of the deadline goes with the response body.
+async fn call(
+    shared: Arc<Shared>,
+    picks: watch::Receiver<Arc<Picks>>,
+    mut request: http::Request<tonic::body::Body>,
+) -> Result<http::Response<ResponseBody>, Status> {
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(shared.authority.clone());
+    if parts.path_and_query.is_none() {
+        return Err(Status::internal("a call without a path"));
+    }
+    *request.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|error| Status::internal(error.to_string()))?;
+
+    let timeout = match parse_grpc_timeout(request.headers()) {
+        Some(timeout) => Some(timeout),
+        None => {
+            if let Some(timeout) = shared.timeout
+                && let Ok(value) = format_grpc_timeout(timeout).parse()
+            {
+                request.headers_mut().insert("grpc-timeout", value);
+            }
+            shared.timeout
+        }
+    };
+    let Some(timeout) = timeout else {
+        return dispatch(&shared, picks, request, None).await;
+    };
+    let deadline = Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline, dispatch(&shared, picks, request, Some(deadline))).await
+    {
+        Ok(outcome) => outcome,
+        Err(_) => Err(deadline_exceeded(timeout)),
+    }
+}
+
+fn deadline_exceeded(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!("the call's deadline of {timeout:?} passed"))
+}
+
+/// Picks a backend and sends; waits while no backend is ready (unless all are failing and
+/// the call is fail-fast), and sends again when a connection turns out to be closing.
+async fn dispatch(
+    shared: &Shared,
+    mut picks: watch::Receiver<Arc<Picks>>,
+    mut request: http::Request<tonic::body::Body>,
+    deadline: Option<Instant>,
+) -> Result<http::Response<ResponseBody>, Status> {
+    let mut transparent_retries = 0;
+    loop {
+        let current = picks.borrow_and_update().clone();
+        if current.ready.is_empty() {
+            if current.state == ConnectivityState::TransientFailure && !shared.wait_for_ready {
+                return Err(Status::unavailable(format!(
+                    "{}: {}",
+                    shared.target,
+                    current.error.as_deref().unwrap_or("no backend is ready")
+                )));
+            }
+            if picks.changed().await.is_err() {
+                return Err(Status::unavailable("the channel has shut down"));
+            }
+            continue;
+        }
+        let index = {
+            let call = CallInfo {
+                path: request.uri().path(),
+                headers: request.headers(),
+            };
+            shared.picker.pick(&call, &current.ready) % current.ready.len()
+        };
+        let backend = current.ready[index].0.clone();
+        drop(current);
+        let Some(mut connection) = backend.connection() else {
+            // The connection closed after the balancer's last update; the next one is
+            // coming.
+            tokio::select! {
+                _ = picks.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+            continue;
+        };
+        let load = Load::start(backend);
+        let sent_at = shared.measure_latency.then(Instant::now);
+        match connection.try_send_request(request).await {
+            Ok(response) => {
+                if let Some(sent_at) = sent_at {
+                    load.backend.record_latency(sent_at.elapsed());
+                }
+                load.backend.calls.fetch_add(1, Ordering::Relaxed);
+                let deadline = deadline.map(|at| (Box::pin(tokio::time::sleep_until(at)), at));
+                return Ok(response.map(|body| ResponseBody {
+                    inner: body,
+                    load,
+                    deadline,
+                }));
+            }
+            Err(mut error) => match error.take_message() {
+                // Never sent: the connection was closing. Any backend may take it.
+                Some(unsent) if transparent_retries < MAX_TRANSPARENT_RETRIES => {
+                    transparent_retries += 1;
+                    request = unsent;
+                }
+                _ => return Err(transport_status(&error.into_error(), &load.backend.address)),
+            },
+        }
+    }
+}
+
+/// A call counted as outstanding on its backend until its response ends.
+struct Load {
+    backend: Arc<Backend>,
+}
+
+impl Load {
+    fn start(backend: Arc<Backend>) -> Self {
+        backend.outstanding.fetch_add(1, Ordering::Relaxed);
+        Self { backend }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.backend.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The status a transport failure gives a call, per gRPC's HTTP/2 mapping: a stream the
+/// server refused or a connection that failed is UNAVAILABLE; a cancelled stream
+/// CANCELLED; ENHANCE_YOUR_CALM is RESOURCE_EXHAUSTED.
+fn transport_status(error: &(dyn std::error::Error + 'static), address: &Address) -> Status {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>()
+            && let Some(reason) = h2.reason()
+        {
+            let code = match reason {
+                h2::Reason::CANCEL => Code::Cancelled,
+                h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+                h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+                h2::Reason::REFUSED_STREAM | h2::Reason::NO_ERROR => Code::Unavailable,
+                _ if h2.is_go_away() || h2.is_io() => Code::Unavailable,
+                _ => Code::Internal,
+            };
+            return Status::new(code, format!("{address}: {error}"));
+        }
+        source = error.source();
+    }
+    Status::unavailable(format!("{address}: {error}"))
+}
+
+pin_project_lite::pin_project! {
+    /// A response body from a [`Channel`]: counts its call as outstanding until it ends, and
+    /// ends the call with DEADLINE_EXCEEDED when the deadline passes first.
+    pub struct ResponseBody {
+        #[pin]
+        inner: hyper::body::Incoming,
+        load: Load,
+        deadline: Option<(Pin<Box<Sleep>>, Instant)>,
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| {
+                frame.map_err(|error| transport_status(&error, &this.load.backend.address))
+            }));
+        }
+        if let Some((sleep, at)) = this.deadline {
+            ready!(sleep.as_mut().poll(cx));
+            let late = Instant::now().saturating_duration_since(*at);
+            *this.deadline = None;
+            return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                "the call's deadline passed while the response was streaming ({late:?} ago)"
+            )))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

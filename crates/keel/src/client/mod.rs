@@ -1,0 +1,38 @@
+//! Keel's client: a [`Channel`] that resolves its target, keeps HTTP/2 connections to every
+//! backend, and spreads calls over them by a load-balancing policy, for any tonic client.
+//!
+//! The parts follow grpc-go's architecture, in Keel's own traits so the transport can
+//! change: a [`Resolver`] turns the target into addresses (`dns:///`, `static:///`,
+//! `file:///`, `unix:///`, or your own); the balancer keeps one subchannel per address,
+//! each with its connections, states (IDLE, CONNECTING, READY, TRANSIENT_FAILURE) and
+//! reconnection backoff; a [`Picker`] chooses the backend of each call (`pick_first`,
+//! `round_robin`, `least_request`, `p2c_ewma`, or your own).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use keel::client::Channel;
+//! use keel_interop::pb::helloworld::{HelloRequest, greeter_client::GreeterClient};
+//!
+//! let channel = Channel::new("static:///127.0.0.1:50051,127.0.0.2:50051")?;
+//! let mut greeter = GreeterClient::new(channel);
+//! let reply = greeter.say_hello(HelloRequest { name: "world".into() }).await?;
+//! # let _ = reply;
+//! # Ok(()) }
+//! ```
+
+mod backoff;
+mod balancer;
+mod channel;
+mod config;
+mod picker;
+mod resolver;
+mod subchannel;
+mod target;
+
+pub use backoff::BackoffConfig;
+pub use channel::{Channel, ChannelBuilder, ResponseBody};
+pub use config::{ChannelConfig, Http2Config, KeepaliveConfig, Policy};
+pub use picker::{Backend, CallInfo, Picker};
+pub use resolver::{BoxFuture, DnsSettings, Resolver};
+pub use subchannel::ConnectivityState;
+pub use target::{Address, Target, TargetError};

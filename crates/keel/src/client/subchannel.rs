@@ -1,0 +1,405 @@
+//! A subchannel: the HTTP/2 connections to one backend address, kept up by their own
+//! tasks, with the backend's load as the balancer sees it.
+//!
+//! Each of the `connections_per_backend` slots connects, serves until its connection ends,
+//! and connects again, waiting per [`Backoff`] after failures. The subchannel's state
+//! follows from its slots: READY while any connection is up; CONNECTING while none is but
+//! an attempt is under way; TRANSIENT_FAILURE when every slot's last attempt failed; IDLE
+//! before anyone asked for a connection (`pick_first` connects lazily). Calls choose among
+//! the live connections in turn. When the subchannel is removed, its connections close
+//! once their calls are over.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::config::ChannelConfig;
+use super::target::Address;
+
+/// A subchannel's connectivity state, as grpc-go names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectivityState {
+    /// No connection, and none wanted yet.
+    Idle,
+    /// Connecting, none up yet.
+    Connecting,
+    /// At least one connection is up.
+    Ready,
+    /// The last attempt of every connection failed; waiting to try again.
+    TransientFailure,
+}
+
+/// One connection slot's state.
+#[derive(Debug, Clone)]
+enum Slot {
+    Idle,
+    Connecting,
+    Ready,
+    Failed(String),
+}
+
+/// What the channel's calls and the balancer share about one backend.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    pub(crate) address: Address,
+    /// Live connections, tried in turn.
+    connections: RwLock<Vec<(usize, SendRequest<tonic::body::Body>)>>,
+    next_connection: AtomicUsize,
+    slots: Mutex<Vec<Slot>>,
+    /// Calls sent and not finished (streams included, until their response ends).
+    pub(crate) outstanding: AtomicUsize,
+    /// Peak-EWMA response latency in nanoseconds, and when it was last updated.
+    latency: Mutex<(f64, Option<Instant>)>,
+    /// The EWMA's time constant.
+    decay: Duration,
+    /// Calls answered by this backend, for tests and metrics.
+    pub(crate) calls: AtomicU64,
+    /// False while a health check says NOT_SERVING.
+    pub(crate) serving: AtomicBool,
+    /// Wakes the slots of a lazily connected subchannel.
+    wanted: watch::Sender<bool>,
+    /// Tells the balancer something changed.
+    changed: Arc<Notify>,
+}
+
+/// The latency a backend is assumed to have before its first answer: low enough that new
+/// backends get tried, as in linkerd's peak-EWMA balancer.
+const DEFAULT_LATENCY: Duration = Duration::from_millis(30);
+
+impl Backend {
+    /// The subchannel's current state.
+    pub(crate) fn state(&self) -> ConnectivityState {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if slots.iter().any(|slot| matches!(slot, Slot::Ready)) {
+            ConnectivityState::Ready
+        } else if slots.iter().any(|slot| matches!(slot, Slot::Connecting)) {
+            ConnectivityState::Connecting
+        } else if slots.iter().all(|slot| matches!(slot, Slot::Failed(_))) {
+            ConnectivityState::TransientFailure
+        } else {
+            ConnectivityState::Idle
+        }
+    }
+
+    /// The last connection error, if the subchannel is failing.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.iter().rev().find_map(|slot| match slot {
+            Slot::Failed(error) => Some(error.clone()),
+            _ => None,
+        })
+    }
+
+    /// True if calls may be sent here when connected: serving, as far as health checks
+    /// know.
+    pub(crate) fn is_pickable(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// A live connection to send a call on, if any.
+    pub(crate) fn connection(&self) -> Option<SendRequest<tonic::body::Body>> {
+        let connections = self
+            .connections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = connections.len();
+        let start = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        (0..count)
+            .map(|i| &connections[(start + i) % count].1)
+            .find(|connection| !connection.is_closed())
+            .cloned()
+    }
+
+    /// Asks the slots to connect (a no-op once they do).
+    pub(crate) fn connect(&self) {
+        self.wanted
+            .send_if_modified(|wanted| !std::mem::replace(wanted, true));
+    }
+
+    /// The peak-EWMA latency, decayed towards zero for the time without answers (so a
+    /// backend that was slow gets tried again).
+    pub(crate) fn latency(&self) -> Duration {
+        let latency = *self.latency.lock().unwrap_or_else(PoisonError::into_inner);
+        Duration::from_nanos(self.decayed(latency, Instant::now()) as u64)
+    }
+
+    /// Records a response's latency: a slower one is taken at once (the peak), faster ones
+    /// pull the average down.
+    pub(crate) fn record_latency(&self, rtt: Duration) {
+        let now = Instant::now();
+        let rtt = rtt.as_nanos() as f64;
+        let mut latency = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
+        let ewma = self.decayed(*latency, now);
+        let next = if rtt > ewma {
+            rtt
+        } else {
+            let weight = latency.1.map_or(0.0, |last| self.weight(now - last));
+            ewma * weight + rtt * (1.0 - weight)
+        };
+        *latency = (next, Some(now));
+    }
+
+    fn decayed(&self, (ewma, last): (f64, Option<Instant>), now: Instant) -> f64 {
+        last.map_or(ewma, |last| {
+            ewma * self.weight(now.saturating_duration_since(last))
+        })
+    }
+
+    /// How much of the old average remains after `elapsed`.
+    fn weight(&self, elapsed: Duration) -> f64 {
+        (-elapsed.as_secs_f64() / self.decay.as_secs_f64().max(1e-3)).exp()
+    }
+
+    fn set_slot(&self, index: usize, slot: Slot) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots[index] = slot;
+        drop(slots);
+        self.changed.notify_one();
+    }
+}
+
+/// A subchannel owned by the balancer; dropping it stops reconnecting and closes its
+/// connections once their calls end.
+#[derive(Debug)]
+pub(crate) struct Subchannel {
+    pub(crate) backend: Arc<Backend>,
+    stop: watch::Sender<bool>,
+}
+
+impl Subchannel {
+    /// A subchannel to `address`; its slots connect at once if `eager`, else on
+    /// [`Backend::connect`].
+    pub(crate) fn new(
+        address: Address,
+        config: &Arc<ChannelConfig>,
+        eager: bool,
+        changed: Arc<Notify>,
+    ) -> Self {
+        let slots = config.connections_per_backend.max(1);
+        let (wanted, _) = watch::channel(eager);
+        let backend = Arc::new(Backend {
+            address,
+            connections: RwLock::new(Vec::with_capacity(slots)),
+            next_connection: AtomicUsize::new(0),
+            slots: Mutex::new(vec![Slot::Idle; slots]),
+            outstanding: AtomicUsize::new(0),
+            latency: Mutex::new((DEFAULT_LATENCY.as_nanos() as f64, None)),
+            decay: config.ewma_decay,
+            calls: AtomicU64::new(0),
+            serving: AtomicBool::new(true),
+            wanted,
+            changed,
+        });
+        let (stop, stopped) = watch::channel(false);
+        for index in 0..slots {
+            tokio::spawn(run_slot(
+                backend.clone(),
+                index,
+                config.clone(),
+                stopped.clone(),
+            ));
+        }
+        Self { backend, stop }
+    }
+}
+
+impl Drop for Subchannel {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// One connection slot: connect, serve, reconnect, until the subchannel is dropped.
+async fn run_slot(
+    backend: Arc<Backend>,
+    index: usize,
+    config: Arc<ChannelConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut wanted = backend.wanted.subscribe();
+    tokio::select! {
+        _ = wanted.wait_for(|wanted| *wanted) => {}
+        _ = stop.wait_for(|stop| *stop) => return,
+    }
+    let mut backoff = Backoff::new(config.connect_backoff);
+    loop {
+        backend.set_slot(index, Slot::Connecting);
+        let started = Instant::now();
+        let attempt = tokio::time::timeout(
+            backoff.connect_timeout(),
+            connect(&backend.address, &config),
+        );
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let error = match outcome {
+            Ok(Ok((sender, connection))) => {
+                backend
+                    .connections
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((index, sender));
+                backend.set_slot(index, Slot::Ready);
+                let mut connection = std::pin::pin!(connection);
+                let ended = tokio::select! {
+                    ended = &mut connection => Some(ended),
+                    _ = stop.wait_for(|stop| *stop) => None,
+                };
+                backend
+                    .connections
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retain(|(slot, _)| *slot != index);
+                let Some(ended) = ended else {
+                    // Removed: let the calls on this connection finish; hyper closes it
+                    // when they and every sender are gone.
+                    let _ = connection.await;
+                    return;
+                };
+                if let Err(error) = ended {
+                    tracing::debug!(address = %backend.address, %error, "connection ended");
+                }
+                backend.set_slot(index, Slot::Idle);
+                // A connection that lived for a while resets the backoff; one that died at
+                // once (a crash loop) does not, so reconnecting stays paced.
+                if started.elapsed() >= config.connect_backoff.initial {
+                    backoff.reset();
+                    continue;
+                }
+                "the connection closed right after it was made".to_owned()
+            }
+            Ok(Err(error)) => error,
+            Err(_) => format!(
+                "connecting took longer than {:?}",
+                backoff.connect_timeout()
+            ),
+        };
+        tracing::debug!(address = %backend.address, %error, "connecting failed");
+        backend.set_slot(index, Slot::Failed(error));
+        let wait = backoff.next_wait();
+        tokio::select! {
+            () = tokio::time::sleep_until(started + wait) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// A connection's request sender, and the future that drives the connection until it ends.
+type Connected = (
+    SendRequest<tonic::body::Body>,
+    hyper::client::conn::http2::Connection<TokioIo<Stream>, tonic::body::Body, TokioExecutor>,
+);
+
+/// A TCP or Unix socket.
+pub(crate) enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// Dials `address` and runs the HTTP/2 handshake with the channel's settings.
+async fn connect(address: &Address, config: &ChannelConfig) -> Result<Connected, String> {
+    let stream = match address {
+        Address::Tcp(addr) => {
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|error| format!("connecting to {addr}: {error}"))?;
+            let _ = stream.set_nodelay(true);
+            Stream::Tcp(stream)
+        }
+        Address::Unix(path) => Stream::Unix(
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|error| format!("connecting to {}: {error}", path.display()))?,
+        ),
+    };
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    if let Some(interval) = config.keepalive.interval {
+        builder
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(config.keepalive.timeout)
+            .keep_alive_while_idle(config.keepalive.while_idle);
+    }
+    if let Some(size) = config.http2.initial_stream_window {
+        builder.initial_stream_window_size(size);
+    }
+    if let Some(size) = config.http2.initial_connection_window {
+        builder.initial_connection_window_size(size);
+    }
+    builder.adaptive_window(config.http2.adaptive_window);
+    builder
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| format!("HTTP/2 handshake with {address}: {error}"))
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+            Self::Unix(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => std::pin::Pin::new(stream).poll_write(cx, buf),
+            Self::Unix(stream) => std::pin::Pin::new(stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => std::pin::Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Unix(stream) => std::pin::Pin::new(stream).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Tcp(stream) => stream.is_write_vectored(),
+            Self::Unix(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => std::pin::Pin::new(stream).poll_flush(cx),
+            Self::Unix(stream) => std::pin::Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(stream) => std::pin::Pin::new(stream).poll_shutdown(cx),
+            Self::Unix(stream) => std::pin::Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+}

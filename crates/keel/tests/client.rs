@@ -1,0 +1,501 @@
+//! Keel's client Channel against real Keel servers on 127.0.0.x loopback addresses:
+//! connection reuse, policies' spread, failover, resolvers.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use keel::Server;
+use keel::client::{
+    Backend as PickedBackend, CallInfo, Channel, ChannelConfig, ConnectivityState, Picker, Policy,
+};
+use keel::metrics::Metrics;
+use keel::server::ShutdownReport;
+use keel_interop::pb::helloworld::greeter_client::GreeterClient;
+use keel_interop::pb::helloworld::greeter_server::{Greeter, GreeterServer};
+use keel_interop::pb::helloworld::{HelloReply, HelloRequest};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::{Code, Request, Response, Status};
+
+/// A Greeter that counts its calls and answers after `delay`.
+#[derive(Clone)]
+struct Counted {
+    delay: Duration,
+    calls: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl Greeter for Counted {
+    async fn say_hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(Response::new(HelloReply {
+            message: "hello".into(),
+        }))
+    }
+
+    async fn say_hello_again(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        self.say_hello(request).await
+    }
+}
+
+/// A running backend.
+struct Backend {
+    addr: SocketAddr,
+    calls: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<ShutdownReport>,
+}
+
+impl Backend {
+    /// A backend listening on `listen` (port 0 for any), answering after `delay`.
+    async fn start(listen: &str, delay: Duration) -> Self {
+        Self::start_counting(listen, delay, Arc::default()).await
+    }
+
+    async fn start_counting(listen: &str, delay: Duration, calls: Arc<AtomicU64>) -> Self {
+        let mut config = common::config();
+        config.listen = listen.parse().unwrap();
+        let server = Server::builder(config)
+            .add_service(GreeterServer::new(Counted {
+                delay,
+                calls: calls.clone(),
+            }))
+            .file_descriptor_set(keel_interop::FILE_DESCRIPTOR_SET)
+            .bind()
+            .await
+            .expect("bind");
+        let (addr, metrics) = (server.local_addr(), server.metrics());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            calls,
+            metrics,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn static_target(backends: &[&Backend]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    format!("static:///{}", list.join(","))
+}
+
+/// Makes `total` calls through `channel`, `concurrency` at a time; returns the failures.
+async fn drive(channel: &Channel, total: usize, concurrency: usize) -> Vec<Status> {
+    let issued = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut client = GreeterClient::new(channel.clone());
+        let issued = issued.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while issued.fetch_add(1, Ordering::Relaxed) < total {
+                if let Err(status) = client.say_hello(HelloRequest::default()).await {
+                    failures.push(status);
+                }
+            }
+            failures
+        }));
+    }
+    let mut failures = Vec::new();
+    for task in tasks {
+        failures.extend(task.await.unwrap());
+    }
+    failures
+}
+
+fn assert_even(counts: &[u64], total: u64, tolerance: f64) {
+    let even = total as f64 / counts.len() as f64;
+    for count in counts {
+        let off = (*count as f64 - even).abs() / even;
+        assert!(
+            off <= tolerance,
+            "counts {counts:?} are not within ±{tolerance} of {even}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_calls_share_the_configured_connections() {
+    let backend = Backend::start("127.0.0.1:0", Duration::from_millis(50)).await;
+    let channel = Channel::builder(&format!("dns:///{}", backend.addr))
+        .unwrap()
+        .connections_per_backend(2)
+        .build();
+    let failures = drive(&channel, 500, 500).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(backend.calls(), 500);
+    assert_eq!(
+        backend.metrics.connections_accepted.get(),
+        2,
+        "500 concurrent calls used exactly the 2 configured connections"
+    );
+    assert_eq!(backend.metrics.connections.get(), 2);
+
+    drop(channel);
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while backend.metrics.connections.get() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "dropping the channel closes its connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_thirty_thousand_calls_evenly() {
+    let a = Backend::start("127.0.0.1:0", Duration::ZERO).await;
+    let b = Backend::start("127.0.0.2:0", Duration::ZERO).await;
+    let c = Backend::start("127.0.0.3:0", Duration::ZERO).await;
+    let channel = Channel::builder(&static_target(&[&a, &b, &c]))
+        .unwrap()
+        .policy(Policy::RoundRobin)
+        .build();
+    assert!(channel.ready(Duration::from_secs(5)).await);
+    // Wait until all three are connected, so the spread measures the policy.
+    let all_ready = tokio::time::timeout(Duration::from_secs(5), async {
+        while channel
+            .backends()
+            .iter()
+            .any(|(_, state)| *state != ConnectivityState::Ready)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(all_ready.is_ok(), "{:?}", channel.backends());
+    let failures = drive(&channel, 30_000, 32).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let counts = [a.calls(), b.calls(), c.calls()];
+    assert_eq!(counts.iter().sum::<u64>(), 30_000);
+    assert_even(&counts, 30_000, 0.05);
+}
+
+/// The seed's least-request picker, as a user writes it (the documented example).
+struct LeastLoaded;
+
+impl Picker for LeastLoaded {
+    fn pick(&self, _call: &CallInfo<'_>, ready: &[PickedBackend]) -> usize {
+        if ready.len() == 1 {
+            return 0;
+        }
+        let a = rand::random_range(0..ready.len());
+        let b = (a + rand::random_range(1..ready.len())) % ready.len();
+        if ready[a].outstanding() <= ready[b].outstanding() {
+            a
+        } else {
+            b
+        }
+    }
+}
+
+/// Share of calls a slowed backend gets under each load-aware policy, and the spread over
+/// equal backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_aware_policies_starve_a_slow_backend_and_spread_equal_ones_evenly() {
+    let fast = Duration::from_millis(2);
+    let a = Backend::start("127.0.0.1:0", fast).await;
+    let b = Backend::start("127.0.0.2:0", fast).await;
+    let slow = Backend::start("127.0.0.3:0", fast * 10).await;
+    let target = static_target(&[&a, &b, &slow]);
+
+    type Build = fn(keel::client::ChannelBuilder) -> keel::client::ChannelBuilder;
+    // An even spread would give the slow backend a third. Choosing the less loaded of two
+    // by outstanding calls roughly halves that; latency-weighted choice does better.
+    let policies: [(&str, Build, f64); 3] = [
+        ("least_request", |b| b.policy(Policy::LeastRequest), 0.2),
+        ("p2c_ewma", |b| b.policy(Policy::P2cEwma), 0.1),
+        ("custom LeastLoaded", |b| b.picker(LeastLoaded), 0.2),
+    ];
+    for (name, build, most) in policies {
+        let before = [a.calls(), b.calls(), slow.calls()];
+        let channel = build(Channel::builder(&target).unwrap()).build();
+        assert!(channel.ready(Duration::from_secs(5)).await);
+        let failures = drive(&channel, 3_000, 24).await;
+        assert!(failures.is_empty(), "{name}: {failures:?}");
+        let counts = [
+            a.calls() - before[0],
+            b.calls() - before[1],
+            slow.calls() - before[2],
+        ];
+        let share = counts[2] as f64 / 3_000.0;
+        println!(
+            "{name}: slow backend got {:.1}% of calls ({counts:?})",
+            share * 100.0
+        );
+        assert!(
+            share < most,
+            "{name}: the slow backend got {share:.3} of the calls {counts:?}"
+        );
+    }
+
+    // Equal backends: the spread stays even.
+    let calls = Arc::new(AtomicU64::new(0));
+    drop(slow);
+    let c = Backend::start_counting("127.0.0.3:0", fast, calls).await;
+    let target = static_target(&[&a, &b, &c]);
+    for policy in [Policy::LeastRequest, Policy::P2cEwma] {
+        let before = [a.calls(), b.calls(), c.calls()];
+        let channel = Channel::builder(&target).unwrap().policy(policy).build();
+        assert!(channel.ready(Duration::from_secs(5)).await);
+        let failures = drive(&channel, 6_000, 24).await;
+        assert!(failures.is_empty(), "{policy:?}: {failures:?}");
+        let counts = [
+            a.calls() - before[0],
+            b.calls() - before[1],
+            c.calls() - before[2],
+        ];
+        println!("{policy:?} over equal backends: {counts:?}");
+        assert_even(&counts, 6_000, 0.15);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_backend_fails_over_and_its_subchannel_recovers_on_restart() {
+    let a = Backend::start("127.0.0.1:0", Duration::ZERO).await;
+    let b = Backend::start("127.0.0.2:0", Duration::ZERO).await;
+    let mut config = ChannelConfig::default();
+    config.connect_backoff.initial = Duration::from_millis(50);
+    config.connect_backoff.max = Duration::from_millis(200);
+    let channel = Channel::builder(&static_target(&[&a, &b]))
+        .unwrap()
+        .config(config)
+        .build();
+    assert!(drive(&channel, 200, 4).await.is_empty());
+    let a_addr = a.addr;
+    a.stop().await;
+
+    let state_of = |channel: &Channel, addr: SocketAddr| {
+        channel
+            .backends()
+            .into_iter()
+            .find(|(address, _)| address.to_string() == addr.to_string())
+            .map(|(_, state)| state)
+    };
+    let failed = tokio::time::timeout(Duration::from_secs(5), async {
+        while state_of(&channel, a_addr) != Some(ConnectivityState::TransientFailure) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(failed.is_ok(), "{:?}", channel.backends());
+    let before = b.calls();
+    assert!(
+        drive(&channel, 300, 4).await.is_empty(),
+        "calls go to the live backend"
+    );
+    assert_eq!(b.calls() - before, 300);
+
+    let a = Backend::start(&a_addr.to_string(), Duration::ZERO).await;
+    let back = tokio::time::timeout(Duration::from_secs(5), async {
+        while state_of(&channel, a_addr) != Some(ConnectivityState::Ready) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "{:?}", channel.backends());
+    assert!(drive(&channel, 300, 4).await.is_empty());
+    assert!(
+        a.calls() > 100,
+        "the restarted backend is back in rotation: {}",
+        a.calls()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_resolver_follows_the_file_without_dropping_calls() {
+    let a = Backend::start("127.0.0.1:0", Duration::from_millis(1)).await;
+    let b = Backend::start("127.0.0.2:0", Duration::from_millis(1)).await;
+    let dir = std::env::temp_dir().join(format!("keel-file-resolver-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("backends");
+    let write = |text: String| {
+        // Written whole and renamed, as a config management tool would.
+        let partial = dir.join("backends.partial");
+        std::fs::write(&partial, text).unwrap();
+        std::fs::rename(&partial, &file).unwrap();
+    };
+    write(format!("# backends\n{}\n", a.addr));
+    let channel = Channel::new(&format!("file://{}", file.display())).unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (mut client, stop, failures) = (
+            GreeterClient::new(channel.clone()),
+            stop.clone(),
+            failures.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if client.say_hello(HelloRequest::default()).await.is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let wait_until = |what: &'static str, done: Box<dyn Fn() -> bool + Send>| async move {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "{what}");
+    };
+    let a_calls = a.calls.clone();
+    wait_until(
+        "a serves",
+        Box::new(move || a_calls.load(Ordering::Relaxed) > 50),
+    )
+    .await;
+    assert_eq!(b.calls(), 0);
+
+    write(format!("{}\n{}\n", a.addr, b.addr));
+    let b_calls = b.calls.clone();
+    wait_until(
+        "b joins",
+        Box::new(move || b_calls.load(Ordering::Relaxed) > 50),
+    )
+    .await;
+
+    write(format!("{}\n", b.addr));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a_before = a.calls();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.calls(), a_before, "a left the rotation");
+
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no call failed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pick_first_uses_one_backend_and_moves_on_when_it_goes() {
+    let a = Backend::start("127.0.0.1:0", Duration::ZERO).await;
+    let b = Backend::start("127.0.0.2:0", Duration::ZERO).await;
+    let mut config = ChannelConfig {
+        policy: Policy::PickFirst,
+        ..ChannelConfig::default()
+    };
+    config.connect_backoff.initial = Duration::from_millis(50);
+    let channel = Channel::builder(&static_target(&[&a, &b]))
+        .unwrap()
+        .config(config)
+        .build();
+    assert!(drive(&channel, 100, 4).await.is_empty());
+    assert_eq!((a.calls(), b.calls()), (100, 0));
+    assert_eq!(
+        b.metrics.connections_accepted.get(),
+        0,
+        "pick_first connects to one address at a time"
+    );
+    a.stop().await;
+    let moved = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let _ = drive(&channel, 1, 1).await;
+            if b.calls() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "{:?}", channel.backends());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_targets_fail_fast_and_deadlines_bound_calls() {
+    // Nothing listens on this port (bound, then released).
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let channel = Channel::new(&format!("static:///{free}")).unwrap();
+    let mut client = GreeterClient::new(channel.clone());
+    let status = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let status = client.say_hello(HelloRequest::default()).await.unwrap_err();
+            if status.code() == Code::Unavailable {
+                return status;
+            }
+        }
+    })
+    .await
+    .expect("fails fast once the backend is known to be down");
+    assert!(status.message().contains(&free.to_string()), "{status:?}");
+
+    let slow = Backend::start("127.0.0.1:0", Duration::from_secs(5)).await;
+    let channel = Channel::builder(&format!("dns:///{}", slow.addr))
+        .unwrap()
+        .timeout(Duration::from_millis(200))
+        .build();
+    let started = std::time::Instant::now();
+    let status = GreeterClient::new(channel)
+        .say_hello(HelloRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_targets_work() {
+    let dir = std::env::temp_dir().join(format!("keel-unix-target-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("greeter.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let calls = Arc::new(AtomicU64::new(0));
+    let server = tonic::transport::Server::builder()
+        .add_service(GreeterServer::new(Counted {
+            delay: Duration::ZERO,
+            calls: calls.clone(),
+        }))
+        .serve_with_incoming(incoming);
+    let server = tokio::spawn(server);
+
+    let channel = Channel::new(&format!("unix://{}", path.display())).unwrap();
+    assert!(drive(&channel, 10, 2).await.is_empty());
+    assert_eq!(calls.load(Ordering::Relaxed), 10);
+    server.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
