@@ -17,14 +17,14 @@ use tonic::{Code, Status};
 use super::balancer::{self, Picks};
 use super::config::ChannelConfig;
 use super::picker::{self, CallInfo, Picker};
+use super::replay::Replay;
 use super::resolver::{self, Resolution, Resolver};
+use super::retry::{HedgingPolicy, Throttle, pushback};
+use super::service_config::{Again, ServiceConfig, ServiceConfigError};
 use super::subchannel::{Backend, ConnectivityState};
 use super::target::{Address, Target, TargetError};
+use crate::observe::code::status_of;
 use crate::observe::context::{format_grpc_timeout, parse_grpc_timeout};
-
-/// Calls sent again because they never left the client (their connection was closing)
-/// before one fails; each such retry picks a backend anew.
-const MAX_TRANSPARENT_RETRIES: usize = 8;
 
 /// A client channel: one target, its backends' connections shared by every clone and every
 /// call, calls spread by the configured policy.
@@ -57,6 +57,7 @@ struct Shared {
     authority: Authority,
     timeout: Option<Duration>,
     wait_for_ready: bool,
+    service_config: ServiceConfig,
 }
 
 impl std::fmt::Debug for Channel {
@@ -72,6 +73,7 @@ impl std::fmt::Debug for Channel {
 pub struct ChannelBuilder {
     target: Target,
     config: ChannelConfig,
+    service_config: ServiceConfig,
     picker: Option<Arc<dyn Picker>>,
     resolver: Option<Box<dyn Resolver>>,
 }
@@ -98,6 +100,13 @@ impl ChannelBuilder {
     pub fn policy(mut self, policy: super::Policy) -> Self {
         self.config.policy = policy;
         self
+    }
+
+    /// Per-method deadlines, wait-for-ready, retry and hedging policies and retry
+    /// throttling, in gRPC's service config JSON (see [`super::service_config`]).
+    pub fn service_config(mut self, json: &str) -> Result<Self, ServiceConfigError> {
+        self.service_config = ServiceConfig::parse(json)?;
+        Ok(self)
     }
 
     /// A picker of your own instead of the policy's.
@@ -167,6 +176,7 @@ impl ChannelBuilder {
                 authority,
                 timeout: config.timeout,
                 wait_for_ready: config.wait_for_ready,
+                service_config: self.service_config,
             }),
             picks,
         }
@@ -179,6 +189,7 @@ impl Channel {
         Ok(ChannelBuilder {
             target: Target::parse(target)?,
             config: ChannelConfig::default(),
+            service_config: ServiceConfig::default(),
             picker: None,
             resolver: None,
         })
@@ -223,8 +234,8 @@ impl tower::Service<http::Request<tonic::body::Body>> for Channel {
     }
 }
 
-/// One call: its deadline around choosing a backend and getting the response headers; the
-/// rest of the deadline goes with the response body.
+/// One call: its policy, its deadline around choosing backends and getting the response
+/// headers (the rest of the deadline goes with the response body), and its attempts.
 async fn call(
     shared: Arc<Shared>,
     picks: watch::Receiver<Arc<Picks>>,
@@ -239,25 +250,38 @@ async fn call(
     *request.uri_mut() =
         http::Uri::from_parts(parts).map_err(|error| Status::internal(error.to_string()))?;
 
+    let policy = shared.service_config.lookup(request.uri().path()).cloned();
     let timeout = match parse_grpc_timeout(request.headers()) {
         Some(timeout) => Some(timeout),
         None => {
-            if let Some(timeout) = shared.timeout
+            let timeout = policy
+                .as_ref()
+                .and_then(|policy| policy.timeout)
+                .or(shared.timeout);
+            if let Some(timeout) = timeout
                 && let Ok(value) = format_grpc_timeout(timeout).parse()
             {
                 request.headers_mut().insert("grpc-timeout", value);
             }
-            shared.timeout
+            timeout
         }
     };
-    let Some(timeout) = timeout else {
-        return dispatch(&shared, picks, request, None).await;
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    let call = Call {
+        shared: &shared,
+        picks,
+        wait_for_ready: policy
+            .as_ref()
+            .and_then(|policy| policy.wait_for_ready)
+            .unwrap_or(shared.wait_for_ready),
+        deadline,
     };
-    let deadline = Instant::now() + timeout;
-    match tokio::time::timeout_at(deadline, dispatch(&shared, picks, request, Some(deadline))).await
-    {
-        Ok(outcome) => outcome,
-        Err(_) => Err(deadline_exceeded(timeout)),
+    let attempts = call.run(request, policy.as_ref().and_then(|p| p.again.as_ref()));
+    match (timeout, deadline) {
+        (Some(timeout), Some(deadline)) => tokio::time::timeout_at(deadline, attempts)
+            .await
+            .unwrap_or_else(|_| Err(deadline_exceeded(timeout))),
+        _ => attempts.await,
     }
 }
 
@@ -265,73 +289,314 @@ fn deadline_exceeded(timeout: Duration) -> Status {
     Status::deadline_exceeded(format!("the call's deadline of {timeout:?} passed"))
 }
 
-/// Picks a backend and sends; waits while no backend is ready (unless all are failing and
-/// the call is fail-fast), and sends again when a connection turns out to be closing.
-async fn dispatch(
-    shared: &Shared,
-    mut picks: watch::Receiver<Arc<Picks>>,
-    mut request: http::Request<tonic::body::Body>,
+/// What a call's attempts share.
+struct Call<'a> {
+    shared: &'a Shared,
+    picks: watch::Receiver<Arc<Picks>>,
+    wait_for_ready: bool,
     deadline: Option<Instant>,
-) -> Result<http::Response<ResponseBody>, Status> {
-    let mut transparent_retries = 0;
-    loop {
-        let current = picks.borrow_and_update().clone();
-        if current.ready.is_empty() {
-            if current.state == ConnectivityState::TransientFailure && !shared.wait_for_ready {
-                return Err(Status::unavailable(format!(
-                    "{}: {}",
-                    shared.target,
-                    current.error.as_deref().unwrap_or("no backend is ready")
-                )));
-            }
-            if picks.changed().await.is_err() {
-                return Err(Status::unavailable("the channel has shut down"));
-            }
-            continue;
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// Response headers arrived (a trailers-only response included).
+    Answered(http::Response<hyper::body::Incoming>, Load),
+    /// No response: the status to report, and whether the server cannot have seen the
+    /// call (a refused stream), so that it may be sent again transparently.
+    Failed { status: Status, unseen: bool },
+}
+
+/// The status of a trailers-only response (no body; the status in the headers).
+fn trailers_only_status(response: &http::Response<hyper::body::Incoming>) -> Option<Code> {
+    if !response.body().is_end_stream() {
+        return None;
+    }
+    status_of(response.headers()).map(|(code, _)| code)
+}
+
+/// Calls that never reached the server are sent again this many times at most.
+const MAX_UNSEEN_RETRIES: usize = 8;
+
+impl Call<'_> {
+    /// Runs the call's attempts per its retry or hedging policy (one attempt without).
+    async fn run(
+        mut self,
+        request: http::Request<tonic::body::Body>,
+        again: Option<&Again>,
+    ) -> Result<http::Response<ResponseBody>, Status> {
+        let (parts, body) = request.into_parts();
+        let head = Head {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+        };
+        let replay = Replay::new(body, RETRY_BUFFER);
+        let throttle = self.shared.service_config.throttle.as_deref();
+        if let Some(Again::Hedge(policy)) = again {
+            return self.hedge(&head, &replay, policy, throttle).await;
         }
-        let index = {
-            let call = CallInfo {
-                path: request.uri().path(),
-                headers: request.headers(),
+        let retry = match again {
+            Some(Again::Retry(policy)) => Some(policy),
+            _ => None,
+        };
+        let mut attempts = 0_u32;
+        let mut unseen_retries = 0;
+        loop {
+            attempts += 1;
+            let request = head.request(attempts - 1, replay.body());
+            let (code, pushback, outcome) = match self.attempt(request).await {
+                Attempt::Answered(response, load) => match trailers_only_status(&response) {
+                    None | Some(Code::Ok) => {
+                        if let Some(throttle) = throttle {
+                            throttle.success();
+                        }
+                        return Ok(self.respond(response, load));
+                    }
+                    Some(code) => {
+                        let pushback = pushback(response.headers());
+                        (code, pushback, Ok(self.respond(response, load)))
+                    }
+                },
+                Attempt::Failed { status, unseen } => {
+                    if unseen && unseen_retries < MAX_UNSEEN_RETRIES && replay.can_replay() {
+                        unseen_retries += 1;
+                        attempts -= 1;
+                        continue;
+                    }
+                    (status.code(), None, Err(status))
+                }
             };
-            shared.picker.pick(&call, &current.ready) % current.ready.len()
-        };
-        let backend = current.ready[index].0.clone();
-        drop(current);
-        let Some(mut connection) = backend.connection() else {
-            // The connection closed after the balancer's last update; the next one is
-            // coming.
-            tokio::select! {
-                _ = picks.changed() => {}
-                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            let Some(policy) = retry.filter(|policy| policy.retryable.contains(&code)) else {
+                return outcome;
+            };
+            if let Some(throttle) = throttle {
+                throttle.failure();
             }
-            continue;
-        };
-        let load = Load::start(backend);
-        let sent_at = shared.measure_latency.then(Instant::now);
-        match connection.try_send_request(request).await {
-            Ok(response) => {
-                if let Some(sent_at) = sent_at {
-                    load.backend.record_latency(sent_at.elapsed());
-                }
-                load.backend.calls.fetch_add(1, Ordering::Relaxed);
-                let deadline = deadline.map(|at| (Box::pin(tokio::time::sleep_until(at)), at));
-                return Ok(response.map(|body| ResponseBody {
-                    inner: body,
-                    load,
-                    deadline,
-                }));
+            let allowed = attempts < policy.max_attempts
+                && replay.can_replay()
+                && throttle.is_none_or(Throttle::allows)
+                && pushback != Some(None);
+            if !allowed {
+                return outcome;
             }
-            Err(mut error) => match error.take_message() {
-                // Never sent: the connection was closing. Any backend may take it.
-                Some(unsent) if transparent_retries < MAX_TRANSPARENT_RETRIES => {
-                    transparent_retries += 1;
-                    request = unsent;
-                }
-                _ => return Err(transport_status(&error.into_error(), &load.backend.address)),
-            },
+            let wait = pushback
+                .flatten()
+                .unwrap_or_else(|| policy.backoff(attempts));
+            if self
+                .deadline
+                .is_some_and(|deadline| Instant::now() + wait >= deadline)
+            {
+                return outcome;
+            }
+            tokio::time::sleep(wait).await;
         }
     }
+
+    /// Hedging: a new attempt every `delay` until one answers with a status that is not
+    /// non-fatal; the others are cancelled.
+    async fn hedge(
+        &mut self,
+        head: &Head,
+        replay: &Replay,
+        policy: &HedgingPolicy,
+        throttle: Option<&Throttle>,
+    ) -> Result<http::Response<ResponseBody>, Status> {
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let start = |number: u32| {
+            let mut attempt = Call {
+                shared: self.shared,
+                picks: self.picks.clone(),
+                wait_for_ready: self.wait_for_ready,
+                deadline: self.deadline,
+            };
+            let request = head.request(number, replay.body());
+            async move { attempt.attempt(request).await }
+        };
+        running.push(start(0));
+        let mut sent = 1;
+        let mut last: Option<Result<http::Response<ResponseBody>, Status>> = None;
+        let mut next_at = Instant::now() + policy.delay;
+        let mut stopped = false;
+        loop {
+            let may_send = !stopped
+                && sent < policy.max_attempts
+                && replay.can_replay()
+                && throttle.is_none_or(Throttle::allows);
+            tokio::select! {
+                Some(outcome) = futures_util::StreamExt::next(&mut running) => {
+                    let (code, pushback, outcome) = match outcome {
+                        Attempt::Answered(response, load) => match trailers_only_status(&response) {
+                            None | Some(Code::Ok) => {
+                                if let Some(throttle) = throttle {
+                                    throttle.success();
+                                }
+                                return Ok(self.respond(response, load));
+                            }
+                            Some(code) => {
+                                let pushback = pushback(response.headers());
+                                (code, pushback, Ok(self.respond(response, load)))
+                            }
+                        },
+                        Attempt::Failed { status, .. } => (status.code(), None, Err(status)),
+                    };
+                    if !policy.non_fatal.contains(&code) {
+                        return outcome;
+                    }
+                    if let Some(throttle) = throttle {
+                        throttle.failure();
+                    }
+                    last = Some(outcome);
+                    match pushback {
+                        Some(None) => stopped = true,
+                        Some(Some(wait)) => next_at = Instant::now() + wait,
+                        None => next_at = Instant::now(),
+                    }
+                    if running.is_empty() && (stopped || !may_send) {
+                        return last.unwrap_or_else(|| Err(Status::unavailable("no attempt answered")));
+                    }
+                }
+                () = tokio::time::sleep_until(next_at), if may_send => {
+                    running.push(start(sent));
+                    sent += 1;
+                    next_at = Instant::now() + policy.delay;
+                }
+                else => {
+                    return last.unwrap_or_else(|| Err(Status::unavailable("no attempt answered")));
+                }
+            }
+        }
+    }
+
+    /// Wraps an answer for the caller.
+    fn respond(
+        &self,
+        response: http::Response<hyper::body::Incoming>,
+        load: Load,
+    ) -> http::Response<ResponseBody> {
+        let deadline = self
+            .deadline
+            .map(|at| (Box::pin(tokio::time::sleep_until(at)), at));
+        response.map(|body| ResponseBody {
+            inner: body,
+            load,
+            deadline,
+        })
+    }
+
+    /// One attempt: picks a backend and sends; waits while no backend is ready (unless
+    /// all are failing and the call is fail-fast), and sends again when a connection turns
+    /// out to be closing before the request left.
+    async fn attempt(&mut self, mut request: http::Request<tonic::body::Body>) -> Attempt {
+        let shared = self.shared;
+        let mut never_sent = 0;
+        loop {
+            let current = self.picks.borrow_and_update().clone();
+            if current.ready.is_empty() {
+                if current.state == ConnectivityState::TransientFailure && !self.wait_for_ready {
+                    return Attempt::Failed {
+                        status: Status::unavailable(format!(
+                            "{}: {}",
+                            shared.target,
+                            current.error.as_deref().unwrap_or("no backend is ready")
+                        )),
+                        unseen: false,
+                    };
+                }
+                if self.picks.changed().await.is_err() {
+                    return Attempt::Failed {
+                        status: Status::unavailable("the channel has shut down"),
+                        unseen: false,
+                    };
+                }
+                continue;
+            }
+            let index = {
+                let call = CallInfo {
+                    path: request.uri().path(),
+                    headers: request.headers(),
+                };
+                shared.picker.pick(&call, &current.ready) % current.ready.len()
+            };
+            let backend = current.ready[index].0.clone();
+            drop(current);
+            let Some(mut connection) = backend.connection() else {
+                // The connection closed after the balancer's last update; the next one is
+                // coming.
+                tokio::select! {
+                    _ = self.picks.changed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+                continue;
+            };
+            let load = Load::start(backend);
+            let sent_at = shared.measure_latency.then(Instant::now);
+            match connection.try_send_request(request).await {
+                Ok(response) => {
+                    if let Some(sent_at) = sent_at {
+                        load.backend.record_latency(sent_at.elapsed());
+                    }
+                    load.backend.calls.fetch_add(1, Ordering::Relaxed);
+                    return Attempt::Answered(response, load);
+                }
+                Err(mut error) => match error.take_message() {
+                    // Never sent: the connection was closing. Any backend may take it.
+                    Some(unsent) if never_sent < MAX_UNSEEN_RETRIES => {
+                        never_sent += 1;
+                        request = unsent;
+                    }
+                    _ => {
+                        let error = error.into_error();
+                        return Attempt::Failed {
+                            unseen: refused(&error),
+                            status: transport_status(&error, &load.backend.address),
+                        };
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Bytes of request body kept per call for retries (grpc-go's per-RPC default).
+const RETRY_BUFFER: usize = 256 * 1024;
+
+/// The parts of a request every attempt repeats.
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    /// The request of attempt number `previous` + 1 (retries say how many came before).
+    fn request(&self, previous: u32, body: tonic::body::Body) -> http::Request<tonic::body::Body> {
+        let mut request = http::Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        if previous > 0 {
+            request
+                .headers_mut()
+                .insert("grpc-previous-rpc-attempts", previous.into());
+        }
+        request
+    }
+}
+
+/// True when the server refused the stream (REFUSED_STREAM, or a GOAWAY that came before
+/// it): gRPC guarantees the application never saw such a call.
+fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// A call counted as outstanding on its backend until its response ends.

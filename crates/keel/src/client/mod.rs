@@ -25,7 +25,10 @@ mod balancer;
 mod channel;
 mod config;
 mod picker;
+mod replay;
 mod resolver;
+mod retry;
+pub mod service_config;
 mod subchannel;
 mod target;
 
@@ -34,5 +37,6 @@ pub use channel::{Channel, ChannelBuilder, ResponseBody};
 pub use config::{ChannelConfig, Http2Config, KeepaliveConfig, Policy};
 pub use picker::{Backend, CallInfo, Picker};
 pub use resolver::{BoxFuture, DnsSettings, Resolver};
+pub use service_config::ServiceConfigError;
 pub use subchannel::ConnectivityState;
 pub use target::{Address, Target, TargetError};
