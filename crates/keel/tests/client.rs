@@ -53,6 +53,7 @@ struct Backend {
     addr: SocketAddr,
     calls: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    health: keel::health::HealthRegistry,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<ShutdownReport>,
 }
@@ -75,7 +76,7 @@ impl Backend {
             .bind()
             .await
             .expect("bind");
-        let (addr, metrics) = (server.local_addr(), server.metrics());
+        let (addr, metrics, health) = (server.local_addr(), server.metrics(), server.health());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = stopped.await;
@@ -84,6 +85,7 @@ impl Backend {
             addr,
             calls,
             metrics,
+            health,
             stop: Some(stop),
             task,
         }
@@ -717,5 +719,78 @@ async fn hedging_answers_from_the_first_fast_attempt() {
         2,
         "one hedge was enough; the third was never sent"
     );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_turning_not_serving_gets_no_new_calls_within_a_second() {
+    let a = Backend::start("127.0.0.1:0", Duration::from_millis(1)).await;
+    let b = Backend::start("127.0.0.2:0", Duration::from_millis(1)).await;
+    let config = ChannelConfig {
+        health_check: Some(String::new()),
+        ..ChannelConfig::default()
+    };
+    let channel = Channel::builder(&static_target(&[&a, &b]))
+        .unwrap()
+        .config(config)
+        .build();
+    assert!(drive(&channel, 400, 8).await.is_empty());
+    assert!(
+        a.calls() > 100 && b.calls() > 100,
+        "{} {}",
+        a.calls(),
+        b.calls()
+    );
+
+    a.health.set("", keel::health::ServingStatus::NotServing);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = a.calls();
+    assert!(
+        drive(&channel, 400, 8).await.is_empty(),
+        "b takes every call"
+    );
+    assert_eq!(a.calls(), before, "the NOT_SERVING backend got no new call");
+
+    a.health.set("", keel::health::ServingStatus::Serving);
+    let back = tokio::time::timeout(Duration::from_secs(5), async {
+        while a.calls() == before {
+            let _ = drive(&channel, 20, 2).await;
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "SERVING again puts it back in rotation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_failures_eject_a_backend_until_its_time_is_up() {
+    let good = Backend::start("127.0.0.1:0", Duration::ZERO).await;
+    let failing = Scripted {
+        fail_first: usize::MAX,
+        code: Some(Code::Internal),
+        ..Scripted::default()
+    };
+    let (bad, server) = serve_scripted(failing.clone()).await;
+    let config = ChannelConfig {
+        outlier: Some(keel::client::OutlierConfig {
+            consecutive_failures: 3,
+            base_ejection_time: Duration::from_millis(500),
+            ..keel::client::OutlierConfig::default()
+        }),
+        ..ChannelConfig::default()
+    };
+    let target = format!("static:///{},{bad}", good.addr);
+    let channel = Channel::builder(&target).unwrap().config(config).build();
+    assert!(channel.ready(Duration::from_secs(5)).await);
+    let failures = drive(&channel, 200, 1).await;
+    assert_eq!(
+        failing.calls.load(Ordering::SeqCst),
+        3,
+        "three failures in a row ejected the backend"
+    );
+    assert_eq!(failures.len(), 3);
+    // Re-admitted after the ejection: it gets calls (and fails them) again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let _ = drive(&channel, 20, 1).await;
+    assert!(failing.calls.load(Ordering::SeqCst) > 3, "re-admitted");
     server.abort();
 }

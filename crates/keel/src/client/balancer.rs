@@ -9,13 +9,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, sleep_until};
 
 use super::config::{ChannelConfig, Policy};
 use super::picker::Backend;
 use super::resolver::Resolution;
-use super::subchannel::{ConnectivityState, Subchannel};
+use super::subchannel::{ConnectivityState, Health, Subchannel};
 use super::target::Address;
 
 /// What calls may use now.
@@ -79,8 +82,10 @@ pub(crate) async fn run(
                 Err(_) => resolver_alive = false,
             },
             () = changed.notified() => {}
+            () = sleep_until(next_readmission(&subchannels)) => {}
             () = picks.closed() => return,
         }
+        eject_outliers(&subchannels);
         if config.policy == Policy::PickFirst {
             connect_first_viable(&subchannels);
         }
@@ -130,6 +135,42 @@ fn update_subchannels(
         .collect()
 }
 
+/// Ejects the backends that asked for it, as long as no more than the configured share of
+/// backends (but always one) is out at once.
+fn eject_outliers(subchannels: &[Subchannel]) {
+    let Some(config) = subchannels
+        .iter()
+        .find_map(|sub| sub.backend.outlier_config().copied())
+    else {
+        return;
+    };
+    let now = Instant::now();
+    let allowed = (subchannels.len() * config.max_ejection_percent as usize / 100).max(1);
+    let mut ejected = subchannels
+        .iter()
+        .filter(|sub| sub.backend.ejected_until().is_some_and(|until| until > now))
+        .count();
+    for sub in subchannels {
+        if sub.backend.wants_ejection.load(Ordering::Relaxed) {
+            if ejected < allowed {
+                sub.backend.eject(now);
+                ejected += 1;
+            } else {
+                sub.backend.wants_ejection.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// When the next ejected backend comes back (far in the future if none is out).
+fn next_readmission(subchannels: &[Subchannel]) -> Instant {
+    subchannels
+        .iter()
+        .filter_map(|sub| sub.backend.ejected_until())
+        .min()
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+}
+
 /// `pick_first`: connect the first address that is not failing, and keep every address
 /// before it trying (they are failing; the first to recover wins).
 fn connect_first_viable(subchannels: &[Subchannel]) {
@@ -143,6 +184,7 @@ fn connect_first_viable(subchannels: &[Subchannel]) {
 
 /// The picks `subchannels` allow.
 fn picks_of(subchannels: &[Subchannel], resolution: &Resolution) -> Picks {
+    let now = Instant::now();
     let all: Vec<(Address, ConnectivityState)> = subchannels
         .iter()
         .map(|sub| (sub.backend.address.clone(), sub.backend.state()))
@@ -150,7 +192,9 @@ fn picks_of(subchannels: &[Subchannel], resolution: &Resolution) -> Picks {
     let ready: Vec<Backend> = subchannels
         .iter()
         .zip(&all)
-        .filter(|(sub, (_, state))| *state == ConnectivityState::Ready && sub.backend.is_pickable())
+        .filter(|(sub, (_, state))| {
+            *state == ConnectivityState::Ready && sub.backend.is_pickable(now)
+        })
         .map(|(sub, _)| Backend(sub.backend.clone()))
         .collect();
     let (state, error) = if !ready.is_empty() {
@@ -163,11 +207,11 @@ fn picks_of(subchannels: &[Subchannel], resolution: &Resolution) -> Picks {
             ),
             None => (ConnectivityState::Connecting, None),
         }
-    } else if all.iter().any(|(_, state)| {
+    } else if all.iter().zip(subchannels).any(|((_, state), sub)| {
         matches!(
             state,
             ConnectivityState::Connecting | ConnectivityState::Idle
-        )
+        ) || (*state == ConnectivityState::Ready && sub.backend.health() == Health::Unknown)
     }) {
         (ConnectivityState::Connecting, None)
     } else if all
@@ -176,7 +220,7 @@ fn picks_of(subchannels: &[Subchannel], resolution: &Resolution) -> Picks {
     {
         (
             ConnectivityState::TransientFailure,
-            Some("every connected backend is out of rotation (not serving)".to_owned()),
+            Some("every connected backend is out of rotation (not serving, or ejected)".to_owned()),
         )
     } else {
         let last = subchannels

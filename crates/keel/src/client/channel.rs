@@ -474,6 +474,11 @@ impl Call<'_> {
         response: http::Response<hyper::body::Incoming>,
         load: Load,
     ) -> http::Response<ResponseBody> {
+        if load.backend.detects_outliers()
+            && let Some(code) = trailers_only_status(&response)
+        {
+            load.backend.record_outcome(code);
+        }
         let deadline = self
             .deadline
             .map(|at| (Box::pin(tokio::time::sleep_until(at)), at));
@@ -547,6 +552,7 @@ impl Call<'_> {
                     }
                     _ => {
                         let error = error.into_error();
+                        load.backend.record_outcome(Code::Unavailable);
                         return Attempt::Failed {
                             unseen: refused(&error),
                             status: transport_status(&error, &load.backend.address),
@@ -662,9 +668,22 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            return Poll::Ready(frame.map(|frame| {
-                frame.map_err(|error| transport_status(&error, &this.load.backend.address))
-            }));
+            let backend = &this.load.backend;
+            if backend.detects_outliers() {
+                match &frame {
+                    Some(Ok(frame)) => {
+                        if let Some(code) = frame.trailers_ref().and_then(status_of) {
+                            backend.record_outcome(code.0);
+                        }
+                    }
+                    Some(Err(_)) => backend.record_outcome(Code::Unavailable),
+                    None => {}
+                }
+            }
+            return Poll::Ready(
+                frame
+                    .map(|frame| frame.map_err(|error| transport_status(&error, &backend.address))),
+            );
         }
         if let Some((sleep, at)) = this.deadline {
             ready!(sleep.as_mut().poll(cx));

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::backoff::BackoffConfig;
+use super::outlier::OutlierConfig;
 use super::resolver::DnsSettings;
 
 /// How a channel spreads calls over its backends.
@@ -90,6 +91,11 @@ pub struct ChannelConfig {
     pub keepalive: KeepaliveConfig,
     /// HTTP/2 flow control.
     pub http2: Http2Config,
+    /// Watch each backend's health (grpc.health.v1 `Watch`) for this service name (`""`
+    /// for the whole server); backends not SERVING get no calls. Off by default.
+    pub health_check: Option<String>,
+    /// Eject backends after consecutive failures. Off by default.
+    pub outlier: Option<OutlierConfig>,
     /// Time constant of `p2c_ewma`'s latency average (10 s).
     #[serde(with = "humantime_serde")]
     pub ewma_decay: Duration,
@@ -107,6 +113,8 @@ impl Default for ChannelConfig {
             dns: DnsSettings::default(),
             keepalive: KeepaliveConfig::default(),
             http2: Http2Config::default(),
+            health_check: None,
+            outlier: None,
             ewma_decay: Duration::from_secs(10),
         }
     }

@@ -9,7 +9,7 @@
 //! the live connections in turn. When the subchannel is removed, its connections close
 //! once their calls are over.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::config::ChannelConfig;
+use super::outlier::{self, OutlierConfig};
 use super::target::Address;
 
 /// A subchannel's connectivity state, as grpc-go names them.
@@ -33,6 +34,15 @@ pub enum ConnectivityState {
     Ready,
     /// The last attempt of every connection failed; waiting to try again.
     TransientFailure,
+}
+
+/// What health checks say of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// No answer yet on this connection: the backend counts as still connecting.
+    Unknown = 0,
+    Serving = 1,
+    NotServing = 2,
 }
 
 /// One connection slot's state.
@@ -60,8 +70,12 @@ pub(crate) struct Backend {
     decay: Duration,
     /// Calls answered by this backend, for tests and metrics.
     pub(crate) calls: AtomicU64,
-    /// False while a health check says NOT_SERVING.
-    pub(crate) serving: AtomicBool,
+    /// What health checks say: [`Health::Serving`] without them.
+    health: AtomicU8,
+    /// Consecutive failures and ejections, when outlier ejection is on.
+    outlier: Option<(OutlierConfig, outlier::Record)>,
+    /// Raised when the outlier record asks for an ejection; the balancer decides.
+    pub(crate) wants_ejection: AtomicBool,
     /// Wakes the slots of a lazily connected subchannel.
     wanted: watch::Sender<bool>,
     /// Tells the balancer something changed.
@@ -97,9 +111,64 @@ impl Backend {
     }
 
     /// True if calls may be sent here when connected: serving, as far as health checks
-    /// know.
-    pub(crate) fn is_pickable(&self) -> bool {
-        self.serving.load(Ordering::Relaxed)
+    /// know, and not ejected as an outlier (re-admitted once the ejection is over).
+    pub(crate) fn is_pickable(&self, now: Instant) -> bool {
+        self.health() == Health::Serving
+            && !self
+                .outlier
+                .as_ref()
+                .is_some_and(|(_, record)| record.is_ejected(now))
+    }
+
+    /// What health checks say of the backend.
+    pub(crate) fn health(&self) -> Health {
+        match self.health.load(Ordering::Relaxed) {
+            0 => Health::Unknown,
+            1 => Health::Serving,
+            _ => Health::NotServing,
+        }
+    }
+
+    /// Records what health checks say, telling the balancer if that changed.
+    pub(crate) fn set_health(&self, health: Health) {
+        if self.health.swap(health as u8, Ordering::Relaxed) != health as u8 {
+            self.changed.notify_one();
+        }
+    }
+
+    /// True if outlier ejection is on (calls then report their status).
+    pub(crate) fn detects_outliers(&self) -> bool {
+        self.outlier.is_some()
+    }
+
+    /// A call's final status, for outlier ejection.
+    pub(crate) fn record_outcome(&self, code: tonic::Code) {
+        if let Some((config, record)) = &self.outlier
+            && record.observe(code, config)
+            && !self.wants_ejection.swap(true, Ordering::Relaxed)
+        {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Ejects the backend now (the balancer checked the share ejected); returns when it
+    /// comes back.
+    pub(crate) fn eject(&self, now: Instant) -> Option<Instant> {
+        self.wants_ejection.store(false, Ordering::Relaxed);
+        let (config, record) = self.outlier.as_ref()?;
+        let until = record.eject(config, now);
+        tracing::warn!(address = %self.address, until = ?until - now, "ejected as an outlier after consecutive failures");
+        Some(until)
+    }
+
+    /// When its ejection ends, if it is ejected.
+    pub(crate) fn ejected_until(&self) -> Option<Instant> {
+        self.outlier.as_ref()?.1.ejected_until()
+    }
+
+    /// The outlier settings, if ejection is on.
+    pub(crate) fn outlier_config(&self) -> Option<&OutlierConfig> {
+        self.outlier.as_ref().map(|(config, _)| config)
     }
 
     /// A live connection to send a call on, if any.
@@ -192,11 +261,26 @@ impl Subchannel {
             latency: Mutex::new((DEFAULT_LATENCY.as_nanos() as f64, None)),
             decay: config.ewma_decay,
             calls: AtomicU64::new(0),
-            serving: AtomicBool::new(true),
+            health: AtomicU8::new(if config.health_check.is_none() {
+                Health::Serving as u8
+            } else {
+                Health::Unknown as u8
+            }),
+            outlier: config
+                .outlier
+                .map(|outlier| (outlier, outlier::Record::default())),
+            wants_ejection: AtomicBool::new(false),
             wanted,
             changed,
         });
         let (stop, stopped) = watch::channel(false);
+        if let Some(service) = &config.health_check {
+            tokio::spawn(super::health_check::run(
+                backend.clone(),
+                service.clone(),
+                stopped.clone(),
+            ));
+        }
         for index in 0..slots {
             tokio::spawn(run_slot(
                 backend.clone(),

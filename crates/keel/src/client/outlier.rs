@@ -1,0 +1,160 @@
+//! Outlier ejection: a backend whose calls fail several times in a row with server-side
+//! failures is taken out of rotation for a while, longer each time it happens again, and
+//! re-admitted when the time is up (Envoy's and gRPC's `consecutive_5xx`-style detection).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+use tonic::Code;
+
+/// When backends are ejected and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject a backend (5).
+    pub consecutive_failures: u32,
+    /// The first ejection's length; the n-th lasts n times as long (30 s).
+    #[serde(with = "humantime_serde")]
+    pub base_ejection_time: Duration,
+    /// The longest ejection (300 s).
+    #[serde(with = "humantime_serde")]
+    pub max_ejection_time: Duration,
+    /// At most this share of backends is ejected at once, but always one may be (50%).
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// The codes that count as the backend's failure: not the caller's mistakes
+/// (INVALID_ARGUMENT, NOT_FOUND, ...) nor business outcomes.
+pub(crate) fn is_backend_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Internal
+            | Code::Unknown
+            | Code::DataLoss
+            | Code::DeadlineExceeded
+    )
+}
+
+/// One backend's record.
+#[derive(Debug, Default)]
+pub(crate) struct Record {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    consecutive_failures: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+impl Record {
+    /// Counts a call's outcome; true if it should now be ejected (the caller decides,
+    /// knowing how many others are out).
+    pub(crate) fn observe(&self, code: Code, config: &OutlierConfig) -> bool {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !is_backend_failure(code) {
+            state.consecutive_failures = 0;
+            return false;
+        }
+        state.consecutive_failures += 1;
+        state.consecutive_failures >= config.consecutive_failures && state.ejected_until.is_none()
+    }
+
+    /// Takes the backend out until `now` + its ejection time.
+    pub(crate) fn eject(&self, config: &OutlierConfig, now: Instant) -> Instant {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.ejections += 1;
+        state.consecutive_failures = 0;
+        let length = (config.base_ejection_time * state.ejections).min(config.max_ejection_time);
+        let until = now + length;
+        state.ejected_until = Some(until);
+        until
+    }
+
+    /// True while ejected; re-admits the backend once its time is up.
+    pub(crate) fn is_ejected(&self, now: Instant) -> bool {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match state.ejected_until {
+            Some(until) if until > now => true,
+            Some(_) => {
+                state.ejected_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// When the current ejection ends, if ejected.
+    pub(crate) fn ejected_until(&self) -> Option<Instant> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .ejected_until
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_failures_eject_for_longer_each_time_and_successes_reset() {
+        let config = OutlierConfig {
+            consecutive_failures: 3,
+            base_ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(25),
+            ..OutlierConfig::default()
+        };
+        let record = Record::default();
+        let now = Instant::now();
+        assert!(!record.observe(Code::Unavailable, &config));
+        assert!(!record.observe(Code::Unavailable, &config));
+        assert!(
+            !record.observe(Code::Ok, &config),
+            "a success resets the count"
+        );
+        assert!(
+            !record.observe(Code::InvalidArgument, &config),
+            "the caller's mistake"
+        );
+        assert!(!record.observe(Code::Internal, &config));
+        assert!(!record.observe(Code::Unavailable, &config));
+        assert!(record.observe(Code::DeadlineExceeded, &config));
+        assert_eq!(record.eject(&config, now), now + Duration::from_secs(10));
+        assert!(record.is_ejected(now + Duration::from_secs(9)));
+        assert!(
+            !record.is_ejected(now + Duration::from_secs(10)),
+            "re-admitted"
+        );
+        assert_eq!(record.eject(&config, now), now + Duration::from_secs(20));
+        assert_eq!(
+            record.eject(&config, now),
+            now + Duration::from_secs(25),
+            "capped"
+        );
+    }
+}
