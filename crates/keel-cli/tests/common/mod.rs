@@ -27,14 +27,13 @@ impl KeelServe {
 
     /// [`KeelServe::start`] with extra environment variables (they override `KEEL_LOG`).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_listening("127.0.0.1:0", extra, env)
+    }
+
+    /// [`KeelServe::start_with_env`] with the gRPC listener on `listen`.
+    pub fn start_listening(listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--listen", listen, "--admin-listen", "127.0.0.1:0"])
             .args(extra)
             .env_remove("KEEL_CONFIG")
             .env(
