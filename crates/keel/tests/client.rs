@@ -794,3 +794,103 @@ async fn consecutive_failures_eject_a_backend_until_its_time_is_up() {
     assert!(failing.calls.load(Ordering::SeqCst) > 3, "re-admitted");
     server.abort();
 }
+
+/// Answers with the microseconds its call's deadline has left.
+struct DeadlineEcho;
+
+#[tonic::async_trait]
+impl Greeter for DeadlineEcho {
+    async fn say_hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        let left = keel::observe::Deadline::current()
+            .map(|deadline| deadline.remaining().as_micros().to_string())
+            .unwrap_or_default();
+        Ok(Response::new(HelloReply { message: left }))
+    }
+
+    async fn say_hello_again(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        self.say_hello(request).await
+    }
+}
+
+type ObservedChannel = keel::observe::ClientObserve<Channel>;
+
+/// Passes calls on through a Keel Channel wrapped in the client observe layer.
+struct Relay(GreeterClient<ObservedChannel>);
+
+#[tonic::async_trait]
+impl Greeter for Relay {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        self.0.clone().say_hello(request.into_inner()).await
+    }
+
+    async fn say_hello_again(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        self.say_hello(request).await
+    }
+}
+
+async fn serve_greeter(greeter: impl Greeter) -> SocketAddr {
+    let server = Server::builder(common::config())
+        .add_service(GreeterServer::new(greeter))
+        .file_descriptor_set(keel_interop::FILE_DESCRIPTOR_SET)
+        .bind()
+        .await
+        .expect("bind");
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(std::future::pending()));
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observed_channels_count_calls_and_pass_a_shorter_deadline_on() {
+    let echo = serve_greeter(DeadlineEcho).await;
+    let mut methods = keel::observe::MethodTable::default();
+    methods
+        .add_encoded(keel_interop::FILE_DESCRIPTOR_SET)
+        .unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let observer = keel::observe::ClientObserver::new(&methods, &mut registry);
+    let echo_channel = Channel::new(&format!("dns:///{echo}")).unwrap();
+    let observed = tower::ServiceBuilder::new()
+        .layer(
+            keel::observe::ClientObserveLayer::new(observer)
+                .target(&format!("http://{echo}").parse().unwrap()),
+        )
+        .service(echo_channel);
+    let relay = serve_greeter(Relay(GreeterClient::new(observed))).await;
+
+    let mut client = GreeterClient::new(Channel::new(&format!("dns:///{relay}")).unwrap());
+    let mut request = Request::new(HelloRequest::default());
+    request.set_timeout(Duration::from_millis(200));
+    let left_us: u64 = client
+        .say_hello(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .parse()
+        .expect("echo saw a deadline");
+    assert!(
+        left_us > 0 && left_us < 200_000,
+        "echo had {left_us} µs of a 200 ms deadline"
+    );
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("grpc_client_handled_total{")
+                && line.contains("grpc_method=\"SayHello\"")
+                && line.contains("grpc_code=\"OK\"")
+                && line.ends_with(" 1")),
+        "{text}"
+    );
+}
