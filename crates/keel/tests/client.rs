@@ -894,3 +894,83 @@ async fn observed_channels_count_calls_and_pass_a_shorter_deadline_on() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_pings_replace_a_connection_whose_peer_went_silent() {
+    // A "server" that accepts connections and never answers anything, not even PINGs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let connections_after = |keepalive: Option<Duration>| {
+        let accepted = accepted.clone();
+        async move {
+            let before = accepted.load(Ordering::SeqCst);
+            let mut config = ChannelConfig::default();
+            config.keepalive.interval = keepalive;
+            config.keepalive.timeout = Duration::from_millis(200);
+            config.keepalive.while_idle = true;
+            config.connect_backoff.initial = Duration::from_millis(50);
+            let channel = Channel::builder(&format!("static:///{addr}"))
+                .unwrap()
+                .config(config)
+                .build();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            drop(channel);
+            accepted.load(Ordering::SeqCst) - before
+        }
+    };
+    assert_eq!(
+        connections_after(None).await,
+        1,
+        "without keepalive nothing notices"
+    );
+    let with = connections_after(Some(Duration::from_millis(200))).await;
+    assert!(
+        with >= 2,
+        "unanswered pings closed the connection and a new one was made ({with} connections)"
+    );
+    silent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_calls_pass_through_the_channel() {
+    use tonic::codec::CompressionEncoding::Gzip;
+    let server = Server::builder(common::config())
+        .add_service(
+            GreeterServer::new(Counted {
+                delay: Duration::ZERO,
+                calls: Arc::default(),
+            })
+            .accept_compressed(Gzip)
+            .send_compressed(Gzip),
+        )
+        .file_descriptor_set(keel_interop::FILE_DESCRIPTOR_SET)
+        .bind()
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let task = tokio::spawn(server.serve(std::future::pending()));
+    let channel = Channel::new(&format!("dns:///{addr}")).unwrap();
+    let mut client = GreeterClient::new(channel)
+        .send_compressed(Gzip)
+        .accept_compressed(Gzip);
+    let request = HelloRequest {
+        name: "x".repeat(10_000),
+    };
+    let response = client.say_hello(request).await.unwrap();
+    assert_eq!(
+        response.metadata().get("grpc-encoding").unwrap(),
+        "gzip",
+        "the answer came compressed"
+    );
+    assert_eq!(response.into_inner().message, "hello");
+    task.abort();
+}
