@@ -541,7 +541,6 @@ impl Call<'_> {
                     if let Some(sent_at) = sent_at {
                         load.backend.record_latency(sent_at.elapsed());
                     }
-                    load.backend.calls.fetch_add(1, Ordering::Relaxed);
                     return Attempt::Answered(response, load);
                 }
                 Err(mut error) => match error.take_message() {

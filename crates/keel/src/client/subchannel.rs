@@ -9,7 +9,7 @@
 //! the live connections in turn. When the subchannel is removed, its connections close
 //! once their calls are over.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -68,8 +68,6 @@ pub(crate) struct Backend {
     latency: Mutex<(f64, Option<Instant>)>,
     /// The EWMA's time constant.
     decay: Duration,
-    /// Calls answered by this backend, for tests and metrics.
-    pub(crate) calls: AtomicU64,
     /// What health checks say: [`Health::Serving`] without them.
     health: AtomicU8,
     /// Consecutive failures and ejections, when outlier ejection is on.
@@ -260,7 +258,6 @@ impl Subchannel {
             outstanding: AtomicUsize::new(0),
             latency: Mutex::new((DEFAULT_LATENCY.as_nanos() as f64, None)),
             decay: config.ewma_decay,
-            calls: AtomicU64::new(0),
             health: AtomicU8::new(if config.health_check.is_none() {
                 Health::Serving as u8
             } else {
