@@ -1,6 +1,7 @@
 //! `keel`: one binary for Keel's tools. It parses arguments, builds configuration, calls the
 //! libraries and maps errors to exit codes; nothing else lives here.
 
+mod call;
 mod interop;
 mod serve;
 
@@ -23,6 +24,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run the standard gRPC interop test cases against a server.
     InteropClient(interop::InteropArgs),
+    /// Call any server with reflection: list services, describe types, invoke methods with
+    /// JSON (like grpcurl).
+    Call(call::CallArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,13 +46,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => {
                 let _telemetry = keel::telemetry::init("keel")?;
-                serve::run(args).await
+                serve::run(args).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::InteropClient(args) => interop::run(args).await,
+            Command::InteropClient(args) => interop::run(args).await.map(|()| ExitCode::SUCCESS),
+            // `keel call` reports its own failures: its exit status tells the gRPC code.
+            Command::Call(args) => Ok(call::run(args).await),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("keel: {error:#}");
             ExitCode::FAILURE

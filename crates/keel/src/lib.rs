@@ -33,6 +33,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observe;
 mod random;
+pub mod reflect;
 pub mod server;
 pub mod telemetry;
 

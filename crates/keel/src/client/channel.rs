@@ -210,6 +210,29 @@ impl Channel {
         self.picks.borrow().all.clone()
     }
 
+    /// Waits until some backend can take calls (`Ok`), or every backend has failed (`Err`
+    /// with the last connection error), at most `timeout`: for tools that should say at
+    /// once that a server cannot be reached.
+    pub async fn connect(&self, timeout: Duration) -> Result<(), String> {
+        let mut picks = self.picks.clone();
+        let settled = tokio::time::timeout(
+            timeout,
+            picks.wait_for(|picks| {
+                !picks.ready.is_empty() || picks.state == ConnectivityState::TransientFailure
+            }),
+        )
+        .await;
+        match settled {
+            Ok(Ok(picks)) if !picks.ready.is_empty() => Ok(()),
+            Ok(Ok(picks)) => Err(picks
+                .error
+                .clone()
+                .unwrap_or_else(|| "no backend is reachable".to_owned())),
+            Ok(Err(_)) => Err("the channel has shut down".to_owned()),
+            Err(_) => Err(format!("no backend was ready within {timeout:?}")),
+        }
+    }
+
     /// Waits until some backend can take calls, at most `timeout`; false if none could.
     pub async fn ready(&self, timeout: Duration) -> bool {
         let mut picks = self.picks.clone();
