@@ -974,3 +974,59 @@ async fn compressed_calls_pass_through_the_channel() {
     assert_eq!(response.into_inner().message, "hello");
     task.abort();
 }
+
+/// A resolver that counts its resolutions and can be told new addresses.
+struct Counting {
+    addresses: Arc<std::sync::Mutex<Vec<keel::client::Address>>>,
+    resolutions: Arc<AtomicUsize>,
+}
+
+impl keel::client::Resolver for Counting {
+    fn resolve(
+        &mut self,
+    ) -> keel::client::BoxFuture<'_, Result<Vec<keel::client::Address>, String>> {
+        self.resolutions.fetch_add(1, Ordering::SeqCst);
+        let addresses = self.addresses.lock().unwrap().clone();
+        Box::pin(async move { Ok(addresses) })
+    }
+
+    fn refresh_interval(&self) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_makes_the_resolver_look_again() {
+    let a = Backend::start("127.0.0.1:0", Duration::ZERO).await;
+    let b = Backend::start("127.0.0.2:0", Duration::ZERO).await;
+    let addresses = Arc::new(std::sync::Mutex::new(vec![keel::client::Address::Tcp(
+        a.addr,
+    )]));
+    let resolutions = Arc::new(AtomicUsize::new(0));
+    let resolver = Counting {
+        addresses: addresses.clone(),
+        resolutions: resolutions.clone(),
+    };
+    let mut config = ChannelConfig::default();
+    config.connect_backoff.initial = Duration::from_millis(50);
+    let channel = Channel::builder("dns:///ignored:1")
+        .unwrap()
+        .config(config)
+        .resolver(resolver)
+        .build();
+    assert!(drive(&channel, 50, 2).await.is_empty());
+    assert_eq!(resolutions.load(Ordering::SeqCst), 1);
+
+    // The backend moves: the old address fails, the resolver is asked again and finds b.
+    *addresses.lock().unwrap() = vec![keel::client::Address::Tcp(b.addr)];
+    a.stop().await;
+    let moved = tokio::time::timeout(Duration::from_secs(5), async {
+        while b.calls() == 0 {
+            let _ = drive(&channel, 5, 1).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "{:?}", channel.backends());
+    assert!(resolutions.load(Ordering::SeqCst) >= 2);
+}
