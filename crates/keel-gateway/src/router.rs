@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use http::Method;
 
+use crate::percent::decode;
 use crate::template::{Segment, Template};
 
 /// A table of routes, each a method and a template with a value (what to call).
@@ -247,33 +248,6 @@ fn end_here(
         }
     }
     found
-}
-
-/// Percent-decodes `text`; with `slashes` false, `%2F` stays escaped. `None` for a broken
-/// escape or invalid UTF-8.
-fn decode(text: &str, slashes: bool) -> Option<String> {
-    if !text.contains('%') {
-        return Some(text.to_owned());
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let byte = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-            if byte == b'/' && !slashes {
-                out.extend_from_slice(&bytes[i..i + 3]);
-            } else {
-                out.push(byte);
-            }
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
