@@ -26,6 +26,7 @@
 mod admin;
 pub mod client;
 pub mod config;
+pub mod dynamic;
 pub mod error;
 pub mod health;
 pub mod layer;

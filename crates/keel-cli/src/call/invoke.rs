@@ -10,10 +10,10 @@ use tonic::client::Grpc;
 use tonic::metadata::MetadataMap;
 
 use super::Failure;
-use super::codec::DynamicCodec;
 use super::connect::Connection;
 use super::output::Printer;
 use super::status::report;
+use keel::dynamic::DynamicCodec;
 
 /// One call to make.
 pub struct Call {

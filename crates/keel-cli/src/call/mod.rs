@@ -7,7 +7,6 @@
 //! call, and `output`, `describe` and `status` print.
 
 mod args;
-mod codec;
 mod connect;
 mod describe;
 mod input;
@@ -15,7 +14,6 @@ mod invoke;
 mod output;
 mod reflection;
 mod status;
-mod types;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -56,7 +54,11 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Usage(message) | Self::Other(message) => f.write_str(message),
-            Self::Status(code) => write!(f, "the call failed with {}", status::code_name(*code)),
+            Self::Status(code) => write!(
+                f,
+                "the call failed with {}",
+                keel::observe::code::code_name(*code)
+            ),
             Self::ClosedOutput => f.write_str("stdout closed"),
         }
     }

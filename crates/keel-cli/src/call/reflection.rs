@@ -9,7 +9,6 @@ use tonic::metadata::MetadataMap;
 use super::Failure;
 use super::connect::Connection;
 use super::describe::Symbol;
-use super::types;
 
 /// The server's reflection, as `keel call` uses it.
 pub struct Reflection {
@@ -42,7 +41,7 @@ impl Reflection {
             Err(error) if error.is_not_found() => return Err(self.no_service(name).await),
             Err(error) => return Err(failed(error)),
         };
-        types::add_standard(&mut pool);
+        keel::dynamic::add_standard(&mut pool);
         match pool.get_service_by_name(name) {
             Some(service) => Ok(service),
             None => Err(self.no_service(name).await),

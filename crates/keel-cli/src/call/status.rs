@@ -2,65 +2,37 @@
 //! every `google.rpc.Status` detail from `grpc-status-details-bin` as JSON with its `@type`.
 
 use base64::Engine as _;
-use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use keel::dynamic::{Detail, details};
+use keel::observe::code::code_name;
+use prost_reflect::DescriptorPool;
 use serde_json::{Value, json};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::args::OutputOptions;
 use super::output::{json, value_text};
-use super::types;
 
-/// The code's name as grpc-go prints it (`codes.Code.String()`), e.g. `InvalidArgument`.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
-    }
-}
-
-/// The report of `status` for stderr. Detail types are looked up among the standard
-/// google.rpc ones, then in `server` (the server's own descriptors), if given.
+/// The report of `status` for stderr: the code as grpc-go spells it, the message, and every
+/// detail as JSON. Detail types are looked up among the standard google.rpc ones, then in
+/// `server` (the server's own descriptors), if given.
 pub fn report(status: &Status, server: Option<&DescriptorPool>, options: OutputOptions) -> String {
     let mut text = format!(
         "ERROR:\n  Code: {}\n  Message: {}\n",
         code_name(status.code()),
         status.message()
     );
-    let details = status.details();
-    if details.is_empty() {
-        return text;
-    }
-    text.push_str("  Details:\n");
-    let status = match tonic_types::pb::Status::decode(details) {
-        Ok(status) => status,
+    let details = match details(status, server) {
+        Ok(details) if details.is_empty() => return text,
+        Ok(details) => details,
         Err(error) => {
             text.push_str(&format!(
-                "  (grpc-status-details-bin is not a google.rpc.Status: {error})\n"
+                "  Details:\n  (grpc-status-details-bin is not a google.rpc.Status: {error})\n"
             ));
             return text;
         }
     };
-    let standard = types::standard();
-    let pools: Vec<&DescriptorPool> = std::iter::once(&standard).chain(server).collect();
-    for any in &status.details {
-        let json = detail(&any.type_url, &any.value, &pools, options);
-        for line in json.lines() {
+    text.push_str("  Details:\n");
+    for detail in &details {
+        for line in detail_text(detail, options).lines() {
             text.push_str("  ");
             text.push_str(line);
             text.push('\n');
@@ -70,37 +42,35 @@ pub fn report(status: &Status, server: Option<&DescriptorPool>, options: OutputO
 }
 
 /// One detail as proto3 JSON for `google.protobuf.Any`: `@type`, then the message's fields in
-/// their `.proto` order (or `value` for a well-known type). A type no pool knows, or a value
-/// that does not decode, keeps its bytes in base64.
-fn detail(
-    type_url: &str,
-    bytes: &[u8],
-    pools: &[&DescriptorPool],
-    options: OutputOptions,
-) -> String {
-    let name = type_url.rsplit('/').next().unwrap_or(type_url);
-    let any = pools.iter().find_map(|pool| {
-        pool.get_message_by_name(name)?;
-        pool.get_message_by_name("google.protobuf.Any")
-    });
-    let error = match any {
-        Some(any) => {
-            let mut message = DynamicMessage::new(any);
-            message.set_field_by_name(
-                "type_url",
-                prost_reflect::Value::String(type_url.to_owned()),
-            );
-            message.set_field_by_name("value", prost_reflect::Value::Bytes(bytes.to_vec().into()));
-            match json(&message, options) {
-                Ok(json) => return String::from_utf8_lossy(&json).into_owned(),
-                Err(error) => Some(error.to_string()),
-            }
-        }
-        None => None,
+/// their `.proto` order. A type no pool knows, or a value that does not decode, keeps its
+/// bytes in base64.
+fn detail_text(detail: &Detail, options: OutputOptions) -> String {
+    let error = match detail {
+        Detail::Known(any) => match json(any, options) {
+            Ok(json) => return String::from_utf8_lossy(&json).into_owned(),
+            Err(error) => Some(error.to_string()),
+        },
+        Detail::Unknown { error, .. } => error.clone(),
+    };
+    let (type_url, value) = match detail {
+        Detail::Unknown {
+            type_url, value, ..
+        } => (type_url.clone(), value.clone()),
+        // An `Any` whose JSON failed: its own type URL and value.
+        Detail::Known(any) => (
+            match any.get_field_by_name("type_url").as_deref() {
+                Some(prost_reflect::Value::String(url)) => url.clone(),
+                _ => String::new(),
+            },
+            match any.get_field_by_name("value").as_deref() {
+                Some(prost_reflect::Value::Bytes(bytes)) => bytes.to_vec(),
+                _ => Vec::new(),
+            },
+        ),
     };
     let mut raw = json!({
         "@type": type_url,
-        "value": base64::engine::general_purpose::STANDARD.encode(bytes),
+        "value": base64::engine::general_purpose::STANDARD.encode(value),
     });
     if let Some(error) = error {
         raw["error"] = Value::String(error);
@@ -112,6 +82,7 @@ fn detail(
 mod tests {
     use std::time::Duration;
 
+    use tonic::Code;
     use tonic_types::{ErrorDetails, StatusExt as _};
 
     use super::*;
@@ -125,33 +96,6 @@ mod tests {
         compact: true,
         ..PRETTY
     };
-
-    #[test]
-    fn every_code_has_grpc_gos_name() {
-        let names: Vec<_> = (0..17).map(|n| code_name(Code::from_i32(n))).collect();
-        assert_eq!(
-            names,
-            [
-                "OK",
-                "Canceled",
-                "Unknown",
-                "InvalidArgument",
-                "DeadlineExceeded",
-                "NotFound",
-                "AlreadyExists",
-                "PermissionDenied",
-                "ResourceExhausted",
-                "FailedPrecondition",
-                "Aborted",
-                "OutOfRange",
-                "Unimplemented",
-                "Internal",
-                "Unavailable",
-                "DataLoss",
-                "Unauthenticated",
-            ]
-        );
-    }
 
     #[test]
     fn standard_details_become_json_with_their_type() {
@@ -197,22 +141,19 @@ mod tests {
 
     #[test]
     fn unknown_and_broken_details_keep_their_bytes() {
-        let pools = [&types::standard()];
+        let standard = keel::dynamic::standard();
+        let pools = [&standard];
         let parse = |text: String| serde_json::from_str::<Value>(&text).unwrap();
-        let unknown = parse(detail(
-            "type.example.com/x.Unknown",
-            &[1, 2, 3],
-            &pools,
+        let unknown = parse(detail_text(
+            &Detail::of("type.example.com/x.Unknown", &[1, 2, 3], &pools),
             PRETTY,
         ));
         assert_eq!(
             unknown,
             json!({"@type": "type.example.com/x.Unknown", "value": "AQID"})
         );
-        let broken = parse(detail(
-            "type.googleapis.com/google.rpc.ErrorInfo",
-            &[0xff],
-            &pools,
+        let broken = parse(detail_text(
+            &Detail::of("type.googleapis.com/google.rpc.ErrorInfo", &[0xff], &pools),
             PRETTY,
         ));
         assert_eq!(broken["value"], "/w==");
@@ -223,11 +164,13 @@ mod tests {
     fn fields_keep_their_proto_order_after_the_type() {
         let info = tonic_types::ErrorInfo::new("R", "d", [("k".to_owned(), "v".to_owned())]);
         let bytes = prost::Message::encode_to_vec(&tonic_types::pb::ErrorInfo::from(info));
-        let pools = [&types::standard()];
-        let text = detail(
-            "type.googleapis.com/google.rpc.ErrorInfo",
-            &bytes,
-            &pools,
+        let standard = keel::dynamic::standard();
+        let text = detail_text(
+            &Detail::of(
+                "type.googleapis.com/google.rpc.ErrorInfo",
+                &bytes,
+                &[&standard],
+            ),
             COMPACT,
         );
         assert_eq!(

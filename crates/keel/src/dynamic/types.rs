@@ -1,6 +1,6 @@
-//! The message types `keel call` knows without asking the server: protobuf's well-known
-//! types and google.rpc's status and error details, so that error details and `Any` fields
-//! holding them print as JSON even when the server's descriptors do not include them.
+//! The message types every dynamic client knows without asking the server: protobuf's
+//! well-known types and google.rpc's status and error details, so that error details and
+//! `Any` fields holding them print as JSON even when the server's descriptors lack them.
 
 use prost::Message as _;
 use prost_reflect::DescriptorPool;
