@@ -8,11 +8,16 @@
 //! grpc-gateway does.
 
 pub mod binding;
+pub mod gateway;
 pub mod percent;
 pub mod router;
 pub mod rules;
+pub mod serve;
 pub mod status;
 pub mod template;
+
+pub use gateway::{Gateway, GatewayOptions};
+pub use serve::serve;
 
 #[cfg(test)]
 pub(crate) mod testdata {

@@ -16,6 +16,16 @@ pub async fn serve(store: Arc<dyn Store>, rate_limit: u32) -> Channel {
 /// Serves `service` (built by the test, e.g. with a Redis limiter over a cached store) as
 /// [`serve`] does.
 pub async fn serve_payments(service: Payments) -> Channel {
+    let url = format!("http://{}", serve_payments_at(service).await);
+    tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Serves `service` on a Keel server on 127.0.0.1; returns its gRPC address.
+pub async fn serve_payments_at(service: Payments) -> std::net::SocketAddr {
     let config = keel::config::ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -28,13 +38,9 @@ pub async fn serve_payments(service: Payments) -> Channel {
         .bind()
         .await
         .unwrap();
-    let url = format!("http://{}", server.local_addr());
+    let addr = server.local_addr();
     tokio::spawn(server.serve(std::future::pending()));
-    tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    addr
 }
 
 /// The random payment traffic of the invariant tests: clients each sending requests between
