@@ -35,6 +35,7 @@ use crate::binding::{BindError, JsonOptions, request_message};
 use crate::router::Miss;
 use crate::rules::{Binding, RuleError, Rules};
 use crate::status::http_status;
+use crate::web::{self, CorsOptions, Face, cors_layer};
 
 /// How the gateway reads and writes requests.
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct GatewayOptions {
     /// Request headers passed to the service as metadata besides `Grpc-Metadata-*`,
     /// `Authorization`, `Idempotency-Key` and the trace headers.
     pub forward_headers: Vec<HeaderName>,
+    /// Cross-origin access for browsers (REST and gRPC-Web); off by default.
+    pub cors: Option<CorsOptions>,
 }
 
 impl Default for GatewayOptions {
@@ -54,6 +57,7 @@ impl Default for GatewayOptions {
             json: JsonOptions::default(),
             max_body_bytes: 4 * 1024 * 1024,
             forward_headers: Vec::new(),
+            cors: None,
         }
     }
 }
@@ -86,6 +90,7 @@ impl<S: Clone> Clone for Gateway<S> {
 }
 
 struct Shared {
+    cors: Option<tower_http::cors::CorsLayer>,
     rules: Rules,
     pool: DescriptorPool,
     options: GatewayOptions,
@@ -117,6 +122,7 @@ where
         let rules = Rules::load(&pool, &[])?;
         Ok(Self {
             shared: Arc::new(Shared {
+                cors: options.cors.as_ref().map(cors_layer),
                 rules,
                 pool,
                 options,
@@ -130,15 +136,41 @@ where
         &self.shared.rules
     }
 
-    /// Answers one HTTP request.
+    /// Answers one HTTP request: REST/JSON, gRPC-Web or plain gRPC by its content type,
+    /// with CORS when configured.
     pub async fn handle<B>(&self, request: http::Request<B>) -> http::Response<Body>
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<StdError>,
     {
-        match self.try_handle(request).await {
+        let Some(cors) = &self.shared.cors else {
+            return self.dispatch(request).await;
+        };
+        let inner = tower::service_fn(|request: http::Request<B>| async move {
+            Ok::<_, Infallible>(self.dispatch(request).await)
+        });
+        match tower::ServiceExt::oneshot(tower::Layer::layer(cors, inner), request).await {
             Ok(response) => response,
-            Err(failure) => failure.into_response(),
+            Err(never) => match never {},
+        }
+    }
+
+    async fn dispatch<B>(&self, request: http::Request<B>) -> http::Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<StdError>,
+    {
+        match Face::of(request.headers()) {
+            Face::Grpc => {
+                web::pass_through(self.upstream.clone(), request.map(tonic::body::Body::new)).await
+            }
+            Face::GrpcWeb => {
+                web::grpc_web(self.upstream.clone(), request.map(tonic::body::Body::new)).await
+            }
+            Face::Rest => match self.try_handle(request).await {
+                Ok(response) => response,
+                Err(failure) => failure.into_response(),
+            },
         }
     }
 

@@ -15,8 +15,10 @@ pub mod rules;
 pub mod serve;
 pub mod status;
 pub mod template;
+pub mod web;
 
 pub use gateway::{Gateway, GatewayOptions};
+pub use web::CorsOptions;
 pub use serve::serve;
 
 #[cfg(test)]

@@ -16,12 +16,17 @@ use serde_json::{Value, json};
 /// Payments on SQLite behind a Keel server, and the gateway in front of it over Keel's
 /// client channel; returns the gateway's address.
 async fn start() -> (SocketAddr, TestDb) {
+    start_with(GatewayOptions::default()).await
+}
+
+/// [`start`] with gateway options.
+async fn start_with(options: GatewayOptions) -> (SocketAddr, TestDb) {
     let db = TestDb::new(Backend::Sqlite).await;
     let grpc = common::api::serve_payments_at(Payments::new(db.store.clone(), 1000)).await;
     let mut pool = prost_reflect::DescriptorPool::decode(payments::FILE_DESCRIPTOR_SET).unwrap();
     keel::dynamic::add_standard(&mut pool);
     let channel = keel::client::Channel::new(&format!("dns:///{grpc}")).unwrap();
-    let gateway = Gateway::new(pool, channel, GatewayOptions::default()).unwrap();
+    let gateway = Gateway::new(pool, channel, options).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(keel_gateway::serve(
@@ -341,4 +346,294 @@ async fn client_mistakes_are_4xx_with_a_json_explanation() {
     let big = format!(r#"{{"accountId": "{}"}}"#, "x".repeat(5 * 1024 * 1024));
     let (status, _, text) = request(gw, "POST", "/v1/accounts", Some(&big), &[]).await;
     assert_eq!(status, 413, "{}", &text[..text.len().min(200)]);
+}
+
+/// A gRPC message frame: flag, length, bytes.
+fn frame(message: &impl prost::Message) -> Vec<u8> {
+    let bytes = message.encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&bytes);
+    framed
+}
+
+/// The data message and the trailer text of a gRPC-Web response body.
+fn unframe(mut body: &[u8]) -> (Vec<Vec<u8>>, String) {
+    let (mut messages, mut trailers) = (Vec::new(), String::new());
+    while body.len() >= 5 {
+        let flag = body[0];
+        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        let payload = &body[5..5 + len];
+        if flag & 0x80 == 0 {
+            messages.push(payload.to_vec());
+        } else {
+            trailers.push_str(&String::from_utf8_lossy(payload));
+        }
+        body = &body[5 + len..];
+    }
+    (messages, trailers)
+}
+
+/// A POST of raw bytes with `content_type`; the status, headers and body bytes.
+async fn post_bytes(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // As grpc-web clients do, ask for answers in the request's encoding.
+    let request = http::Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", content_type)
+        .header("accept", content_type)
+        .header("x-grpc-web", "1")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        body.collect().await.unwrap().to_bytes().to_vec(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_binary_and_text_and_plain_grpc_share_the_port() {
+    use base64::Engine as _;
+    use payments::pb::v1::{CreateAccountRequest, GetAccountRequest, GetAccountResponse};
+    use prost::Message as _;
+
+    let (gw, _db) = start().await;
+    let create = json!({"accountId": "web", "currency": "EUR"}).to_string();
+    assert_eq!(
+        request(gw, "POST", "/v1/accounts", Some(&create), &[])
+            .await
+            .0,
+        200
+    );
+    let get = GetAccountRequest {
+        account_id: "web".into(),
+    };
+    let path = "/payments.v1.AccountService/GetAccount";
+
+    // gRPC-Web, binary, over HTTP/1.1.
+    let (status, headers, body) =
+        post_bytes(gw, path, "application/grpc-web+proto", frame(&get)).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/grpc-web")
+    );
+    let (messages, trailers) = unframe(&body);
+    let account = GetAccountResponse::decode(&messages[0][..])
+        .unwrap()
+        .account
+        .unwrap();
+    assert_eq!(
+        (account.account_id.as_str(), account.currency.as_str()),
+        ("web", "EUR")
+    );
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+
+    // gRPC-Web, text (base64).
+    let text = base64::engine::general_purpose::STANDARD.encode(frame(&get));
+    let (status, _, body) =
+        post_bytes(gw, path, "application/grpc-web-text", text.into_bytes()).await;
+    assert_eq!(status, 200);
+    // Each frame is its own base64 chunk (padding may end one mid-body).
+    let text = String::from_utf8(body).unwrap();
+    let mut decoded = Vec::new();
+    let mut chunk = String::new();
+    let mut chars = text.trim().chars().peekable();
+    while let Some(c) = chars.next() {
+        chunk.push(c);
+        if c == '=' && chars.peek() != Some(&'=') || chars.peek().is_none() {
+            decoded.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(&chunk)
+                    .unwrap(),
+            );
+            chunk.clear();
+        }
+    }
+    let (messages, _) = unframe(&decoded);
+    assert_eq!(
+        GetAccountResponse::decode(&messages[0][..])
+            .unwrap()
+            .account
+            .unwrap()
+            .account_id,
+        "web"
+    );
+
+    // A gRPC-Web error: trailers-only, so the status is in the headers.
+    let missing = GetAccountRequest {
+        account_id: "nobody".into(),
+    };
+    let (status, headers, body) =
+        post_bytes(gw, path, "application/grpc-web+proto", frame(&missing)).await;
+    assert_eq!(status, 200);
+    let (_, trailers) = unframe(&body);
+    assert!(
+        headers.get("grpc-status").is_some_and(|code| code == "5")
+            || trailers.contains("grpc-status:5"),
+        "{headers:?} {trailers}"
+    );
+
+    // Plain gRPC (h2c) on the same port, through Keel's client.
+    let channel = keel::client::Channel::new(&format!("dns:///{gw}")).unwrap();
+    let mut accounts = payments::pb::v1::account_service_client::AccountServiceClient::new(channel);
+    let created = accounts
+        .create_account(CreateAccountRequest {
+            account_id: "grpc".into(),
+            currency: "USD".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.into_inner().account.unwrap().account_id, "grpc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_for_allowed_origins() {
+    let options = GatewayOptions {
+        cors: Some(keel_gateway::CorsOptions {
+            allowed_origins: vec!["https://app.example".into()],
+            max_age: Some(std::time::Duration::from_secs(600)),
+        }),
+        ..GatewayOptions::default()
+    };
+    let (gw, _db) = start_with(options).await;
+    let preflight = [
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "x-grpc-web,content-type"),
+    ];
+    let (status, headers, _) = request(gw, "OPTIONS", "/v1/accounts", None, &preflight).await;
+    assert!((200..300).contains(&status), "{status}");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert_eq!(headers["access-control-max-age"], "600");
+
+    let (_, headers, _) = request(
+        gw,
+        "GET",
+        "/v1/accounts/nobody",
+        None,
+        &[("origin", "https://app.example")],
+    )
+    .await;
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        headers["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("grpc-status")
+    );
+
+    let (_, headers, _) = request(
+        gw,
+        "GET",
+        "/v1/accounts/nobody",
+        None,
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert!(
+        !headers.contains_key("access-control-allow-origin"),
+        "another origin is not allowed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_requests_never_get_a_5xx() {
+    let (gw, _db) = start().await;
+    let create = json!({"accountId": "alice", "currency": "USD"}).to_string();
+    assert_eq!(
+        request(gw, "POST", "/v1/accounts", Some(&create), &[])
+            .await
+            .0,
+        200
+    );
+    let paths = [
+        "/v1/accounts",
+        "/v1/accounts/alice",
+        "/v1/accounts/alice:deposit",
+        "/v1/accounts/alice/payments",
+        "/v1/payments",
+        "/v1/payments/p%2F1",
+        "/v1/payments/x:refund",
+        "/v1/payments:batch",
+        "/v1/payments:stream",
+        "/v1/%zz/",
+        "/",
+    ];
+    let pieces = [
+        "{",
+        "}",
+        "\"amountMinor\"",
+        ":",
+        "-1",
+        "\"9223372036854775808\"",
+        "\"USD\"",
+        ",",
+        "\"idempotencyKey\"",
+        "\"k\"",
+        "[",
+        "]",
+        "null",
+        "true",
+        "\"currency\"",
+        "\"accountId\"",
+        "\"payerAccountId\"",
+        "\"alice\"",
+        "1e999",
+        "\"\\u0000\"",
+        "\"metadata\"",
+    ];
+    let queries = [
+        "",
+        "?account_id=alice",
+        "?x=%zz",
+        "?amount_minor=abc",
+        "?a.b.c=1&a=2",
+        "?currency=%00",
+    ];
+    let mut state = 0x5eed_u64;
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize % n
+    };
+    for _ in 0..400 {
+        let method = ["GET", "POST", "PATCH", "DELETE"][next(4)];
+        let path = format!(
+            "{}{}",
+            paths[next(paths.len())],
+            queries[next(queries.len())]
+        );
+        let body: String = (0..next(12)).map(|_| pieces[next(pieces.len())]).collect();
+        let body = (method != "GET").then_some(body.as_str());
+        let (status, _, text) = request(gw, method, &path, body, &[]).await;
+        assert!(status < 500, "{method} {path} {body:?} → {status} {text}");
+    }
 }
