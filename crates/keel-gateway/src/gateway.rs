@@ -120,7 +120,18 @@ where
         options: GatewayOptions,
     ) -> Result<Self, RuleError> {
         let rules = Rules::load(&pool, &[])?;
-        Ok(Self {
+        Ok(Self::from_rules(rules, pool, upstream, options))
+    }
+
+    /// A gateway for rules already loaded from `pool` (to check them before there is an
+    /// upstream, as a server does before it binds).
+    pub fn from_rules(
+        rules: Rules,
+        pool: DescriptorPool,
+        upstream: S,
+        options: GatewayOptions,
+    ) -> Self {
+        Self {
             shared: Arc::new(Shared {
                 cors: options.cors.as_ref().map(cors_layer),
                 rules,
@@ -128,7 +139,7 @@ where
                 options,
             }),
             upstream,
-        })
+        }
     }
 
     /// The rules served.

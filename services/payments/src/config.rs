@@ -39,6 +39,10 @@ pub struct PaymentsConfig {
     pub redis_url: String,
     /// Prefix of every Redis key this service writes, so deployments can share a server.
     pub redis_key_prefix: String,
+    /// Serve REST/JSON (the contract's `google.api.http` rules) and gRPC-Web on the gRPC
+    /// port as well, calling the services in-process. On by default, so `curl` works
+    /// against a fresh `payments`.
+    pub rest_gateway: bool,
     /// Keel's server settings (listeners, HTTP/2, limits, shutdown).
     pub server: ServerConfig,
 }
@@ -54,6 +58,7 @@ impl Default for PaymentsConfig {
             rate_limit_per_account: 0,
             redis_url: String::new(),
             redis_key_prefix: "payments:".to_owned(),
+            rest_gateway: true,
             server: ServerConfig::default(),
         }
     }

@@ -27,5 +27,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 pub mod config;
 pub mod limit;
 pub mod redis_conn;
+pub mod rest;
 pub mod service;
 pub mod store;

@@ -163,12 +163,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         payments = payments.limiter(Limiter::redis(redis, config.rate_limit_per_account));
     }
-    let server = keel::Server::builder(config.server)
+    let mut builder = keel::Server::builder(config.server)
         .add_service(payments.account_service())
         .add_service(payments.payment_service())
-        .file_descriptor_set(payments::FILE_DESCRIPTOR_SET)
-        .bind()
-        .await?;
+        .file_descriptor_set(payments::FILE_DESCRIPTOR_SET);
+    if config.rest_gateway {
+        builder = builder.http_fallback(payments::rest::fallback(Default::default())?);
+    }
+    let server = builder.bind().await?;
     server.announce()?;
     server.serve_until_signal().await?;
     purger.abort();

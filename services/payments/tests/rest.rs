@@ -637,3 +637,52 @@ async fn random_requests_never_get_a_5xx() {
         assert!(status < 500, "{method} {path} {body:?} → {status} {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_rest_and_grpc_share_the_services_port() {
+    use payments::pb::v1::GetAccountRequest;
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let port = common::api::serve_payments_with_rest(Payments::new(db.store.clone(), 1000)).await;
+
+    // REST over HTTP/1.1 on the gRPC port.
+    let body = json!({"accountId": "both", "currency": "USD"}).to_string();
+    let (status, _, text) = request(port, "POST", "/v1/accounts", Some(&body), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, _, text) = request(port, "GET", "/v1/accounts/none", None, &[]).await;
+    assert_eq!(status, 404, "{text}");
+    assert_eq!(
+        detail(&parse(&text), "ErrorInfo")["reason"],
+        "ACCOUNT_NOT_FOUND"
+    );
+
+    // gRPC (h2c) on the same port sees what REST created.
+    let channel = keel::client::Channel::new(&format!("dns:///{port}")).unwrap();
+    let mut accounts = payments::pb::v1::account_service_client::AccountServiceClient::new(channel);
+    let account = accounts
+        .get_account(GetAccountRequest {
+            account_id: "both".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    assert_eq!(account.currency, "USD");
+
+    // gRPC-Web too.
+    let get = GetAccountRequest {
+        account_id: "both".into(),
+    };
+    let (status, _, body) = post_bytes(
+        port,
+        "/payments.v1.AccountService/GetAccount",
+        "application/grpc-web+proto",
+        frame(&get),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (messages, trailers) = unframe(&body);
+    assert_eq!(messages.len(), 1);
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+}

@@ -9,6 +9,8 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
+use super::fallback::{GrpcStack, HttpService, MakeFallback};
+
 use super::shutdown::{self, ShutdownReport};
 use crate::config::ServerConfig;
 use crate::health::pb::health_server::HealthServer;
@@ -55,6 +57,7 @@ impl Server {
             descriptor_sets: vec![health::FILE_DESCRIPTOR_SET],
             health: HealthRegistry::new(),
             metrics: Metrics::new(),
+            fallback: None,
         }
     }
 }
@@ -70,6 +73,7 @@ pub struct ServerBuilder {
     descriptor_sets: Vec<&'static [u8]>,
     health: HealthRegistry,
     metrics: Metrics,
+    fallback: Option<MakeFallback>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -96,6 +100,19 @@ impl ServerBuilder {
     {
         self.services.push(S::NAME);
         self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Serves requests that are not gRPC (REST/JSON, gRPC-Web) on the gRPC port too: the
+    /// port then accepts HTTP/1.1 besides HTTP/2, and every request whose content type is
+    /// not `application/grpc` goes to the service `make` builds from the server's own gRPC
+    /// stack (for a gateway to call in-process, e.g. `keel_gateway::Gateway`).
+    #[must_use]
+    pub fn http_fallback(
+        mut self,
+        make: impl FnOnce(GrpcStack) -> HttpService + Send + 'static,
+    ) -> Self {
+        self.fallback = Some(Box::new(make));
         self
     }
 
@@ -167,6 +184,7 @@ impl ServerBuilder {
             listener,
             admin,
             routes,
+            fallback: self.fallback,
             config: Arc::new(self.config),
             health: self.health,
             metrics: Arc::new(self.metrics),
@@ -194,15 +212,25 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Serve
 }
 
 /// A server with bound listeners, ready to serve.
-#[derive(Debug)]
 pub struct BoundServer {
     pub(super) listener: TcpListener,
     pub(super) admin: TcpListener,
     pub(super) routes: Routes,
+    pub(super) fallback: Option<MakeFallback>,
     pub(super) config: Arc<ServerConfig>,
     pub(super) health: HealthRegistry,
     pub(super) metrics: Arc<Metrics>,
     pub(super) observer: Arc<ServerObserver>,
+}
+
+impl std::fmt::Debug for BoundServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundServer")
+            .field("listener", &self.listener)
+            .field("admin", &self.admin)
+            .field("http_fallback", &self.fallback.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl BoundServer {

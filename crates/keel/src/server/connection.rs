@@ -6,6 +6,8 @@
 //! RPCs outlive the grace period. tonic 0.14's own max_connection_age has no jitter and no
 //! grace bound, so a stream that never ends keeps such a connection open for ever.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,9 @@ use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tower::ServiceBuilder;
 
+use tower::util::BoxCloneSyncService;
+
+use super::fallback::{HttpService, MakeFallback, Split};
 use crate::config::{ConnectionConfig, ServerConfig};
 use crate::layer::{
     CatchPanicLayer, ConnectionActivity, LoadShedLayer, MessageLimitLayer, TrackLayer,
@@ -29,7 +34,11 @@ use crate::observe::{ObserveLayer, ServerObserver};
 /// What every connection of one server shares.
 pub(super) struct ConnectionShared {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// HTTP/1.1 and HTTP/2 with the same settings, when there is a fallback.
+    auto: hyper_util::server::conn::auto::Builder<TokioExecutor>,
     routes: Routes,
+    /// Where requests that are not gRPC go, if anywhere.
+    fallback: Option<HttpService>,
     load_shed: LoadShedLayer,
     limits: MessageLimitLayer,
     observe: ObserveLayer,
@@ -44,6 +53,7 @@ impl ConnectionShared {
     pub(super) fn new(
         config: &ServerConfig,
         routes: Routes,
+        fallback: Option<MakeFallback>,
         metrics: Arc<Metrics>,
         observer: Arc<ServerObserver>,
         goaway: watch::Receiver<bool>,
@@ -63,21 +73,55 @@ impl ConnectionShared {
                 .keep_alive_interval(h2.keepalive_interval)
                 .keep_alive_timeout(h2.keepalive_timeout);
         }
+        let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        {
+            let mut auto_h2 = auto.http2();
+            auto_h2
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(h2.initial_stream_window)
+                .initial_connection_window_size(h2.initial_connection_window)
+                .max_concurrent_streams(h2.max_concurrent_streams)
+                .max_frame_size(h2.max_frame_size)
+                .max_header_list_size(h2.max_header_list_size)
+                .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams);
+            if !h2.keepalive_interval.is_zero() {
+                auto_h2
+                    .keep_alive_interval(h2.keepalive_interval)
+                    .keep_alive_timeout(h2.keepalive_timeout);
+            }
+        }
+        auto.http1().timer(TokioTimer::new());
         let limits = &config.limits;
+        let load_shed = LoadShedLayer::new(limits.concurrency_limit, metrics.shed_rpcs.clone());
+        let limits =
+            MessageLimitLayer::new(limits.max_recv_message_size, limits.max_send_message_size);
+        let observe = if config.observe.enabled {
+            ObserveLayer::new(observer)
+        } else {
+            ObserveLayer::disabled()
+        };
+        let catch_panic = CatchPanicLayer::new(metrics.panics.clone());
+        // The fallback calls the same layers a gRPC connection does (not the per-connection
+        // tracking: the fallback's own request is tracked once, on its connection).
+        let fallback = fallback.map(|make| {
+            let stack = ServiceBuilder::new()
+                .map_response(|response: http::Response<_>| response.map(tonic::body::Body::new))
+                .layer(observe.clone())
+                .layer(limits)
+                .layer(load_shed.clone())
+                .layer(catch_panic.clone())
+                .service(routes.clone());
+            make(BoxCloneSyncService::new(stack))
+        });
         Self {
             http2,
+            auto,
             routes,
-            load_shed: LoadShedLayer::new(limits.concurrency_limit, metrics.shed_rpcs.clone()),
-            limits: MessageLimitLayer::new(
-                limits.max_recv_message_size,
-                limits.max_send_message_size,
-            ),
-            observe: if config.observe.enabled {
-                ObserveLayer::new(observer)
-            } else {
-                ObserveLayer::disabled()
-            },
-            catch_panic: CatchPanicLayer::new(metrics.panics.clone()),
+            fallback,
+            load_shed,
+            limits,
+            observe,
+            catch_panic,
             lifetime: config.connection.clone(),
             metrics,
             goaway,
@@ -143,7 +187,13 @@ pub(super) async fn drive(tcp: TcpStream, shared: Arc<ConnectionShared>) {
     }
     let _open = OpenConnection::new(&shared.metrics);
     let activity = Arc::new(ConnectionActivity::default());
-    let service = ServiceBuilder::new()
+    let stack = ServiceBuilder::new()
+        .layer(shared.observe.clone())
+        .layer(shared.limits)
+        .layer(shared.load_shed.clone())
+        .layer(shared.catch_panic.clone())
+        .service(shared.routes.clone());
+    let front = ServiceBuilder::new()
         .map_request(move |mut request: http::Request<Incoming>| {
             // What tonic's `Request::remote_addr()` reads.
             request.extensions_mut().insert(info.clone());
@@ -152,17 +202,73 @@ pub(super) async fn drive(tcp: TcpStream, shared: Arc<ConnectionShared>) {
         .layer(TrackLayer::new(
             activity.clone(),
             shared.metrics.inflight_rpcs.clone(),
-        ))
-        .layer(shared.observe.clone())
-        .layer(shared.limits)
-        .layer(shared.load_shed.clone())
-        .layer(shared.catch_panic.clone())
-        .service(shared.routes.clone());
-    let connection = shared
-        .http2
-        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
-    tokio::pin!(connection);
+        ));
+    match &shared.fallback {
+        None => {
+            let service = TowerToHyperService::new(front.service(stack));
+            let connection = shared.http2.serve_connection(TokioIo::new(tcp), service);
+            live(connection, &shared, &activity, peer).await;
+        }
+        Some(fallback) => {
+            let split = Split {
+                grpc: stack,
+                fallback: fallback.clone(),
+            };
+            let service = TowerToHyperService::new(front.service(split));
+            let connection = shared.auto.serve_connection(TokioIo::new(tcp), service);
+            live(connection, &shared, &activity, peer).await;
+        }
+    }
+}
 
+/// A served connection that can be asked to leave: HTTP/2 only, or HTTP/1.1 and HTTP/2.
+trait Leaving: Future<Output = Result<(), Self::Error>> {
+    type Error: std::fmt::Display;
+    /// Sends GOAWAY (HTTP/2) or stops keep-alive (HTTP/1.1), letting requests finish.
+    fn leave(self: Pin<&mut Self>);
+}
+
+impl<S, B> Leaving for hyper::server::conn::http2::Connection<TokioIo<TcpStream>, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Error = hyper::Error;
+
+    fn leave(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<S, B> Leaving
+    for hyper_util::server::conn::auto::Connection<'_, TokioIo<TcpStream>, S, TokioExecutor>
+where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn leave(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Serves `connection` until it ends, leaves, or is closed after its grace period.
+async fn live<C: Leaving>(
+    connection: C,
+    shared: &Arc<ConnectionShared>,
+    activity: &Arc<ConnectionActivity>,
+    peer: Option<std::net::SocketAddr>,
+) {
+    tokio::pin!(connection);
     let (leave_tx, leave_rx) = oneshot::channel();
     let lifetime = AbortOnDrop(tokio::spawn(watch_lifetime(
         shared.clone(),
@@ -189,7 +295,7 @@ pub(super) async fn drive(tcp: TcpStream, shared: Arc<ConnectionShared>) {
             reason: reason.label(),
         })
         .inc();
-    connection.as_mut().graceful_shutdown();
+    connection.as_mut().leave();
     if reason == Leave::Shutdown {
         // The server's shutdown deadline bounds this wait: it aborts this task.
         let _ = connection.await;

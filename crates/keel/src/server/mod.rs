@@ -4,7 +4,9 @@
 
 mod builder;
 mod connection;
+mod fallback;
 mod shutdown;
 
 pub use builder::{BoundServer, Server, ServerBuilder, ServerError};
+pub use fallback::{GrpcStack, HttpService, MakeFallback};
 pub use shutdown::ShutdownReport;

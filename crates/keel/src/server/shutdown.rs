@@ -94,6 +94,7 @@ pub(super) async fn run(server: BoundServer, mut trigger: impl ShutdownTrigger) 
         listener,
         admin,
         routes,
+        fallback,
         config,
         health,
         metrics,
@@ -103,6 +104,7 @@ pub(super) async fn run(server: BoundServer, mut trigger: impl ShutdownTrigger) 
     let shared = Arc::new(ConnectionShared::new(
         &config,
         routes,
+        fallback,
         metrics.clone(),
         observer,
         goaway_rx,

@@ -236,3 +236,24 @@ pub async fn assert_balances_follow_payments(
     );
     listed
 }
+
+/// Serves `service` as `payments` does by default: gRPC, and REST/JSON with gRPC-Web on the
+/// same port, in-process. Returns the address.
+pub async fn serve_payments_with_rest(service: Payments) -> std::net::SocketAddr {
+    let config = keel::config::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let server = keel::Server::builder(config)
+        .add_service(service.account_service())
+        .add_service(service.payment_service())
+        .file_descriptor_set(payments::FILE_DESCRIPTOR_SET)
+        .http_fallback(payments::rest::fallback(Default::default()).unwrap())
+        .bind()
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(std::future::pending()));
+    addr
+}
