@@ -117,7 +117,7 @@ ensure_venv() {
     local want
     want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
     if [[ -x $VENV/bin/python && -f $STAMP && "$(cat "$STAMP")" == "$want" ]] &&
-        "$VENV/bin/python" -c 'import grpc, grpc_tools, grpc_health, grpc_reflection, prometheus_client' 2>/dev/null; then
+        "$VENV/bin/python" -c 'import grpc, grpc_tools, grpc_health, grpc_reflection, prometheus_client, openapi_spec_validator' 2>/dev/null; then
         echo "venv: up to date ($VENV)"
         return
     fi

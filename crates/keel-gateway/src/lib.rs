@@ -9,7 +9,9 @@
 
 pub mod binding;
 pub mod gateway;
+pub mod openapi;
 pub mod percent;
+pub mod reloadable;
 pub mod router;
 pub mod rules;
 pub mod serve;
@@ -18,8 +20,10 @@ pub mod template;
 pub mod web;
 
 pub use gateway::{Gateway, GatewayOptions};
-pub use web::CorsOptions;
+pub use openapi::{ApiInfo, openapi};
+pub use reloadable::ReloadableGateway;
 pub use serve::serve;
+pub use web::CorsOptions;
 
 #[cfg(test)]
 pub(crate) mod testdata {

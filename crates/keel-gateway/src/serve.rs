@@ -1,29 +1,27 @@
 //! Serving a gateway on its own listener: HTTP/1.1 and HTTP/2 (h2c) on one port, as curl,
 //! browsers and load balancers speak to it.
 
+use std::convert::Infallible;
 use std::future::Future;
 
-use bytes::Bytes;
+use axum::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tonic::client::GrpcService;
-use tonic::codegen::StdError;
 
-use crate::Gateway;
-
-/// Serves `gateway` on `listener` until `shutdown` completes; connections then close.
-pub async fn serve<S>(
-    listener: TcpListener,
-    gateway: Gateway<S>,
-    shutdown: impl Future<Output = ()>,
-) where
-    S: GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
-    S::Future: Send,
-    S::Error: Into<StdError>,
-    S::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
-    <S::ResponseBody as http_body::Body>::Error: Into<StdError> + Send,
+/// Serves `gateway` (a [`crate::Gateway`], a [`crate::ReloadableGateway`]) on `listener`
+/// until `shutdown` completes; connections then close.
+pub async fn serve<G>(listener: TcpListener, gateway: G, shutdown: impl Future<Output = ()>)
+where
+    G: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    G::Future: Send + 'static,
 {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut connections = tokio::task::JoinSet::new();
