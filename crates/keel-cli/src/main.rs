@@ -2,6 +2,7 @@
 //! libraries and maps errors to exit codes; nothing else lives here.
 
 mod call;
+mod gateway;
 mod interop;
 mod serve;
 
@@ -27,6 +28,9 @@ enum Command {
     /// Call any server with reflection: list services, describe types, invoke methods with
     /// JSON (like grpcurl).
     Call(call::CallArgs),
+    /// Serve a gRPC service's google.api.http rules as REST/JSON, forwarding to it over
+    /// gRPC; descriptors from its reflection, reloaded on SIGHUP.
+    Gateway(gateway::GatewayArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
             Command::InteropClient(args) => interop::run(args).await.map(|()| ExitCode::SUCCESS),
             // `keel call` reports its own failures: its exit status tells the gRPC code.
             Command::Call(args) => Ok(call::run(args).await),
+            Command::Gateway(args) => Ok(gateway::run(args).await),
         }
     });
     match result {

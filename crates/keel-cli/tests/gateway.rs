@@ -1,0 +1,802 @@
+//! `keel gateway` end to end: the real binary in front of the real `payments` binary, over
+//! real HTTP/1.1. Descriptors by reflection or from a descriptor set, business errors with
+//! their details, reloads on SIGHUP and on `--refresh` (a failed one keeps the routes),
+//! nothing to serve in front of `keel serve`, and bad flags.
+//!
+//! Keel's server answers reflection through tonic-reflection, which re-encodes the files
+//! without their custom options, so `google.api.http` never reaches a client that way. The
+//! reflection tests therefore put [`Relay`] in front of payments: a server whose reflection
+//! sends the files as compiled (as grpc-go's and grpc-java's do) and that passes every other
+//! call to payments.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::KeelServe;
+use futures_util::{Stream, StreamExt as _};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use prost_reflect::DescriptorPool;
+use serde_json::{Value, json};
+use tonic::Status;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::server_reflection_server::{
+    ServerReflection, ServerReflectionServer,
+};
+use tonic_reflection::pb::v1::{
+    ErrorResponse, FileDescriptorResponse, ListServiceResponse, ServerReflectionRequest,
+    ServerReflectionResponse, ServiceResponse,
+};
+use tower::ServiceExt as _;
+
+#[tokio::test]
+async fn payments_over_rest_with_descriptors_from_reflection() {
+    let payments = Payments::start();
+    let relay = Relay::start(payments.grpc);
+    let mut gateway = Gateway::start(&["--upstream", &relay.url()]);
+    let gw = gateway.http;
+    assert!(
+        !gateway.logs().contains("no google.api.http rules"),
+        "{}",
+        gateway.logs()
+    );
+
+    for id in ["alice", "bob"] {
+        let body = json!({"accountId": id, "currency": "USD"});
+        let (status, _, body) = request(gw, "POST", "/v1/accounts", Some(body)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["account"]["accountId"], id);
+    }
+    let deposit = json!({"amountMinor": "10000", "idempotencyKey": "dep-1"});
+    let (status, _, body) = request(gw, "POST", "/v1/accounts/alice:deposit", Some(deposit)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["account"]["balanceMinor"], "10000");
+
+    let pay = |key: &str, amount: i64| {
+        json!({"idempotencyKey": key, "payerAccountId": "alice", "payeeAccountId": "bob",
+               "amountMinor": amount, "currency": "USD", "description": "books"})
+    };
+    let (status, _, body) = request(gw, "POST", "/v1/payments", Some(pay("pay-1", 2500))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["payment"]["status"], "PAYMENT_STATUS_COMPLETED",
+        "{body}"
+    );
+    let payment_id = body["payment"]["paymentId"].as_str().unwrap().to_owned();
+
+    let (status, _, body) = request(gw, "GET", &format!("/v1/payments/{payment_id}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payment"]["description"], "books");
+    let (status, _, body) = request(gw, "GET", "/v1/accounts/bob", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["account"]["balanceMinor"], "2500");
+
+    // A server-streaming list is NDJSON, one {"result": ...} per message.
+    let (status, headers, text) = raw_request(gw, "GET", "/v1/accounts/alice/payments", None).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(headers["content-type"], "application/x-ndjson");
+    let lines: Vec<Value> = text.lines().map(parse).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(
+        lines[0]["result"]["payment"]["paymentId"],
+        payment_id.as_str()
+    );
+
+    // More than Alice holds: FAILED_PRECONDITION is 400, with its ErrorInfo.
+    let (status, _, body) = request(gw, "POST", "/v1/payments", Some(pay("pay-2", 999_999))).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], 9, "{body}");
+    let info = detail(&body, "ErrorInfo");
+    assert_eq!(info["reason"], "INSUFFICIENT_FUNDS", "{body}");
+    assert_eq!(info["domain"], "payments.keel.dev", "{body}");
+
+    // No route: 404 with a JSON explanation.
+    let (status, headers, body) = request(gw, "GET", "/v1/nowhere", None).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body["message"], "no route for GET /v1/nowhere", "{body}");
+
+    gateway.stop_and_expect_success();
+}
+
+#[tokio::test]
+async fn a_descriptor_set_needs_no_reflection_and_service_narrows_the_routes() {
+    let dir = TempDir::new("descriptors");
+    let file = dir.path().join("payments.binpb");
+    std::fs::write(&file, payments_descriptor_set()).unwrap();
+    let file = file.to_str().unwrap();
+
+    // Nothing listens upstream: the gateway starts all the same, and calls are 503. A
+    // service without rules is named in a warning.
+    let with_quiet = dir.path().join("with_quiet.binpb");
+    std::fs::write(&with_quiet, descriptor_set_with_a_quiet_service(dir.path())).unwrap();
+    let nobody = format!("http://{}", unused_address());
+    let mut gateway = Gateway::start(&[
+        "--upstream",
+        &nobody,
+        "--descriptor-set",
+        with_quiet.to_str().unwrap(),
+    ]);
+    gateway.wait_for_log(
+        "keel gateway: warning: quiet.v1.Quiet has no google.api.http rules; \
+         none of its methods is served over REST",
+    );
+    let create = json!({"accountId": "alice", "currency": "USD"});
+    let (status, _, body) = request(gateway.http, "POST", "/v1/accounts", Some(create)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], 14, "{body}");
+    gateway.stop_and_expect_success();
+
+    // A live upstream, one service, .proto field names.
+    let payments = Payments::start();
+    let mut gateway = Gateway::start(&[
+        "--upstream",
+        &payments.url(),
+        "--descriptor-set",
+        file,
+        "--service",
+        "payments.v1.AccountService",
+        "--proto-names",
+        "--emit-defaults",
+    ]);
+    let create = json!({"account_id": "alice", "currency": "USD"});
+    let (status, _, body) = request(gateway.http, "POST", "/v1/accounts", Some(create)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["account"]["account_id"], "alice", "{body}");
+    assert_eq!(
+        body["account"]["balance_minor"], "0",
+        "--emit-defaults: {body}"
+    );
+    let pay = json!({"payerAccountId": "alice", "payeeAccountId": "bob", "amountMinor": 1});
+    let (status, _, body) = request(gateway.http, "POST", "/v1/payments", Some(pay)).await;
+    assert_eq!(status, 404, "PaymentService is not served: {body}");
+    gateway.stop_and_expect_success();
+}
+
+#[tokio::test]
+async fn sighup_and_refresh_reload_and_a_failed_reload_keeps_the_routes() {
+    let payments = Payments::start();
+    let relay = Relay::start(payments.grpc);
+    let mut gateway = Gateway::start(&["--upstream", &relay.url(), "--refresh", "1s"]);
+    let gw = gateway.http;
+    let create = json!({"accountId": "alice", "currency": "USD"});
+    assert_eq!(
+        request(gw, "POST", "/v1/accounts", Some(create)).await.0,
+        200
+    );
+
+    gateway.signal("HUP");
+    gateway.wait_for_log("descriptors reloaded trigger=\"SIGHUP\"");
+    gateway.wait_for_log("descriptors reloaded trigger=\"--refresh\"");
+    let (status, _, body) = request(gw, "GET", "/v1/accounts/alice", None).await;
+    assert_eq!(status, 200, "still served after reloads: {body}");
+    assert_eq!(body["account"]["accountId"], "alice");
+
+    // Reflection fails from now on: reloads fail, and the routes stay.
+    relay.break_reflection();
+    gateway.signal("HUP");
+    gateway.wait_for_log("reloading descriptors failed; the routes served are kept");
+    let (status, _, body) = request(gw, "GET", "/v1/accounts/alice", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["account"]["accountId"], "alice");
+    gateway.stop_and_expect_success();
+}
+
+#[test]
+fn nothing_to_serve_in_front_of_keel_serve_exits_2_naming_the_services() {
+    let server = KeelServe::start(&[]);
+    let run = run_gateway(&["--upstream", &server.grpc_url(), "--listen", "127.0.0.1:0"]);
+    assert_eq!(run.code, 2, "{run:#?}");
+    for part in [
+        "no service has HTTP rules",
+        "helloworld.Greeter",
+        "grpc.testing.TestService",
+    ] {
+        assert!(run.stderr.contains(part), "{part:?} in {run:#?}");
+    }
+    assert!(!run.stderr.contains("grpc.health.v1.Health"), "{run:#?}");
+    assert!(run.stdout.is_empty(), "{run:#?}");
+}
+
+#[test]
+fn payments_by_keels_own_reflection_has_no_options_and_the_error_says_so() {
+    let payments = Payments::start();
+    let run = run_gateway(&["--upstream", &payments.url(), "--listen", "127.0.0.1:0"]);
+    assert_eq!(run.code, 2, "{run:#?}");
+    for part in [
+        "no service has HTTP rules",
+        "payments.v1.AccountService, payments.v1.PaymentService",
+        "reflection sent no options",
+        "--descriptor-set FILE",
+    ] {
+        assert!(run.stderr.contains(part), "{part:?} in {run:#?}");
+    }
+}
+
+#[test]
+fn bad_flags_exit_2_and_an_unreachable_upstream_exits_1() {
+    let check = |args: &[&str], code: i32, part: &str| {
+        let run = run_gateway(args);
+        assert_eq!(run.code, code, "{args:?}: {run:#?}");
+        assert!(run.stderr.contains(part), "{part:?} for {args:?}: {run:#?}");
+        assert!(!run.stderr.contains("panicked"), "{run:#?}");
+    };
+    check(&["--upstream", "ftp://x"], 2, "must be http://HOST:PORT");
+    check(
+        &["--upstream", "127.0.0.1:50051"],
+        2,
+        "must be http://HOST:PORT",
+    );
+    check(
+        &["--upstream", "https://payments.example:443"],
+        2,
+        "TLS upstreams are not supported yet",
+    );
+    check(&[], 2, "--upstream <URI>");
+    check(
+        &["--upstream", "http://127.0.0.1:1", "--refresh", "0s"],
+        2,
+        "at least 1s",
+    );
+    check(
+        &["--upstream", "http://127.0.0.1:1", "--listen", "nowhere"],
+        2,
+        "--listen",
+    );
+    check(
+        &[
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--forward-header",
+            "a b",
+        ],
+        2,
+        "not a valid HTTP header name",
+    );
+    check(
+        &[
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--descriptor-set",
+            "/nonexistent/x.binpb",
+        ],
+        2,
+        "--descriptor-set /nonexistent/x.binpb",
+    );
+
+    let dir = TempDir::new("flags");
+    let file = dir.path().join("payments.binpb");
+    std::fs::write(&file, payments_descriptor_set()).unwrap();
+    let file = file.to_str().unwrap();
+    check(
+        &[
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--descriptor-set",
+            file,
+            "--service",
+            "nope.Nope",
+        ],
+        2,
+        "--service nope.Nope",
+    );
+    let garbage = dir.path().join("garbage.binpb");
+    std::fs::write(&garbage, b"\xff\xff\xff").unwrap();
+    check(
+        &[
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--descriptor-set",
+            garbage.to_str().unwrap(),
+        ],
+        2,
+        "is not a FileDescriptorSet",
+    );
+
+    let nobody = format!("http://{}", unused_address());
+    check(&["--upstream", &nobody], 1, "cannot reach the upstream");
+}
+
+#[test]
+fn help_teaches_examples_reloading_and_exit_codes() {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["gateway", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for part in [
+        "REST/JSON",
+        "keel gateway --upstream http://127.0.0.1:50051 --descriptor-set payments.binpb\n",
+        "drops custom options",
+        "curl -s localhost:8080/v1/accounts",
+        "--descriptor-set",
+        "--refresh",
+        "SIGHUP",
+        "--forward-header",
+        "Exit status:",
+        "no service with HTTP rules",
+    ] {
+        assert!(help.contains(part), "{part:?} in\n{help}");
+    }
+}
+
+/// A running `keel gateway`, killed on drop; its stderr (logs) collected.
+struct Gateway {
+    child: Child,
+    http: SocketAddr,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    /// Starts `keel gateway --listen 127.0.0.1:0 ARGS` and waits until it listens.
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["gateway", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("KEEL_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keel gateway");
+        let logs = collect(child.stderr.take().unwrap());
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let http = loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                panic!(
+                    "keel gateway exited before listening:\n{}",
+                    logs.lock().unwrap()
+                );
+            }
+            if let Some(addr) = line.trim().strip_prefix("gateway listening on ") {
+                break addr.parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        Self { child, http, logs }
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends `kill -NAME`.
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to 15 s until the logs contain `part`.
+    #[track_caller]
+    fn wait_for_log(&self, part: &str) {
+        let start = Instant::now();
+        while !self.logs().contains(part) {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{part:?} never logged:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then expects exit status 0 within 10 s.
+    #[track_caller]
+    fn stop_and_expect_success(&mut self) {
+        self.signal("TERM");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "still running");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}:\n{}", self.logs());
+        assert!(!self.logs().contains("panicked"), "{}", self.logs());
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a `keel gateway` that exits by itself did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_gateway(args: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("gateway")
+        .args(args)
+        .env("KEEL_LOG", "warn")
+        .output()
+        .expect("run keel gateway");
+    Run {
+        code: output.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+/// One HTTP/1.1 request with an optional JSON body; the status, headers and JSON body.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, http::HeaderMap, Value) {
+    let (status, headers, text) = raw_request(addr, method, path, body).await;
+    (status, headers, parse(&text))
+}
+
+/// [`request`] with the body as text.
+async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, http::HeaderMap, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let body = body.map(|body| body.to_string()).unwrap_or_default();
+    let request = builder
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let text = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    (parts.status.as_u16(), parts.headers, text)
+}
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("{error}: {text}"))
+}
+
+/// The detail of `@type` google.rpc.`kind` in a Status JSON body.
+fn detail<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    let wanted = format!("type.googleapis.com/google.rpc.{kind}");
+    status["details"]
+        .as_array()
+        .and_then(|details| details.iter().find(|d| d["@type"] == wanted))
+        .unwrap_or_else(|| panic!("no {kind} in {status}"))
+}
+
+/// payments.proto and its imports as an encoded FileDescriptorSet, options included.
+fn payments_descriptor_set() -> Vec<u8> {
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    let mut compiler = protox::Compiler::new([proto]).unwrap();
+    compiler.include_imports(true);
+    compiler.open_file("payments/v1/payments.proto").unwrap();
+    compiler.encode_file_descriptor_set()
+}
+
+/// [`payments_descriptor_set`] plus `quiet.v1.Quiet`, a service without HTTP rules, whose
+/// file is written to `dir`.
+fn descriptor_set_with_a_quiet_service(dir: &Path) -> Vec<u8> {
+    std::fs::create_dir_all(dir.join("quiet/v1")).unwrap();
+    std::fs::write(
+        dir.join("quiet/v1/quiet.proto"),
+        "syntax = \"proto3\";\npackage quiet.v1;\nimport \"google/protobuf/empty.proto\";\n\
+         service Quiet { rpc Ping(google.protobuf.Empty) returns (google.protobuf.Empty); }\n",
+    )
+    .unwrap();
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let mut compiler = protox::Compiler::new([dir, proto.as_path()]).unwrap();
+    compiler.include_imports(true);
+    compiler.open_file("payments/v1/payments.proto").unwrap();
+    compiler.open_file("quiet/v1/quiet.proto").unwrap();
+    compiler.encode_file_descriptor_set()
+}
+
+/// A loopback address nothing listens on (bound, then released).
+fn unused_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Collects a child's stderr lines in the background.
+fn collect(stderr: std::process::ChildStderr) -> Arc<Mutex<String>> {
+    let logs = Arc::new(Mutex::new(String::new()));
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    logs
+}
+
+/// A `payments` binary on an ephemeral port with a SQLite database in a temporary directory.
+struct Payments {
+    child: Child,
+    grpc: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Payments {
+    /// Starts payments and waits until it listens.
+    fn start() -> Self {
+        let dir = TempDir::new("payments");
+        let database = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        let mut child = Command::new(payments_binary())
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--database-url", &database])
+            .env_remove("PAYMENTS_CONFIG")
+            .env("PAYMENTS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn payments");
+        let logs = collect(child.stderr.take().unwrap());
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let grpc = loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                panic!(
+                    "payments exited before listening:\n{}",
+                    logs.lock().unwrap()
+                );
+            }
+            if let Some(addr) = line.trim().strip_prefix("grpc listening on ") {
+                break addr.parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        Self {
+            child,
+            grpc,
+            _dir: dir,
+        }
+    }
+
+    /// `http://ADDR` of its gRPC listener.
+    fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+impl Drop for Payments {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gRPC server in front of payments whose reflection (v1) sends payments.proto and its
+/// imports as compiled, options included, and which relays every other call to payments;
+/// on a thread of its own, stopped on drop.
+struct Relay {
+    addr: SocketAddr,
+    broken: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(payments: SocketAddr) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let broken = Arc::new(AtomicBool::new(false));
+        let pool = DescriptorPool::decode(payments_descriptor_set().as_slice()).unwrap();
+        let reflection = ServerReflectionServer::new(Files {
+            pool,
+            broken: broken.clone(),
+        });
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let channel = keel::client::Channel::new(&format!("http://{payments}")).unwrap();
+                let service = tower::service_fn(move |request: http::Request<Incoming>| {
+                    let reflection = reflection.clone();
+                    let channel = channel.clone();
+                    async move {
+                        if request.uri().path().starts_with("/grpc.reflection.v1.") {
+                            return reflection.oneshot(request).await;
+                        }
+                        let request = request.map(tonic::body::Body::new);
+                        Ok(match channel.oneshot(request).await {
+                            Ok(response) => response.map(tonic::body::Body::new),
+                            Err(status) => status.into_http(),
+                        })
+                    }
+                });
+                loop {
+                    let (stream, _) = tokio::select! {
+                        accepted = listener.accept() => accepted.unwrap(),
+                        _ = &mut stopped => break,
+                    };
+                    let service = TowerToHyperService::new(service.clone());
+                    tokio::spawn(async move {
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        Self {
+            addr,
+            broken,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://ADDR` of the relay.
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Makes every reflection call fail with UNAVAILABLE from now on.
+    fn break_reflection(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Server reflection from a pool, answering with each file's bytes as compiled.
+struct Files {
+    pool: DescriptorPool,
+    broken: Arc<AtomicBool>,
+}
+
+type Answers = Pin<Box<dyn Stream<Item = Result<ServerReflectionResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ServerReflection for Files {
+    type ServerReflectionInfoStream = Answers;
+
+    async fn server_reflection_info(
+        &self,
+        request: tonic::Request<tonic::Streaming<ServerReflectionRequest>>,
+    ) -> Result<tonic::Response<Answers>, Status> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("reflection is down"));
+        }
+        let pool = self.pool.clone();
+        let answers = request
+            .into_inner()
+            .map(move |request| Ok(answer(&pool, request?)));
+        Ok(tonic::Response::new(Box::pin(answers)))
+    }
+}
+
+fn answer(pool: &DescriptorPool, request: ServerReflectionRequest) -> ServerReflectionResponse {
+    let file = |file: Option<prost_reflect::FileDescriptor>| match file {
+        Some(file) => MessageResponse::FileDescriptorResponse(FileDescriptorResponse {
+            file_descriptor_proto: vec![file.encode_to_vec()],
+        }),
+        None => MessageResponse::ErrorResponse(ErrorResponse {
+            error_code: tonic::Code::NotFound as i32,
+            error_message: "not found".to_owned(),
+        }),
+    };
+    let message = match request.message_request.clone() {
+        Some(MessageRequest::ListServices(_)) => {
+            MessageResponse::ListServicesResponse(ListServiceResponse {
+                service: pool
+                    .services()
+                    .map(|service| ServiceResponse {
+                        name: service.full_name().to_owned(),
+                    })
+                    .collect(),
+            })
+        }
+        Some(MessageRequest::FileByFilename(name)) => file(pool.get_file_by_name(&name)),
+        Some(MessageRequest::FileContainingSymbol(symbol)) => file(
+            pool.get_service_by_name(&symbol)
+                .map(|service| service.parent_file()),
+        ),
+        _ => file(None),
+    };
+    ServerReflectionResponse {
+        valid_host: String::new(),
+        original_request: Some(request),
+        message_response: Some(message),
+    }
+}
+
+/// The `payments` binary, built once per test run into this test's target directory
+/// (Cargo builds only the binaries of the package under test for its integration tests).
+fn payments_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            // target/<profile>/deps/gateway-<hash>
+            let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+            let target_dir = profile_dir.parent().unwrap();
+            let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => "dev",
+                Some(other) => other,
+            };
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", "payments", "--bin", "payments"])
+                .args(["--profile", profile])
+                .arg("--manifest-path")
+                .arg(&manifest)
+                .arg("--target-dir")
+                .arg(target_dir)
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p payments failed");
+            profile_dir.join("payments")
+        })
+        .clone()
+}
+
+/// A fresh directory under the system temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(purpose: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "keel_gateway_{purpose}_{}_{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
