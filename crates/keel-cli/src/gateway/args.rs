@@ -17,12 +17,12 @@ use keel_gateway::binding::JsonOptions;
 #[command(after_help = "\
 Examples:
   payments &                                                 # gRPC on 127.0.0.1:50051
-  protoc --include_imports -I proto -o payments.binpb proto/payments/v1/payments.proto
-  keel gateway --upstream http://127.0.0.1:50051 --descriptor-set payments.binpb
+  keel gateway --upstream http://127.0.0.1:50051             # REST on 127.0.0.1:8080
   curl -s localhost:8080/v1/accounts --json '{\"accountId\": \"alice\", \"currency\": \"USD\"}'
   curl -s localhost:8080/v1/accounts/alice:deposit --json '{\"amountMinor\": \"10000\", \"idempotencyKey\": \"d1\"}'
   curl -s localhost:8080/v1/accounts/alice/payments          # NDJSON, one {\"result\": ...} per line
   keel gateway --upstream http://10.0.0.7:50051 --listen 0.0.0.0:8080 --refresh 5m
+  buf build proto -o payments.binpb                           # or protoc --include_imports -o
   keel gateway --upstream http://127.0.0.1:50051 --descriptor-set payments.binpb \\
     --service payments.v1.PaymentService --proto-names --forward-header x-tenant
   kill -HUP <PID of keel gateway>                            # re-read descriptors now
@@ -31,10 +31,10 @@ Descriptors: by default the upstream's reflection (grpc.reflection.v1, or v1alph
 every service (except reflection and health) with its files; a service without
 google.api.http rules is served nothing over REST, with a warning. With --descriptor-set,
 FILE (a FileDescriptorSet with imports, e.g. `protoc --include_imports -o FILE` or `buf
-build -o FILE`) is used instead and reflection is never asked. Keel's own servers answer
-reflection through tonic-reflection, which drops custom options such as google.api.http:
-in front of them, give --descriptor-set (servers whose reflection sends the files as
-compiled, as grpc-go's and grpc-java's do, need nothing).
+build -o FILE`) is used instead and reflection is never asked. The rules must reach the
+gateway with the files: Keel's servers, grpc-go's and grpc-java's send them; servers whose
+reflection re-encodes files without custom options (tonic-reflection does) need
+--descriptor-set.
 
 Reloading: SIGHUP, and every --refresh interval, loads the descriptors again the same way
 (reflection, or FILE re-read). A reload that fails keeps the routes served and logs a

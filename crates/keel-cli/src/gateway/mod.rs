@@ -152,8 +152,8 @@ impl Builder {
             if stripped {
                 message.push_str(
                     "\nThe upstream's files import google/api/annotations.proto, but its \
-                     reflection sent no options (tonic-reflection, which Keel servers use, \
-                     drops them): give the descriptors with --descriptor-set FILE",
+                     reflection sent no options (tonic-reflection drops them; Keel's own \
+                     reflection keeps them): give the descriptors with --descriptor-set FILE",
                 );
             }
             Failure::Usage(message)

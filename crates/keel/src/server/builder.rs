@@ -10,6 +10,7 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 
 use super::fallback::{GrpcStack, HttpService, MakeFallback};
+use super::reflection::Reflection;
 
 use super::shutdown::{self, ShutdownReport};
 use crate::config::ServerConfig;
@@ -34,9 +35,6 @@ pub enum ServerError {
     /// A descriptor set given for reflection and observability does not decode.
     #[error(transparent)]
     Descriptors(#[from] crate::observe::method::DescriptorError),
-    /// A descriptor set given for reflection does not decode.
-    #[error("invalid file descriptor set for reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
     /// Installing the signal handlers failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -135,26 +133,30 @@ impl ServerBuilder {
 
     /// Binds the gRPC and admin listeners. Nothing is served until [`BoundServer::serve`].
     pub async fn bind(self) -> Result<BoundServer, ServerError> {
-        let mut reflection = tonic_reflection::server::Builder::configure();
-        for set in &self.descriptor_sets {
-            reflection = reflection.register_encoded_file_descriptor_set(set);
-        }
-        let mut reflection_alpha = tonic_reflection::server::Builder::configure();
-        for set in &self.descriptor_sets {
-            reflection_alpha = reflection_alpha.register_encoded_file_descriptor_set(set);
-        }
-        let health_service = HealthService::new(self.health.clone()).into_service();
-        let routes = self
-            .routes
-            .add_service(health_service)
-            .add_service(reflection.build_v1()?)
-            .add_service(reflection_alpha.build_v1alpha()?)
-            .prepare();
         let standard = [
             <HealthServer<HealthService> as NamedService>::NAME,
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         ];
+        let mut reflected_sets = self.descriptor_sets.clone();
+        reflected_sets.extend([
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]);
+        let listed = self
+            .services
+            .iter()
+            .chain(&standard)
+            .map(|name| (*name).to_owned())
+            .collect();
+        let reflection = Reflection::new(&reflected_sets, listed);
+        let health_service = HealthService::new(self.health.clone()).into_service();
+        let routes = self
+            .routes
+            .add_service(health_service)
+            .add_service(reflection.v1())
+            .add_service(reflection.v1alpha())
+            .prepare();
         for name in self.services.iter().chain(&standard) {
             self.health.set(name, ServingStatus::Serving);
         }

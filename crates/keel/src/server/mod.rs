@@ -5,6 +5,7 @@
 mod builder;
 mod connection;
 mod fallback;
+mod reflection;
 mod shutdown;
 
 pub use builder::{BoundServer, Server, ServerBuilder, ServerError};
