@@ -233,6 +233,54 @@ async fn business_errors_keep_their_http_status_and_details() {
     assert_eq!(status, 400, "{text}");
     assert_eq!(parse(&text)["code"], 3);
     detail(&parse(&text), "BadRequest");
+    // Money in, one payment, then the errors that follow from it.
+    let deposit = json!({"amountMinor": "1000", "idempotencyKey": "dep"}).to_string();
+    let path = "/v1/accounts/alice:deposit";
+    assert_eq!(request(gw, "POST", path, Some(&deposit), &[]).await.0, 200);
+    let (status, _, text) = request(
+        gw,
+        "POST",
+        "/v1/payments",
+        Some(&pay("p1", "bob", 100)),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let payment_id = parse(&text)["payment"]["paymentId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The same key with other parameters: FAILED_PRECONDITION → 400.
+    let (status, _, text) = request(
+        gw,
+        "POST",
+        "/v1/payments",
+        Some(&pay("p1", "bob", 101)),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(
+        detail(&parse(&text), "ErrorInfo")["reason"],
+        "IDEMPOTENCY_KEY_REUSED"
+    );
+    // Refunding more than was paid: 400.
+    let refund = json!({"amountMinor": "500", "idempotencyKey": "r1"}).to_string();
+    let path = format!("/v1/payments/{payment_id}:refund");
+    let (status, _, text) = request(gw, "POST", &path, Some(&refund), &[]).await;
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(
+        detail(&parse(&text), "ErrorInfo")["reason"],
+        "REFUND_EXCEEDS_PAYMENT"
+    );
+    // An unknown payment: 404.
+    let (status, _, text) = request(gw, "GET", "/v1/payments/pay_nope", None, &[]).await;
+    assert_eq!(status, 404, "{text}");
+    assert_eq!(
+        detail(&parse(&text), "ErrorInfo")["reason"],
+        "PAYMENT_NOT_FOUND"
+    );
+
     // An error before the first streamed message is a real HTTP status.
     let (status, _, text) = request(gw, "GET", "/v1/accounts/nobody/payments", None, &[]).await;
     println!("list of an unknown account: {status} {text}");
@@ -685,4 +733,49 @@ async fn in_process_rest_and_grpc_share_the_services_port() {
     let (messages, trailers) = unframe(&body);
     assert_eq!(messages.len(), 1);
     assert!(trailers.contains("grpc-status:0"), "{trailers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_429_with_quota_and_retry_details() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let port = common::api::serve_payments_with_rest(Payments::new(db.store.clone(), 1)).await;
+    for (id, currency) in [("alice", "USD"), ("bob", "USD")] {
+        let body = json!({"accountId": id, "currency": currency}).to_string();
+        assert_eq!(
+            request(port, "POST", "/v1/accounts", Some(&body), &[])
+                .await
+                .0,
+            200
+        );
+    }
+    let deposit = json!({"amountMinor": "1000", "idempotencyKey": "dep"}).to_string();
+    assert_eq!(
+        request(
+            port,
+            "POST",
+            "/v1/accounts/alice:deposit",
+            Some(&deposit),
+            &[]
+        )
+        .await
+        .0,
+        200
+    );
+    let mut limited = None;
+    for n in 0..10 {
+        let pay = json!({"idempotencyKey": format!("k{n}"), "payerAccountId": "alice",
+                         "payeeAccountId": "bob", "amountMinor": 1, "currency": "USD"})
+        .to_string();
+        let (status, _, text) = request(port, "POST", "/v1/payments", Some(&pay), &[]).await;
+        if status != 200 {
+            limited = Some((status, text));
+            break;
+        }
+    }
+    let (status, text) = limited.expect("one payment a second: the second is limited");
+    assert_eq!(status, 429, "{text}");
+    let body = parse(&text);
+    assert_eq!(detail(&body, "ErrorInfo")["reason"], "RATE_LIMITED");
+    detail(&body, "QuotaFailure");
+    detail(&body, "RetryInfo");
 }
