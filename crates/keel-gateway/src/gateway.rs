@@ -738,3 +738,120 @@ fn join(methods: &[Method]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::{BodyExt as _, StreamBody};
+    use prost::Message as _;
+    use prost_reflect::DynamicMessage;
+
+    use super::*;
+
+    /// An upstream whose every call answers `messages` Books, then status `code` in the
+    /// trailers (or, with no message, in a trailers-only response).
+    fn scripted(
+        messages: usize,
+        code: i32,
+    ) -> impl GrpcService<
+        tonic::body::Body,
+        ResponseBody = tonic::body::Body,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static {
+        tower::service_fn(move |_: http::Request<tonic::body::Body>| async move {
+            let pool = crate::testdata::bookstore();
+            let book = pool.get_message_by_name("bookstore.v1.Book").unwrap();
+            let mut message = DynamicMessage::new(book);
+            message.set_field_by_name("title", prost_reflect::Value::String("Dune".into()));
+            let bytes = message.encode_to_vec();
+            let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = Vec::new();
+            for _ in 0..messages {
+                let mut framed = vec![0];
+                framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                framed.extend_from_slice(&bytes);
+                frames.push(Ok(Frame::data(Bytes::from(framed))));
+            }
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", code.to_string().parse().unwrap());
+            trailers.insert("grpc-message", "broke".parse().unwrap());
+            let mut response = http::Response::builder().header("content-type", "application/grpc");
+            if messages == 0 {
+                for (name, value) in &trailers {
+                    response = response.header(name, value);
+                }
+            } else {
+                frames.push(Ok(Frame::trailers(trailers)));
+            }
+            let body = StreamBody::new(futures_util::stream::iter(frames));
+            Ok::<_, Infallible>(response.body(tonic::body::Body::new(body)).unwrap())
+        })
+    }
+
+    async fn get(
+        gateway: &Gateway<
+            impl GrpcService<
+                tonic::body::Body,
+                ResponseBody = tonic::body::Body,
+                Error = Infallible,
+                Future = impl Send,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        >,
+        accept: &str,
+    ) -> (StatusCode, String) {
+        let request = http::Request::get("/v1/shelves/s1:watch")
+            .header(ACCEPT, accept)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = gateway.handle(request).await;
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_stream_failing_midway_ends_with_an_error_record() {
+        let pool = crate::testdata::bookstore();
+        let gateway =
+            Gateway::new(pool.clone(), scripted(2, 13), GatewayOptions::default()).unwrap();
+
+        let (status, text) = get(&gateway, "application/json").await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the status line went out with the first message"
+        );
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0]["result"]["title"], "Dune");
+        assert_eq!(lines[2]["error"]["code"], 13);
+        assert_eq!(lines[2]["error"]["message"], "broke");
+
+        let (_, text) = get(&gateway, "text/event-stream").await;
+        assert!(text.starts_with("data: {\"title\":\"Dune\"}\n\n"), "{text}");
+        assert!(
+            text.ends_with(
+                "event: error\ndata: {\"code\":13,\"details\":[],\"message\":\"broke\"}\n\n"
+            ),
+            "{text}"
+        );
+
+        // Failing before the first message: a real HTTP status.
+        let gateway = Gateway::new(pool, scripted(0, 5), GatewayOptions::default()).unwrap();
+        let (status, text) = get(&gateway, "application/json").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["code"], 5);
+    }
+}

@@ -779,3 +779,56 @@ async fn rate_limits_are_429_with_quota_and_retry_details() {
     detail(&body, "QuotaFailure");
     detail(&body, "RetryInfo");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_and_bidi_streams_take_one_json_object_per_message() {
+    let (gw, _db) = start().await;
+    for (id, currency) in [("alice", "USD"), ("bob", "USD")] {
+        let body = json!({"accountId": id, "currency": currency}).to_string();
+        assert_eq!(
+            request(gw, "POST", "/v1/accounts", Some(&body), &[])
+                .await
+                .0,
+            200
+        );
+    }
+    let deposit = json!({"amountMinor": "1000", "idempotencyKey": "dep"}).to_string();
+    assert_eq!(
+        request(
+            gw,
+            "POST",
+            "/v1/accounts/alice:deposit",
+            Some(&deposit),
+            &[]
+        )
+        .await
+        .0,
+        200
+    );
+    let item = |key: &str, amount: i64| {
+        json!({"request": {"idempotencyKey": key, "payerAccountId": "alice",
+               "payeeAccountId": "bob", "amountMinor": amount, "currency": "USD"}})
+        .to_string()
+    };
+    // Client streaming: three messages, one per line; the third overdraws.
+    let body = [item("b1", 100), item("b2", 200), item("b3", 5000)].join("\n");
+    let (status, _, text) = request(gw, "POST", "/v1/payments:batch", Some(&body), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let batch = parse(&text);
+    assert_eq!(
+        (batch["accepted"].as_u64(), batch["rejected"].as_u64()),
+        (Some(2), Some(1)),
+        "{batch}"
+    );
+    assert_eq!(batch["results"].as_array().unwrap().len(), 3);
+
+    // Bidi streaming: objects back to back, one NDJSON result line per message.
+    let body = format!("{}{}", item("s1", 10), item("s2", 20));
+    let (status, headers, text) =
+        request(gw, "POST", "/v1/payments:stream", Some(&body), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(headers["content-type"], "application/x-ndjson");
+    let lines: Vec<Value> = text.lines().map(parse).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[1]["result"]["result"]["index"], 1, "{text}");
+}
