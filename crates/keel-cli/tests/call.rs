@@ -8,10 +8,10 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::KeelServe;
+use common::payments::{Payments, TempDir};
 use serde_json::{Value, json};
 
 /// What one `keel call` did.
@@ -801,101 +801,6 @@ fn tls_with_a_private_ca_and_a_client_certificate() {
     run.exited(1);
 }
 
-/// A `payments` binary on ephemeral ports with a SQLite database in a temporary directory.
-struct Payments {
-    child: std::process::Child,
-    grpc: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Payments {
-    fn start() -> Self {
-        let dir = TempDir::new("payments");
-        let database = format!("sqlite://{}", dir.path().join("ledger.db").display());
-        let mut child = Command::new(payments_binary())
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--database-url", &database])
-            .env_remove("PAYMENTS_CONFIG")
-            .env("PAYMENTS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn payments");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let grpc = loop {
-            use std::io::BufRead as _;
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                panic!(
-                    "payments exited before listening:\n{}",
-                    logs.lock().unwrap()
-                );
-            }
-            if let Some(addr) = line.trim().strip_prefix("grpc listening on ") {
-                break addr.parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for _ in stdout.lines() {}
-        });
-        Self {
-            child,
-            grpc,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Payments {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `payments` binary, built once per test run into the target directory of this test
-/// (Cargo builds only the binaries of the package under test for its integration tests).
-fn payments_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            // target/<profile>/deps/call-<hash>
-            let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-            let target_dir = profile_dir.parent().unwrap();
-            let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") | None => "dev",
-                Some(other) => other,
-            };
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "-p", "payments", "--bin", "payments"])
-                .args(["--profile", profile])
-                .arg("--manifest-path")
-                .arg(&manifest)
-                .arg("--target-dir")
-                .arg(target_dir)
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p payments failed");
-            profile_dir.join("payments")
-        })
-        .clone()
-}
-
 /// A tonic server in a thread of its own, stopped on drop.
 struct TestServer {
     addr: SocketAddr,
@@ -1017,30 +922,5 @@ impl Pki {
 
     fn file(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
-    }
-}
-
-/// A fresh directory under the system temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(purpose: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "keel_call_{purpose}_{}_{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

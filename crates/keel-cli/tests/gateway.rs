@@ -8,12 +8,13 @@ mod common;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::KeelServe;
+use common::payments::{Payments, TempDir};
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -498,115 +499,4 @@ fn collect(stderr: std::process::ChildStderr) -> Arc<Mutex<String>> {
         }
     });
     logs
-}
-
-/// A `payments` binary on an ephemeral port with a SQLite database in a temporary directory.
-struct Payments {
-    child: Child,
-    grpc: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Payments {
-    /// Starts payments and waits until it listens.
-    fn start() -> Self {
-        let dir = TempDir::new("payments");
-        let database = format!("sqlite://{}", dir.path().join("ledger.db").display());
-        let mut child = Command::new(payments_binary())
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--database-url", &database])
-            .env_remove("PAYMENTS_CONFIG")
-            .env("PAYMENTS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn payments");
-        let logs = collect(child.stderr.take().unwrap());
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let grpc = loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                panic!(
-                    "payments exited before listening:\n{}",
-                    logs.lock().unwrap()
-                );
-            }
-            if let Some(addr) = line.trim().strip_prefix("grpc listening on ") {
-                break addr.parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in stdout.lines() {});
-        Self {
-            child,
-            grpc,
-            _dir: dir,
-        }
-    }
-
-    /// `http://ADDR` of its gRPC listener.
-    fn url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-}
-
-impl Drop for Payments {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `payments` binary, built once per test run into this test's target directory
-/// (Cargo builds only the binaries of the package under test for its integration tests).
-fn payments_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            // target/<profile>/deps/gateway-<hash>
-            let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-            let target_dir = profile_dir.parent().unwrap();
-            let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") | None => "dev",
-                Some(other) => other,
-            };
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "-p", "payments", "--bin", "payments"])
-                .args(["--profile", profile])
-                .arg("--manifest-path")
-                .arg(&manifest)
-                .arg("--target-dir")
-                .arg(target_dir)
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p payments failed");
-            profile_dir.join("payments")
-        })
-        .clone()
-}
-
-/// A fresh directory under the system temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(purpose: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "keel_gateway_{purpose}_{}_{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -4,6 +4,8 @@
     reason = "each test binary uses a different part of the fixture"
 )]
 
+pub mod payments;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
