@@ -250,62 +250,40 @@ where
             .and_then(|accept| accept.to_str().ok())
             .is_some_and(|accept| accept.contains("text/event-stream"));
 
-        if method.is_client_streaming() {
-            let messages = stream_messages(&binding, &path_refs, query.as_deref(), &body, options)?;
-            let outgoing = tokio_stream::iter(messages);
-            if method.is_server_streaming() {
-                let response = grpc
-                    .streaming(
-                        outgoing_request(&metadata, timeout, outgoing),
-                        grpc_path,
-                        codec,
-                    )
-                    .await?;
-                return self.stream_response(&binding, response, wants_events).await;
-            }
-            let response = grpc
-                .client_streaming(
-                    outgoing_request(&metadata, timeout, outgoing),
-                    grpc_path,
-                    codec,
-                )
-                .await?;
-            return Ok(self.unary_response(&binding, response));
-        }
-        let message = request_message(&binding, &path_refs, query.as_deref(), &body, options)?;
+        let messages = if method.is_client_streaming() {
+            stream_messages(&binding, &path_refs, query.as_deref(), &body, options)?
+        } else {
+            vec![request_message(
+                &binding,
+                &path_refs,
+                query.as_deref(),
+                &body,
+                options,
+            )?]
+        };
+        // Every kind of call as a stream, as tonic's own unary and streaming calls are.
+        let outgoing = outgoing_request(&metadata, timeout, tokio_stream::iter(messages));
+        let response = grpc.streaming(outgoing, grpc_path, codec).await?;
         if method.is_server_streaming() {
-            let response = grpc
-                .server_streaming(
-                    outgoing_request(&metadata, timeout, message),
-                    grpc_path,
-                    codec,
-                )
-                .await?;
             return self.stream_response(&binding, response, wants_events).await;
         }
-        let response = grpc
-            .unary(
-                outgoing_request(&metadata, timeout, message),
-                grpc_path,
-                codec,
-            )
-            .await?;
-        Ok(self.unary_response(&binding, response))
+        let (metadata, mut stream, _) = response.into_parts();
+        let message = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::internal("the service answered no message"))?;
+        let trailers = stream.trailers().await?.unwrap_or_default();
+        let mut response = self.unary_response(&binding, &message);
+        metadata_headers(&metadata, "grpc-metadata-", response.headers_mut());
+        metadata_headers(&trailers, "grpc-trailer-", response.headers_mut());
+        Ok(response)
     }
 
-    fn unary_response(
-        &self,
-        binding: &Binding,
-        response: tonic::Response<DynamicMessage>,
-    ) -> http::Response<Body> {
-        let (metadata, message, _) = response.into_parts();
-        let body = match self.message_json(binding, &message) {
-            Ok(json) => json,
-            Err(failure) => return failure.into_response(),
-        };
-        let mut response = json_response(StatusCode::OK, body);
-        metadata_headers(&metadata, response.headers_mut());
-        response
+    fn unary_response(&self, binding: &Binding, message: &DynamicMessage) -> http::Response<Body> {
+        match self.message_json(binding, message) {
+            Ok(json) => json_response(StatusCode::OK, json),
+            Err(failure) => failure.into_response(),
+        }
     }
 
     async fn stream_response(
@@ -340,7 +318,7 @@ where
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        metadata_headers(&metadata, response.headers_mut());
+        metadata_headers(&metadata, "grpc-metadata-", response.headers_mut());
         Ok(response)
     }
 
@@ -590,8 +568,9 @@ fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, Failure> {
         })
 }
 
-/// Response metadata as `Grpc-Metadata-*` headers.
-fn metadata_headers(metadata: &MetadataMap, headers: &mut HeaderMap) {
+/// Response metadata as headers named `prefix` + key (`Grpc-Metadata-*` for headers,
+/// `Grpc-Trailer-*` for trailers, as grpc-gateway names them).
+fn metadata_headers(metadata: &MetadataMap, prefix: &str, headers: &mut HeaderMap) {
     for entry in metadata.iter() {
         let (key, value) = match entry {
             KeyAndValueRef::Ascii(key, value) => (key.as_str(), value.as_bytes()),
@@ -610,7 +589,7 @@ fn metadata_headers(metadata: &MetadataMap, headers: &mut HeaderMap) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(format!("grpc-metadata-{key}").as_bytes()),
+            HeaderName::from_bytes(format!("{prefix}{key}").as_bytes()),
             HeaderValue::from_bytes(value),
         ) {
             headers.append(name, value);
@@ -781,6 +760,7 @@ mod tests {
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", code.to_string().parse().unwrap());
             trailers.insert("grpc-message", "broke".parse().unwrap());
+            trailers.insert("x-checked", "yes".parse().unwrap());
             let mut response = http::Response::builder().header("content-type", "application/grpc");
             if messages == 0 {
                 for (name, value) in &trailers {
@@ -816,6 +796,24 @@ mod tests {
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_unary_answer_is_the_json_message_with_its_trailers_as_headers() {
+        let gateway = Gateway::new(
+            crate::testdata::bookstore(),
+            scripted(1, 0),
+            GatewayOptions::default(),
+        )
+        .unwrap();
+        let request = http::Request::get("/v1/books/b1")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = gateway.handle(request).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-trailer-x-checked"], "yes");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"title":"Dune"}"#);
     }
 
     #[tokio::test]
