@@ -570,6 +570,17 @@ async fn serve_scripted(greeter: Scripted) -> (SocketAddr, JoinHandle<ShutdownRe
     (addr, tokio::spawn(server.serve(std::future::pending())))
 }
 
+/// Serves `greeter` and returns a channel to it with the service config `json`.
+async fn serve_with_config(greeter: Scripted, json: &str) -> (Channel, JoinHandle<ShutdownReport>) {
+    let (addr, server) = serve_scripted(greeter).await;
+    let channel = Channel::builder(&format!("dns:///{addr}"))
+        .unwrap()
+        .service_config(json)
+        .unwrap()
+        .build();
+    (channel, server)
+}
+
 fn retry_config(max_attempts: u32, codes: &str, throttling: &str) -> String {
     format!(
         r#"{{"methodConfig": [{{"name": [{{"service": "helloworld.Greeter"}}],
@@ -593,12 +604,8 @@ async fn retry_policies_retry_what_they_name_as_often_as_they_allow() {
         fail_first: 2,
         ..Scripted::default()
     };
-    let (addr, server) = serve_scripted(greeter.clone()).await;
-    let channel = Channel::builder(&format!("dns:///{addr}"))
-        .unwrap()
-        .service_config(&retry_config(3, r#""UNAVAILABLE""#, ""))
-        .unwrap()
-        .build();
+    let (channel, server) =
+        serve_with_config(greeter.clone(), &retry_config(3, r#""UNAVAILABLE""#, "")).await;
     assert_eq!(say_hello(&channel).await.unwrap(), "answer 2");
     assert_eq!(
         *greeter.previous_attempts.lock().unwrap(),
@@ -612,12 +619,8 @@ async fn retry_policies_retry_what_they_name_as_often_as_they_allow() {
         fail_first: 2,
         ..Scripted::default()
     };
-    let (addr, server) = serve_scripted(greeter.clone()).await;
-    let channel = Channel::builder(&format!("dns:///{addr}"))
-        .unwrap()
-        .service_config(&retry_config(2, r#""UNAVAILABLE""#, ""))
-        .unwrap()
-        .build();
+    let (channel, server) =
+        serve_with_config(greeter.clone(), &retry_config(2, r#""UNAVAILABLE""#, "")).await;
     assert_eq!(
         say_hello(&channel).await.unwrap_err().code(),
         Code::Unavailable
@@ -631,12 +634,8 @@ async fn retry_policies_retry_what_they_name_as_often_as_they_allow() {
         code: Some(Code::InvalidArgument),
         ..Scripted::default()
     };
-    let (addr, server) = serve_scripted(greeter.clone()).await;
-    let channel = Channel::builder(&format!("dns:///{addr}"))
-        .unwrap()
-        .service_config(&retry_config(5, r#""UNAVAILABLE""#, ""))
-        .unwrap()
-        .build();
+    let (channel, server) =
+        serve_with_config(greeter.clone(), &retry_config(5, r#""UNAVAILABLE""#, "")).await;
     assert_eq!(
         say_hello(&channel).await.unwrap_err().code(),
         Code::InvalidArgument
@@ -650,12 +649,8 @@ async fn retry_policies_retry_what_they_name_as_often_as_they_allow() {
         pushback: Some("-1"),
         ..Scripted::default()
     };
-    let (addr, server) = serve_scripted(greeter.clone()).await;
-    let channel = Channel::builder(&format!("dns:///{addr}"))
-        .unwrap()
-        .service_config(&retry_config(5, r#""UNAVAILABLE""#, ""))
-        .unwrap()
-        .build();
+    let (channel, server) =
+        serve_with_config(greeter.clone(), &retry_config(5, r#""UNAVAILABLE""#, "")).await;
     assert_eq!(
         say_hello(&channel).await.unwrap_err().code(),
         Code::Unavailable
@@ -698,15 +693,12 @@ async fn hedging_answers_from_the_first_fast_attempt() {
         slow_first: Some(Duration::from_secs(5)),
         ..Scripted::default()
     };
-    let (addr, server) = serve_scripted(greeter.clone()).await;
-    let channel = Channel::builder(&format!("dns:///{addr}"))
-        .unwrap()
-        .service_config(
-            r#"{"methodConfig": [{"name": [{"service": "helloworld.Greeter", "method": "SayHello"}],
+    let (channel, server) = serve_with_config(
+        greeter.clone(),
+        r#"{"methodConfig": [{"name": [{"service": "helloworld.Greeter", "method": "SayHello"}],
                 "hedgingPolicy": {"maxAttempts": 3, "hedgingDelay": "0.1s"}}]}"#,
-        )
-        .unwrap()
-        .build();
+    )
+    .await;
     let started = std::time::Instant::now();
     assert_eq!(say_hello(&channel).await.unwrap(), "answer 1");
     assert!(

@@ -71,6 +71,15 @@ async fn request(
     (parts.status.as_u16(), parts.headers, text)
 }
 
+/// Opens accounts `(id, currency)` over REST.
+async fn open_accounts(addr: SocketAddr, accounts: &[(&str, &str)]) {
+    for (id, currency) in accounts {
+        let body = json!({"accountId": id, "currency": currency}).to_string();
+        let (status, _, text) = request(addr, "POST", "/v1/accounts", Some(&body), &[]).await;
+        assert_eq!(status, 200, "{text}");
+    }
+}
+
 fn parse(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|error| panic!("{error}: {text}"))
 }
@@ -186,15 +195,7 @@ async fn accounts_payments_and_refunds_over_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn business_errors_keep_their_http_status_and_details() {
     let (gw, _db) = start().await;
-    for (id, currency) in [("alice", "USD"), ("bob", "USD"), ("yen", "JPY")] {
-        let body = json!({"accountId": id, "currency": currency}).to_string();
-        assert_eq!(
-            request(gw, "POST", "/v1/accounts", Some(&body), &[])
-                .await
-                .0,
-            200
-        );
-    }
+    open_accounts(gw, &[("alice", "USD"), ("bob", "USD"), ("yen", "JPY")]).await;
     let pay = |key: &str, payee: &str, amount: i64| {
         json!({"idempotencyKey": key, "payerAccountId": "alice", "payeeAccountId": payee,
                "amountMinor": amount, "currency": "USD"})
@@ -458,13 +459,7 @@ async fn grpc_web_binary_and_text_and_plain_grpc_share_the_port() {
     use prost::Message as _;
 
     let (gw, _db) = start().await;
-    let create = json!({"accountId": "web", "currency": "EUR"}).to_string();
-    assert_eq!(
-        request(gw, "POST", "/v1/accounts", Some(&create), &[])
-            .await
-            .0,
-        200
-    );
+    open_accounts(gw, &[("web", "EUR")]).await;
     let get = GetAccountRequest {
         account_id: "web".into(),
     };
@@ -614,13 +609,7 @@ async fn cors_preflights_are_answered_for_allowed_origins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_requests_never_get_a_5xx() {
     let (gw, _db) = start().await;
-    let create = json!({"accountId": "alice", "currency": "USD"}).to_string();
-    assert_eq!(
-        request(gw, "POST", "/v1/accounts", Some(&create), &[])
-            .await
-            .0,
-        200
-    );
+    open_accounts(gw, &[("alice", "USD")]).await;
     let paths = [
         "/v1/accounts",
         "/v1/accounts/alice",
@@ -739,15 +728,7 @@ async fn in_process_rest_and_grpc_share_the_services_port() {
 async fn rate_limits_are_429_with_quota_and_retry_details() {
     let db = TestDb::new(Backend::Sqlite).await;
     let port = common::api::serve_payments_with_rest(Payments::new(db.store.clone(), 1)).await;
-    for (id, currency) in [("alice", "USD"), ("bob", "USD")] {
-        let body = json!({"accountId": id, "currency": currency}).to_string();
-        assert_eq!(
-            request(port, "POST", "/v1/accounts", Some(&body), &[])
-                .await
-                .0,
-            200
-        );
-    }
+    open_accounts(port, &[("alice", "USD"), ("bob", "USD")]).await;
     let deposit = json!({"amountMinor": "1000", "idempotencyKey": "dep"}).to_string();
     assert_eq!(
         request(
@@ -783,15 +764,7 @@ async fn rate_limits_are_429_with_quota_and_retry_details() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_and_bidi_streams_take_one_json_object_per_message() {
     let (gw, _db) = start().await;
-    for (id, currency) in [("alice", "USD"), ("bob", "USD")] {
-        let body = json!({"accountId": id, "currency": currency}).to_string();
-        assert_eq!(
-            request(gw, "POST", "/v1/accounts", Some(&body), &[])
-                .await
-                .0,
-            200
-        );
-    }
+    open_accounts(gw, &[("alice", "USD"), ("bob", "USD")]).await;
     let deposit = json!({"amountMinor": "1000", "idempotencyKey": "dep"}).to_string();
     assert_eq!(
         request(
