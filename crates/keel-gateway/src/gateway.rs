@@ -20,7 +20,6 @@ use axum::body::Body;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::header::{ACCEPT, ALLOW, CONTENT_TYPE};
-use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt as _;
 use keel::dynamic::{Detail, DynamicCodec, details};
@@ -200,8 +199,8 @@ where
     {
         let shared = &self.shared;
         let (parts, body) = request.into_parts();
-        let path = parts.uri.path().to_owned();
-        let query = parts.uri.query().map(str::to_owned);
+        let path = parts.uri.path();
+        let query = parts.uri.query();
         if let Some(info) = &shared.options.openapi
             && parts.method == Method::GET
             && path == "/openapi.json"
@@ -213,28 +212,15 @@ where
         let found = shared
             .rules
             .router
-            .find(&parts.method, &path)
-            .map_err(|miss| Failure::route(miss, &parts.method, &path))?;
-        let binding = found.value.clone();
-        let path_values: Vec<(Vec<String>, String)> = found
-            .bindings
-            .iter()
-            .map(|(field, value)| (field.to_vec(), value.clone()))
-            .collect();
+            .find(&parts.method, path)
+            .map_err(|miss| Failure::route(miss, &parts.method, path))?;
+        let binding = found.value;
 
         let body = read_body(body, &parts.headers, shared.options.max_body_bytes).await?;
         let metadata = metadata(&parts.headers, &shared.options.forward_headers);
         let timeout = timeout(&parts.headers)?;
-        let path_refs: Vec<(&[String], String)> = path_values
-            .iter()
-            .map(|(field, value)| (field.as_slice(), value.clone()))
-            .collect();
         let options = shared.options.json;
         let method = &binding.method;
-        let grpc_path: PathAndQuery =
-            format!("/{}/{}", method.parent_service().full_name(), method.name())
-                .parse()
-                .map_err(|_| Failure::internal("the method's path is not a valid URI path"))?;
         let codec = DynamicCodec::new(method.output());
         let mut grpc = Grpc::new(self.upstream.clone());
         grpc.ready().await.map_err(|error| {
@@ -251,21 +237,23 @@ where
             .is_some_and(|accept| accept.contains("text/event-stream"));
 
         let messages = if method.is_client_streaming() {
-            stream_messages(&binding, &path_refs, query.as_deref(), &body, options)?
+            stream_messages(binding, &found.bindings, query, &body, options)?
         } else {
             vec![request_message(
-                &binding,
-                &path_refs,
-                query.as_deref(),
+                binding,
+                &found.bindings,
+                query,
                 &body,
                 options,
             )?]
         };
         // Every kind of call as a stream, as tonic's own unary and streaming calls are.
         let outgoing = outgoing_request(&metadata, timeout, tokio_stream::iter(messages));
-        let response = grpc.streaming(outgoing, grpc_path, codec).await?;
+        let response = grpc
+            .streaming(outgoing, binding.grpc_path.clone(), codec)
+            .await?;
         if method.is_server_streaming() {
-            return self.stream_response(&binding, response, wants_events).await;
+            return self.stream_response(binding, response, wants_events).await;
         }
         let (metadata, mut stream, _) = response.into_parts();
         let message = stream
@@ -273,7 +261,7 @@ where
             .await?
             .ok_or_else(|| Status::internal("the service answered no message"))?;
         let trailers = stream.trailers().await?.unwrap_or_default();
-        let mut response = self.unary_response(&binding, &message);
+        let mut response = self.unary_response(binding, &message);
         metadata_headers(&metadata, "grpc-metadata-", response.headers_mut());
         metadata_headers(&trailers, "grpc-trailer-", response.headers_mut());
         Ok(response)
@@ -723,56 +711,10 @@ mod tests {
     use std::convert::Infallible;
 
     use bytes::Bytes;
-    use http_body::Frame;
-    use http_body_util::{BodyExt as _, StreamBody};
-    use prost::Message as _;
-    use prost_reflect::DynamicMessage;
+    use http_body_util::BodyExt as _;
 
     use super::*;
-
-    /// An upstream whose every call answers `messages` Books, then status `code` in the
-    /// trailers (or, with no message, in a trailers-only response).
-    fn scripted(
-        messages: usize,
-        code: i32,
-    ) -> impl GrpcService<
-        tonic::body::Body,
-        ResponseBody = tonic::body::Body,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone
-    + Send
-    + Sync
-    + 'static {
-        tower::service_fn(move |_: http::Request<tonic::body::Body>| async move {
-            let pool = crate::testdata::bookstore();
-            let book = pool.get_message_by_name("bookstore.v1.Book").unwrap();
-            let mut message = DynamicMessage::new(book);
-            message.set_field_by_name("title", prost_reflect::Value::String("Dune".into()));
-            let bytes = message.encode_to_vec();
-            let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = Vec::new();
-            for _ in 0..messages {
-                let mut framed = vec![0];
-                framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-                framed.extend_from_slice(&bytes);
-                frames.push(Ok(Frame::data(Bytes::from(framed))));
-            }
-            let mut trailers = HeaderMap::new();
-            trailers.insert("grpc-status", code.to_string().parse().unwrap());
-            trailers.insert("grpc-message", "broke".parse().unwrap());
-            trailers.insert("x-checked", "yes".parse().unwrap());
-            let mut response = http::Response::builder().header("content-type", "application/grpc");
-            if messages == 0 {
-                for (name, value) in &trailers {
-                    response = response.header(name, value);
-                }
-            } else {
-                frames.push(Ok(Frame::trailers(trailers)));
-            }
-            let body = StreamBody::new(futures_util::stream::iter(frames));
-            Ok::<_, Infallible>(response.body(tonic::body::Body::new(body)).unwrap())
-        })
-    }
+    use crate::testdata::scripted;
 
     async fn get(
         gateway: &Gateway<

@@ -27,9 +27,18 @@ pub use web::CorsOptions;
 
 #[cfg(test)]
 pub(crate) mod testdata {
-    //! The bookstore contract of `testdata/`, compiled for the tests.
+    //! The bookstore contract of `testdata/`, compiled for the tests, and a scripted
+    //! upstream speaking it.
 
-    use prost_reflect::DescriptorPool;
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::HeaderMap;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use prost::Message as _;
+    use prost_reflect::{DescriptorPool, DynamicMessage};
+    use tonic::client::GrpcService;
 
     /// The pool of `testdata/bookstore.proto` with its imports, compiled once.
     pub fn bookstore() -> DescriptorPool {
@@ -47,5 +56,49 @@ pub(crate) mod testdata {
             .open_file("bookstore.proto")
             .expect("bookstore.proto compiles");
         compiler.descriptor_pool()
+    }
+
+    /// An upstream whose every call answers `messages` Books, then status `code` in the
+    /// trailers (or, with no message, in a trailers-only response).
+    pub fn scripted(
+        messages: usize,
+        code: i32,
+    ) -> impl GrpcService<
+        tonic::body::Body,
+        ResponseBody = tonic::body::Body,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static {
+        tower::service_fn(move |_: http::Request<tonic::body::Body>| async move {
+            let pool = crate::testdata::bookstore();
+            let book = pool.get_message_by_name("bookstore.v1.Book").unwrap();
+            let mut message = DynamicMessage::new(book);
+            message.set_field_by_name("title", prost_reflect::Value::String("Dune".into()));
+            let bytes = message.encode_to_vec();
+            let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = Vec::new();
+            for _ in 0..messages {
+                let mut framed = vec![0];
+                framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                framed.extend_from_slice(&bytes);
+                frames.push(Ok(Frame::data(Bytes::from(framed))));
+            }
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", code.to_string().parse().unwrap());
+            trailers.insert("grpc-message", "broke".parse().unwrap());
+            trailers.insert("x-checked", "yes".parse().unwrap());
+            let mut response = http::Response::builder().header("content-type", "application/grpc");
+            if messages == 0 {
+                for (name, value) in &trailers {
+                    response = response.header(name, value);
+                }
+            } else {
+                frames.push(Ok(Frame::trailers(trailers)));
+            }
+            let body = StreamBody::new(futures_util::stream::iter(frames));
+            Ok::<_, Infallible>(response.body(tonic::body::Body::new(body)).unwrap())
+        })
     }
 }

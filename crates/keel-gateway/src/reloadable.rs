@@ -92,33 +92,13 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
 
     use prost_reflect::DescriptorPool;
     use tower::ServiceExt as _;
 
     use super::*;
     use crate::GatewayOptions;
-
-    /// An upstream that answers every call UNIMPLEMENTED, trailers-only.
-    fn upstream() -> impl tower::Service<
-        http::Request<tonic::body::Body>,
-        Response = http::Response<tonic::body::Body>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone
-    + Send
-    + Sync
-    + 'static {
-        tower::service_fn(|_: http::Request<tonic::body::Body>| async {
-            let response = http::Response::builder()
-                .header("content-type", "application/grpc")
-                .header("grpc-status", "12")
-                .body(tonic::body::Body::empty())
-                .expect("a valid response");
-            Ok::<_, Infallible>(response)
-        })
-    }
+    use crate::testdata::scripted;
 
     fn get(path: &str) -> http::Request<String> {
         http::Request::get(path)
@@ -130,7 +110,7 @@ mod tests {
     async fn a_replacement_serves_new_requests_and_in_flight_ones_finish_on_the_old() {
         let bookstore = Gateway::new(
             crate::testdata::bookstore(),
-            upstream(),
+            scripted(0, 12),
             GatewayOptions::default(),
         )
         .unwrap();
@@ -140,8 +120,12 @@ mod tests {
         assert_eq!(response.status(), 501);
 
         let started = service.call(get("/v1/books/b1"));
-        let empty =
-            Gateway::new(DescriptorPool::new(), upstream(), GatewayOptions::default()).unwrap();
+        let empty = Gateway::new(
+            DescriptorPool::new(),
+            scripted(0, 12),
+            GatewayOptions::default(),
+        )
+        .unwrap();
         service.replace(empty);
         assert_eq!(
             started.await.unwrap().status(),

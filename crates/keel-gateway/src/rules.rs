@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use http::Method;
+use http::uri::PathAndQuery;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
     Value,
@@ -25,6 +26,33 @@ pub struct Binding {
     pub body: BodyRule,
     /// The response field sent as the body instead of the whole response message.
     pub response_body: Option<FieldDescriptor>,
+    /// The gRPC request path, `/package.Service/Method`, made once here rather than per
+    /// request.
+    pub grpc_path: PathAndQuery,
+}
+
+impl Binding {
+    /// The binding of `method` for requests matching `http_method` and `template`; `Err`
+    /// if the method's names do not make a URI path.
+    pub fn new(
+        method: MethodDescriptor,
+        http_method: Method,
+        template: Template,
+        body: BodyRule,
+        response_body: Option<FieldDescriptor>,
+    ) -> Result<Self, String> {
+        let grpc_path = format!("/{}/{}", method.parent_service().full_name(), method.name())
+            .parse()
+            .map_err(|_| format!("{} does not make a URI path", method.full_name()))?;
+        Ok(Self {
+            method,
+            http_method,
+            template,
+            body,
+            response_body,
+            grpc_path,
+        })
+    }
 }
 
 /// The `body` of a rule.
@@ -196,13 +224,10 @@ impl Rules {
             self.router.insert(
                 http_method.clone(),
                 template.clone(),
-                Arc::new(Binding {
-                    method: method.clone(),
-                    http_method,
-                    template,
-                    body,
-                    response_body,
-                }),
+                Arc::new(
+                    Binding::new(method.clone(), http_method, template, body, response_body)
+                        .map_err(field_error)?,
+                ),
             )?;
         }
         if top

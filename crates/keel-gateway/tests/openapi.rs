@@ -117,13 +117,14 @@ fn odd_templates_make_a_valid_document_too() {
         ),
     ] {
         let template = Template::parse(template).unwrap();
-        let binding = Binding {
-            method: method(grpc),
-            http_method: http_method.clone(),
-            template: template.clone(),
+        let binding = Binding::new(
+            method(grpc),
+            http_method.clone(),
+            template.clone(),
             body,
-            response_body: None,
-        };
+            None,
+        )
+        .unwrap();
         rules
             .router
             .insert(http_method, template, Arc::new(binding))

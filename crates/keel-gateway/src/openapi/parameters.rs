@@ -368,13 +368,14 @@ mod tests {
             .unwrap();
         let mut add = |method: Method, template: &str| {
             let template = Template::parse(template).unwrap();
-            let binding = Binding {
-                method: get_book.clone(),
-                http_method: method.clone(),
-                template: template.clone(),
-                body: BodyRule::None,
-                response_body: None,
-            };
+            let binding = Binding::new(
+                get_book.clone(),
+                method.clone(),
+                template.clone(),
+                BodyRule::None,
+                None,
+            )
+            .unwrap();
             rules
                 .router
                 .insert(method, template, Arc::new(binding))
