@@ -614,49 +614,52 @@ async fn retry_policies_retry_what_they_name_as_often_as_they_allow() {
     );
     server.abort();
 
-    // Two attempts allowed: the second failure is the call's.
-    let greeter = Scripted {
-        fail_first: 2,
-        ..Scripted::default()
-    };
-    let (channel, server) =
-        serve_with_config(greeter.clone(), &retry_config(2, r#""UNAVAILABLE""#, "")).await;
-    assert_eq!(
-        say_hello(&channel).await.unwrap_err().code(),
-        Code::Unavailable
-    );
-    assert_eq!(greeter.calls.load(Ordering::SeqCst), 2);
-    server.abort();
-
-    // A code the policy does not name is not retried.
-    let greeter = Scripted {
-        fail_first: 1,
-        code: Some(Code::InvalidArgument),
-        ..Scripted::default()
-    };
-    let (channel, server) =
-        serve_with_config(greeter.clone(), &retry_config(5, r#""UNAVAILABLE""#, "")).await;
-    assert_eq!(
-        say_hello(&channel).await.unwrap_err().code(),
-        Code::InvalidArgument
-    );
-    assert_eq!(greeter.calls.load(Ordering::SeqCst), 1);
-    server.abort();
-
-    // The server's pushback of -1 says not to retry.
-    let greeter = Scripted {
-        fail_first: 1,
-        pushback: Some("-1"),
-        ..Scripted::default()
-    };
-    let (channel, server) =
-        serve_with_config(greeter.clone(), &retry_config(5, r#""UNAVAILABLE""#, "")).await;
-    assert_eq!(
-        say_hello(&channel).await.unwrap_err().code(),
-        Code::Unavailable
-    );
-    assert_eq!(greeter.calls.load(Ordering::SeqCst), 1);
-    server.abort();
+    // Calls that fail as a whole: (what, server, attempts allowed, code, calls made).
+    let failing = [
+        (
+            "two attempts allowed: the second failure is the call's",
+            Scripted {
+                fail_first: 2,
+                ..Scripted::default()
+            },
+            2,
+            Code::Unavailable,
+            2,
+        ),
+        (
+            "a code the policy does not name is not retried",
+            Scripted {
+                fail_first: 1,
+                code: Some(Code::InvalidArgument),
+                ..Scripted::default()
+            },
+            5,
+            Code::InvalidArgument,
+            1,
+        ),
+        (
+            "the server's pushback of -1 says not to retry",
+            Scripted {
+                fail_first: 1,
+                pushback: Some("-1"),
+                ..Scripted::default()
+            },
+            5,
+            Code::Unavailable,
+            1,
+        ),
+    ];
+    for (what, greeter, attempts, code, calls) in failing {
+        let config = retry_config(attempts, r#""UNAVAILABLE""#, "");
+        let (channel, server) = serve_with_config(greeter.clone(), &config).await;
+        assert_eq!(
+            say_hello(&channel).await.unwrap_err().code(),
+            code,
+            "{what}"
+        );
+        assert_eq!(greeter.calls.load(Ordering::SeqCst), calls, "{what}");
+        server.abort();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

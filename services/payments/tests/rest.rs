@@ -80,6 +80,15 @@ async fn open_accounts(addr: SocketAddr, accounts: &[(&str, &str)]) {
     }
 }
 
+/// Deposits `amount` minor units into `account` over REST.
+async fn deposit(addr: SocketAddr, account: &str, amount: i64) {
+    let body =
+        json!({"amountMinor": amount.to_string(), "idempotencyKey": format!("dep-{account}")});
+    let path = format!("/v1/accounts/{account}:deposit");
+    let (status, _, text) = request(addr, "POST", &path, Some(&body.to_string()), &[]).await;
+    assert_eq!(status, 200, "{text}");
+}
+
 fn parse(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|error| panic!("{error}: {text}"))
 }
@@ -235,9 +244,7 @@ async fn business_errors_keep_their_http_status_and_details() {
     assert_eq!(parse(&text)["code"], 3);
     detail(&parse(&text), "BadRequest");
     // Money in, one payment, then the errors that follow from it.
-    let deposit = json!({"amountMinor": "1000", "idempotencyKey": "dep"}).to_string();
-    let path = "/v1/accounts/alice:deposit";
-    assert_eq!(request(gw, "POST", path, Some(&deposit), &[]).await.0, 200);
+    deposit(gw, "alice", 1000).await;
     let (status, _, text) = request(
         gw,
         "POST",
@@ -729,19 +736,7 @@ async fn rate_limits_are_429_with_quota_and_retry_details() {
     let db = TestDb::new(Backend::Sqlite).await;
     let port = common::api::serve_payments_with_rest(Payments::new(db.store.clone(), 1)).await;
     open_accounts(port, &[("alice", "USD"), ("bob", "USD")]).await;
-    let deposit = json!({"amountMinor": "1000", "idempotencyKey": "dep"}).to_string();
-    assert_eq!(
-        request(
-            port,
-            "POST",
-            "/v1/accounts/alice:deposit",
-            Some(&deposit),
-            &[]
-        )
-        .await
-        .0,
-        200
-    );
+    deposit(port, "alice", 1000).await;
     let mut limited = None;
     for n in 0..10 {
         let pay = json!({"idempotencyKey": format!("k{n}"), "payerAccountId": "alice",
@@ -765,19 +760,7 @@ async fn rate_limits_are_429_with_quota_and_retry_details() {
 async fn client_and_bidi_streams_take_one_json_object_per_message() {
     let (gw, _db) = start().await;
     open_accounts(gw, &[("alice", "USD"), ("bob", "USD")]).await;
-    let deposit = json!({"amountMinor": "1000", "idempotencyKey": "dep"}).to_string();
-    assert_eq!(
-        request(
-            gw,
-            "POST",
-            "/v1/accounts/alice:deposit",
-            Some(&deposit),
-            &[]
-        )
-        .await
-        .0,
-        200
-    );
+    deposit(gw, "alice", 1000).await;
     let item = |key: &str, amount: i64| {
         json!({"request": {"idempotencyKey": key, "payerAccountId": "alice",
                "payeeAccountId": "bob", "amountMinor": amount, "currency": "USD"}})
