@@ -157,7 +157,7 @@ async fn gauges(admin: SocketAddr) -> (f64, f64) {
     let text = common::scrape(admin).await;
     let get = |name: &str| common::metric(&text, name).unwrap_or_else(|| panic!("{name} missing"));
     (
-        get("keel_server_inflight_rpcs"),
+        get("keel_server_inflight_rpcs{listener=\"grpc\"}"),
         get("keel_runtime_alive_tasks"),
     )
 }

@@ -23,9 +23,16 @@ async fn goaway_at_max_age_loses_no_rpc_of_a_grpc_core_client() {
             .await
             .unwrap();
     let text = common::scrape(server.admin).await;
-    let goaways =
-        common::metric(&text, "keel_server_goaways_total{reason=\"max_age\"}").unwrap_or(0.0);
-    let accepted = common::metric(&text, "keel_server_connections_accepted_total").unwrap();
+    let goaways = common::metric(
+        &text,
+        "keel_server_goaways_total{listener=\"grpc\",reason=\"max_age\"}",
+    )
+    .unwrap_or(0.0);
+    let accepted = common::metric(
+        &text,
+        "keel_server_connections_accepted_total{listener=\"grpc\"}",
+    )
+    .unwrap();
 
     assert!(
         goaways >= 4.0,

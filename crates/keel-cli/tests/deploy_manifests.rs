@@ -52,11 +52,15 @@ const KNOWN_METRICS: &[Metric] = &[
     metric("grpc_client_msg_received_total", Kind::Counter, RPC),
     metric("grpc_client_msg_sent_total", Kind::Counter, RPC),
     metric("grpc_client_handling_seconds", Kind::Histogram, RPC),
-    metric("keel_server_inflight_rpcs", Kind::Gauge, &[]),
+    metric("keel_server_inflight_rpcs", Kind::Gauge, &["listener"]),
     metric("keel_server_shed_rpcs_total", Kind::Counter, &[]),
-    metric("keel_server_connections", Kind::Gauge, &[]),
+    metric("keel_server_connections", Kind::Gauge, &["listener"]),
     metric("keel_server_panics_total", Kind::Counter, &[]),
-    metric("keel_server_goaways_total", Kind::Counter, &["reason"]),
+    metric(
+        "keel_server_goaways_total",
+        Kind::Counter,
+        &["listener", "reason"],
+    ),
 ];
 
 /// Labels Prometheus adds to every scraped series.

@@ -14,7 +14,6 @@ pub mod percent;
 pub mod reloadable;
 pub mod router;
 pub mod rules;
-pub mod serve;
 pub mod status;
 pub mod template;
 pub mod web;
@@ -22,7 +21,6 @@ pub mod web;
 pub use gateway::{Gateway, GatewayOptions};
 pub use openapi::{ApiInfo, openapi};
 pub use reloadable::ReloadableGateway;
-pub use serve::serve;
 pub use web::CorsOptions;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! The admin HTTP listener: liveness, readiness and Prometheus metrics, on their own port.
+//! The admin HTTP endpoints: liveness, readiness and Prometheus metrics, served on their
+//! own port by the serving core (its own connection budget keeps it answering while the
+//! RPC port is saturated).
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -9,7 +10,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use crate::health::HealthRegistry;
 use crate::metrics::Metrics;
@@ -20,25 +20,14 @@ struct Admin {
     metrics: Arc<Metrics>,
 }
 
-/// Serves the admin endpoints until `shutdown` completes.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    health: HealthRegistry,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    let app = Router::new()
+/// The admin endpoints, as one service.
+pub(crate) fn router(health: HealthRegistry, metrics: Arc<Metrics>) -> Router {
+    Router::new()
         .route("/healthz", get(liveness))
         .route("/readyz", get(readiness))
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
-        .with_state(Admin { health, metrics });
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(%error, "admin listener failed");
-    }
+        .with_state(Admin { health, metrics })
 }
 
 /// The process is alive and its runtime answers.

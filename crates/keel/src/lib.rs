@@ -18,8 +18,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Structure: [`config`] (typed, layered settings), [`server`] (builder, accept loop,
-//! connections, shutdown), [`layer`] (per-request middleware), [`health`], [`metrics`],
+//! Structure: [`config`] (typed, layered settings), [`serving`] (the accept loop and
+//! connection driver behind every listener), [`server`] (builders, shutdown), [`layer`] (per-request middleware), [`health`], [`metrics`],
 //! [`error`] (business errors as rich `google.rpc.Status` details, and reading them back),
 //! and the admin listener.
 
@@ -36,6 +36,7 @@ pub mod observe;
 mod random;
 pub mod reflect;
 pub mod server;
+pub mod serving;
 pub mod telemetry;
 
 pub use server::{BoundServer, Server, ServerBuilder, ServerError};

@@ -158,15 +158,30 @@ async fn five_hundred_concurrent_calls_share_the_configured_connections() {
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(backend.calls(), 500);
     assert_eq!(
-        backend.metrics.connections_accepted.get(),
+        backend.metrics.connection.listener("grpc").accepted.get(),
         2,
         "500 concurrent calls used exactly the 2 configured connections"
     );
-    assert_eq!(backend.metrics.connections.get(), 2);
+    assert_eq!(
+        backend
+            .metrics
+            .connection
+            .listener("grpc")
+            .connections
+            .get(),
+        2
+    );
 
     drop(channel);
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while backend.metrics.connections.get() != 0 {
+        while backend
+            .metrics
+            .connection
+            .listener("grpc")
+            .connections
+            .get()
+            != 0
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -427,7 +442,7 @@ async fn pick_first_uses_one_backend_and_moves_on_when_it_goes() {
     assert!(drive(&channel, 100, 4).await.is_empty());
     assert_eq!((a.calls(), b.calls()), (100, 0));
     assert_eq!(
-        b.metrics.connections_accepted.get(),
+        b.metrics.connection.listener("grpc").accepted.get(),
         0,
         "pick_first connects to one address at a time"
     );

@@ -54,11 +54,11 @@ async fn max_age_sends_goaway_and_clients_reconnect_without_failures() {
         worker.await.unwrap();
     }
     let goaways = server
-        .metric("keel_server_goaways_total{reason=\"max_age\"}")
+        .metric("keel_server_goaways_total{listener=\"grpc\",reason=\"max_age\"}")
         .await
         .unwrap_or(0.0);
     let accepted = server
-        .metric("keel_server_connections_accepted_total")
+        .metric("keel_server_connections_accepted_total{listener=\"grpc\"}")
         .await
         .unwrap();
     assert!(
@@ -131,7 +131,9 @@ async fn stream_outliving_the_grace_period_is_cut() {
         .expect("stream was not cut after the grace period");
     assert!(matches!(end, Some(Err(_)) | None), "{end:?}");
     assert_eq!(
-        server.metric("keel_server_forced_closes_total").await,
+        server
+            .metric("keel_server_forced_closes_total{listener=\"grpc\"}")
+            .await,
         Some(1.0)
     );
 }
@@ -146,22 +148,32 @@ async fn idle_connection_is_closed_and_client_reconnects() {
         .say_hello(HelloRequest { name: "a".into() })
         .await
         .unwrap();
-    assert_eq!(server.metric("keel_server_connections").await, Some(1.0));
-    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         server
-            .metric("keel_server_goaways_total{reason=\"max_idle\"}")
+            .metric("keel_server_connections{listener=\"grpc\"}")
             .await,
         Some(1.0)
     );
-    assert_eq!(server.metric("keel_server_connections").await, Some(0.0));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        server
+            .metric("keel_server_goaways_total{listener=\"grpc\",reason=\"max_idle\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        server
+            .metric("keel_server_connections{listener=\"grpc\"}")
+            .await,
+        Some(0.0)
+    );
     client
         .say_hello(HelloRequest { name: "b".into() })
         .await
         .unwrap();
     assert_eq!(
         server
-            .metric("keel_server_connections_accepted_total")
+            .metric("keel_server_connections_accepted_total{listener=\"grpc\"}")
             .await,
         Some(2.0)
     );
@@ -176,9 +188,14 @@ async fn busy_connection_is_not_idle() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         server
-            .metric("keel_server_goaways_total{reason=\"max_idle\"}")
+            .metric("keel_server_goaways_total{listener=\"grpc\",reason=\"max_idle\"}")
             .await,
-        None
+        Some(0.0)
     );
-    assert_eq!(server.metric("keel_server_connections").await, Some(1.0));
+    assert_eq!(
+        server
+            .metric("keel_server_connections{listener=\"grpc\"}")
+            .await,
+        Some(1.0)
+    );
 }

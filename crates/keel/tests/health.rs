@@ -130,8 +130,8 @@ async fn admin_endpoints_answer_with_json_and_metrics() {
         "process_resident_memory_bytes",
         "process_open_fds",
         "process_threads",
-        "keel_server_connections",
-        "keel_server_inflight_rpcs",
+        "keel_server_connections{listener=\"grpc\"}",
+        "keel_server_inflight_rpcs{listener=\"grpc\"}",
         "keel_server_shed_rpcs_total",
         "keel_runtime_alive_tasks",
     ] {

@@ -180,7 +180,12 @@ async fn concurrency_limit_sheds_with_resource_exhausted() {
         server.metric("keel_server_shed_rpcs_total").await,
         Some(1.0)
     );
-    assert_eq!(server.metric("keel_server_inflight_rpcs").await, Some(2.0));
+    assert_eq!(
+        server
+            .metric("keel_server_inflight_rpcs{listener=\"grpc\"}")
+            .await,
+        Some(2.0)
+    );
 
     drop(held);
     // Permits return once the cancelled streams are torn down.

@@ -27,13 +27,14 @@ async fn start_with(options: GatewayOptions) -> (SocketAddr, TestDb) {
     keel::dynamic::add_standard(&mut pool);
     let channel = keel::client::Channel::new(&format!("dns:///{grpc}")).unwrap();
     let gateway = Gateway::new(pool, channel, options).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(keel_gateway::serve(
-        listener,
-        gateway,
-        std::future::pending(),
-    ));
+    let mut config = keel::config::ServerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let server = keel::server::HttpServer::bind(config, "gateway", gateway)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(std::future::pending()));
     (addr, db)
 }
 

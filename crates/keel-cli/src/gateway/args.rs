@@ -22,6 +22,7 @@ Examples:
   curl -s localhost:8080/v1/accounts/alice:deposit --json '{\"amountMinor\": \"10000\", \"idempotencyKey\": \"d1\"}'
   curl -s localhost:8080/v1/accounts/alice/payments          # NDJSON, one {\"result\": ...} per line
   keel gateway --upstream http://10.0.0.7:50051 --listen 0.0.0.0:8080 --refresh 5m
+  keel gateway --upstream http://127.0.0.1:50051 --set connection.max_connections=2000
   buf build proto -o payments.binpb                           # or protoc --include_imports -o
   keel gateway --upstream http://127.0.0.1:50051 --descriptor-set payments.binpb \\
     --service payments.v1.PaymentService --proto-names --forward-header x-tenant
@@ -41,7 +42,11 @@ Reloading: SIGHUP, and every --refresh interval, loads the descriptors again the
 warning; one that succeeds swaps the routes at once, and requests in flight finish.
 
 The same port also takes gRPC-Web and plain gRPC, passed to the upstream as they are.
-Prints `gateway listening on ADDR` once bound; SIGTERM or SIGINT stops it.
+Prints `gateway listening on ADDR` and `admin listening on ADDR` once bound. It serves on
+Keel's serving core, as `keel serve` does: connection limits and timeouts, metrics on the
+admin port, and graceful shutdown: SIGTERM or SIGINT makes /readyz answer 503, requests
+are still served for shutdown.drain_delay (5s), then the port closes and requests in
+flight finish, up to shutdown.timeout (30s); a second signal closes everything at once.
 
 Exit status:
   0       stopped by SIGTERM or SIGINT
@@ -57,6 +62,19 @@ pub struct GatewayArgs {
     /// Address to serve HTTP/1.1 and h2c on
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+
+    /// Admin HTTP address: /healthz, /readyz (503 once shutdown begins), /metrics
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9091")]
+    admin_listen: SocketAddr,
+
+    /// TOML configuration file for the serving side (keys as `keel serve --print-config`
+    /// prints them: connection limits and timeouts, http2, shutdown)
+    #[arg(long, env = "KEEL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Override one serving setting, e.g. --set connection.max_connections=2000 (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 
     /// Read descriptors from this FileDescriptorSet instead of the upstream's reflection
     #[arg(long, value_name = "FILE")]
@@ -94,9 +112,15 @@ impl GatewayArgs {
         &self.upstream
     }
 
-    /// The address to listen on.
-    pub fn listen(&self) -> SocketAddr {
-        self.listen
+    /// The serving configuration: defaults, `--config`, `KEEL_*` variables, `--set`, and
+    /// the two addresses.
+    pub fn server_config(&self) -> anyhow::Result<keel::config::ServerConfig> {
+        crate::serve::load_config(
+            self.config.as_ref(),
+            Some(&self.listen.to_string()),
+            Some(&self.admin_listen.to_string()),
+            &self.set,
+        )
     }
 
     /// The descriptor set file, when descriptors do not come from reflection.

@@ -4,7 +4,8 @@
 //!
 //! `args` reads the flags, `descriptors` loads what is served; this file builds the
 //! `keel_gateway::Gateway` over Keel's client channel, serves it behind a
-//! `ReloadableGateway`, and swaps in a new one whenever a reload succeeds.
+//! `ReloadableGateway` on Keel's serving core (`keel::server::HttpServer`: admin port,
+//! limits, graceful shutdown), and swaps in a new one whenever a reload succeeds.
 
 mod args;
 mod descriptors;
@@ -14,11 +15,14 @@ use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use keel::client::Channel;
+use keel::server::HttpServer;
 use keel_gateway::rules::RuleError;
 use keel_gateway::{Gateway, GatewayOptions, ReloadableGateway};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_stream::wrappers::SignalStream;
 
 pub use args::GatewayArgs;
 use descriptors::{Descriptors, Source};
@@ -68,6 +72,9 @@ pub async fn run(args: GatewayArgs) -> ExitCode {
 async fn gateway(args: GatewayArgs) -> Result<(), Failure> {
     // Before anything slow: a SIGHUP or SIGTERM while starting must not kill the process.
     let Signals { term, int, hup } = Signals::install()?;
+    let config = args
+        .server_config()
+        .map_err(|error| Failure::Usage(format!("{error:#}")))?;
     let channel = Channel::new(args.upstream())
         .map_err(|error| Failure::Usage(format!("--upstream: {error}")))?;
     let source = match args.descriptor_set() {
@@ -99,23 +106,21 @@ async fn gateway(args: GatewayArgs) -> Result<(), Failure> {
         );
     }
 
-    let listener = tokio::net::TcpListener::bind(args.listen())
-        .await
-        .map_err(|error| Failure::Other(format!("cannot listen on {}: {error}", args.listen())))?;
-    let address = listener
-        .local_addr()
-        .map_err(|error| Failure::Other(format!("cannot listen on {}: {error}", args.listen())))?;
-    println!("gateway listening on {address}");
-    tracing::info!(
-        %address,
-        upstream = args.upstream(),
-        routes = gateway.rules().router.len(),
-        "gateway listening"
-    );
-
+    let routes = gateway.rules().router.len();
     let gateway = ReloadableGateway::new(gateway);
+    let server = HttpServer::bind(config, "gateway", gateway.clone())
+        .await
+        .map_err(|error| Failure::Other(error.to_string()))?;
+    let address = server.local_addr();
+    println!("gateway listening on {address}");
+    println!("admin listening on {}", server.admin_addr());
+    tracing::info!(%address, upstream = args.upstream(), routes, "gateway listening");
+
+    let stops = futures_util::stream::select(SignalStream::new(term), SignalStream::new(int));
     tokio::select! {
-        () = keel_gateway::serve(listener, gateway.clone(), stopped(term, int)) => {}
+        report = server.serve_until_events(stops.map(|()| ())) => {
+            tracing::debug!(?report, "gateway stopped");
+        }
         never = reload(&builder, &gateway, hup, args.refresh()) => match never {},
     }
     Ok(())
@@ -231,14 +236,6 @@ fn warn_unserved(service: &str) {
         service,
         "the service has no google.api.http rules; none of its methods is served over REST"
     );
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn stopped(mut term: Signal, mut int: Signal) {
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM, stopping"),
-        _ = int.recv() => tracing::info!("received SIGINT, stopping"),
-    }
 }
 
 /// The signals the gateway answers: SIGTERM and SIGINT stop it, SIGHUP reloads.

@@ -20,6 +20,10 @@ pub struct ServerConfig {
     /// Admin HTTP listener (`/healthz`, `/readyz`, `/metrics`), kept off the RPC port so
     /// probes and scrapes never compete with traffic or pass through its limits.
     pub admin_listen: SocketAddr,
+    /// Connections the admin listener holds at once (`0`: unlimited). 64 is plenty for
+    /// probes and scrapers, and its own budget keeps the port answering while the RPC
+    /// port is saturated; past it new connections are closed on arrival.
+    pub admin_max_connections: usize,
     /// HTTP/2 transport settings.
     pub http2: Http2Config,
     /// Connection lifetime settings.
@@ -37,6 +41,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_max_connections: 64,
             http2: Http2Config::default(),
             connection: ConnectionConfig::default(),
             limits: LimitsConfig::default(),
@@ -79,6 +84,10 @@ pub struct Http2Config {
     /// (CVE-2023-44487). 256, not h2's 20: a busy server accepts late, and gRPC clients that
     /// cancel in bursts (hedging, fan-out with early exit) would otherwise lose their connection.
     pub max_pending_accept_reset_streams: usize,
+    /// Response bytes one stream may buffer ahead of the client's flow-control window.
+    /// 256 KiB keeps a stream streaming at full speed; with `max_concurrent_streams` it
+    /// bounds what one connection's responses can hold in memory.
+    pub max_send_buffer: usize,
 }
 
 impl Default for Http2Config {
@@ -92,6 +101,7 @@ impl Default for Http2Config {
             max_frame_size: 16 << 10,
             max_header_list_size: 16 << 10,
             max_pending_accept_reset_streams: 256,
+            max_send_buffer: 256 << 10,
         }
     }
 }
@@ -122,6 +132,25 @@ pub struct ConnectionConfig {
     /// cut and its client reconnects.
     #[serde(with = "humantime_serde")]
     pub max_age_grace: Duration,
+    /// Connections open at once (`0`: unlimited). Past it a new connection is closed on
+    /// arrival and counted (`keel_server_connections_refused_total`): open connections keep
+    /// their service and memory stays bounded instead of the process running out of
+    /// descriptors. 10,000 fits the default descriptor limits of container runtimes.
+    pub max_connections: usize,
+    /// A new connection must start speaking (the HTTP/2 preface and a first frame, or an
+    /// HTTP/1.1 request head) within this time, or it is closed (`0s`: off). 10 s frees
+    /// sockets that connect and say nothing, long before `max_idle` would.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A gRPC request message (or a whole non-gRPC request body) must arrive within this
+    /// time of its first byte, or the call fails with DEADLINE_EXCEEDED and the stream is
+    /// reset (`0s`: off). 30 s carries a 4 MiB message at ~140 KiB/s; a peer trickling
+    /// bytes holds a stream no longer. Quiet gaps between messages are not limited.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Largest HTTP/1.1 read buffer per connection (request heads must fit). 64 KiB: four
+    /// times `http2.max_header_list_size`.
+    pub http1_max_buffer: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -132,6 +161,10 @@ impl Default for ConnectionConfig {
             max_age: Duration::from_secs(30 * 60),
             max_age_jitter: 0.1,
             max_age_grace: Duration::from_secs(30),
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            http1_max_buffer: 64 << 10,
         }
     }
 }
@@ -253,6 +286,16 @@ impl Validate for ServerConfig {
             (0.0..=1.0).contains(&conn.max_age_jitter),
             "connection.max_age_jitter",
             "must be a fraction between 0 and 1",
+        );
+        check(
+            conn.http1_max_buffer >= 8192,
+            "connection.http1_max_buffer",
+            "must be at least 8192 bytes",
+        );
+        check(
+            h2.max_send_buffer > 0,
+            "http2.max_send_buffer",
+            "must be at least 1 byte",
         );
         let limits = &self.limits;
         check(

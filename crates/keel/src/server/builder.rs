@@ -3,8 +3,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -13,11 +13,13 @@ use super::fallback::{GrpcStack, HttpService, MakeFallback};
 use super::reflection::Reflection;
 
 use super::shutdown::{self, ShutdownReport};
+use super::stack;
 use crate::config::ServerConfig;
 use crate::health::pb::health_server::HealthServer;
 use crate::health::{self, HealthRegistry, HealthService, ServingStatus};
 use crate::metrics::Metrics;
 use crate::observe::{MethodTable, ServerObserver};
+use crate::serving::{HttpProtocol, Listener, ListenerConfig};
 
 /// Why a server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -180,8 +182,25 @@ impl ServerBuilder {
             pool.as_ref().map(|pool| (payloads.clone(), pool)),
         ));
 
-        let listener = bind(self.config.listen, "gRPC").await?;
-        let admin = bind(self.config.admin_listen, "admin").await?;
+        let metrics = Arc::new(self.metrics);
+        let protocol = if self.fallback.is_some() {
+            HttpProtocol::Http1AndHttp2
+        } else {
+            HttpProtocol::Http2
+        };
+        let listener = bind(
+            self.config.listen,
+            "gRPC",
+            ListenerConfig {
+                name: stack::GRPC,
+                protocol,
+                http2: self.config.http2.clone(),
+                connection: self.config.connection.clone(),
+            },
+            &metrics,
+        )
+        .await?;
+        let admin = bind_admin(&self.config, &metrics).await?;
         Ok(BoundServer {
             listener,
             admin,
@@ -189,7 +208,7 @@ impl ServerBuilder {
             fallback: self.fallback,
             config: Arc::new(self.config),
             health: self.health,
-            metrics: Arc::new(self.metrics),
+            metrics,
             observer,
         })
     }
@@ -207,16 +226,39 @@ fn descriptor_pool(sets: &[&[u8]]) -> prost_reflect::DescriptorPool {
     pool
 }
 
-async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    config: ListenerConfig,
+    metrics: &Metrics,
+) -> Result<Listener, ServerError> {
+    Listener::bind(addr, config, &metrics.connection)
         .await
         .map_err(|source| ServerError::Bind { addr, what, source })
 }
 
+/// Binds the admin listener: HTTP/1.1 and HTTP/2, the server's timeouts, its own
+/// connection budget, no age limit (scrapers keep their connection).
+pub(super) async fn bind_admin(
+    config: &ServerConfig,
+    metrics: &Metrics,
+) -> Result<Listener, ServerError> {
+    let mut connection = config.connection.clone();
+    connection.max_connections = config.admin_max_connections;
+    connection.max_age = Duration::ZERO;
+    let admin = ListenerConfig {
+        name: "admin",
+        protocol: HttpProtocol::Http1AndHttp2,
+        http2: config.http2.clone(),
+        connection,
+    };
+    bind(config.admin_listen, "admin", admin, metrics).await
+}
+
 /// A server with bound listeners, ready to serve.
 pub struct BoundServer {
-    pub(super) listener: TcpListener,
-    pub(super) admin: TcpListener,
+    pub(super) listener: Listener,
+    pub(super) admin: Listener,
     pub(super) routes: Routes,
     pub(super) fallback: Option<MakeFallback>,
     pub(super) config: Arc<ServerConfig>,
@@ -275,7 +317,7 @@ impl BoundServer {
     /// straight to closing every connection.
     pub async fn serve_until_signal(self) -> Result<ShutdownReport, ServerError> {
         let signals = shutdown::Signals::install().map_err(ServerError::Signals)?;
-        Ok(shutdown::run(self, signals).await)
+        Ok(self.run(signals).await)
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully within the configured
@@ -284,6 +326,26 @@ impl BoundServer {
     where
         F: std::future::Future<Output = ()> + Send,
     {
-        shutdown::run(self, shutdown::Trigger::new(shutdown)).await
+        self.run(shutdown::Trigger::new(shutdown)).await
+    }
+
+    async fn run(self, trigger: impl shutdown::ShutdownTrigger) -> ShutdownReport {
+        let main = stack::spawn(
+            self.listener,
+            &self.config,
+            self.routes,
+            self.fallback,
+            &self.metrics,
+            self.observer,
+        );
+        shutdown::run(
+            main,
+            self.admin,
+            self.health,
+            self.metrics,
+            &self.config.shutdown,
+            trigger,
+        )
+        .await
     }
 }

@@ -8,9 +8,10 @@ use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use tower::ServiceExt as _;
 use tower::util::BoxCloneSyncService;
+
+use crate::serving::{RequestBody, is_grpc};
 
 /// The server's gRPC services behind its per-request layers, callable in-process.
 pub type GrpcStack = BoxCloneSyncService<
@@ -29,16 +30,6 @@ pub type HttpService = BoxCloneSyncService<
 /// Makes the fallback from the server's gRPC stack, when the server binds.
 pub type MakeFallback = Box<dyn FnOnce(GrpcStack) -> HttpService + Send>;
 
-/// True for plain gRPC (`application/grpc`, `application/grpc+proto`, ...), not gRPC-Web.
-pub(super) fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value.starts_with("application/grpc") && !value.starts_with("application/grpc-web")
-        })
-}
-
 /// gRPC requests to the connection's gRPC stack, the rest to the fallback.
 #[derive(Clone)]
 pub(super) struct Split<G> {
@@ -46,9 +37,9 @@ pub(super) struct Split<G> {
     pub(super) fallback: HttpService,
 }
 
-impl<G, B> tower::Service<http::Request<Incoming>> for Split<G>
+impl<G, B> tower::Service<http::Request<RequestBody>> for Split<G>
 where
-    G: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+    G: tower::Service<http::Request<RequestBody>, Response = http::Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -66,7 +57,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
         if is_grpc(request.headers()) {
             let grpc = self.grpc.clone();
             Box::pin(async move {
@@ -77,25 +68,5 @@ where
             let fallback = self.fallback.clone();
             Box::pin(fallback.oneshot(request.map(tonic::body::Body::new)))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_web_and_json_are_not_grpc() {
-        let with = |content_type: &str| {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
-            is_grpc(&headers)
-        };
-        assert!(with("application/grpc"));
-        assert!(with("application/grpc+proto"));
-        assert!(!with("application/grpc-web+proto"));
-        assert!(!with("application/grpc-web-text"));
-        assert!(!with("application/json"));
-        assert!(!is_grpc(&http::HeaderMap::new()));
     }
 }

@@ -1,13 +1,15 @@
-//! The Keel server: a builder over tonic services, Keel's own accept loop and connection
-//! driver (tonic's lacks age jitter, a working grace period and a shutdown deadline), and
-//! graceful shutdown in logged phases.
+//! The Keel server: a builder over tonic services, served by Keel's serving core
+//! ([`crate::serving`]; tonic's own lacks age jitter, a working grace period, connection
+//! limits and a shutdown deadline), and graceful shutdown in logged phases.
 
 mod builder;
-mod connection;
 mod fallback;
+mod http;
 mod reflection;
 mod shutdown;
+mod stack;
 
 pub use builder::{BoundServer, Server, ServerBuilder, ServerError};
 pub use fallback::{GrpcStack, HttpService, MakeFallback};
+pub use http::{BoundHttpServer, HttpServer};
 pub use shutdown::ShutdownReport;

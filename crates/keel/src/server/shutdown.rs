@@ -1,33 +1,44 @@
-//! Serving, then graceful shutdown in logged phases with a hard deadline.
+//! Serving, then graceful shutdown in logged phases with a hard deadline, for a server's
+//! main listener (gRPC, or a gateway's HTTP) and its admin listener.
 //!
-//! 1. **not serving**: health and `/readyz` report NOT_SERVING; RPCs are still served so
-//!    load balancers can notice during the drain delay;
-//! 2. **stop accepting**: the listener closes (new connections are refused) and health
-//!    `Watch` streams end;
-//! 3. **goaway**: every connection gets GOAWAY; in-flight RPCs run to completion;
+//! 1. **not serving**: health and `/readyz` report NOT_SERVING; requests are still served
+//!    so load balancers can notice during the drain delay;
+//! 2. **stop accepting**: the main listener closes (new connections are refused) and
+//!    health `Watch` streams end;
+//! 3. **goaway**: every connection gets GOAWAY; in-flight requests run to completion;
 //! 4. **deadline**: whatever is still open when `shutdown.timeout` (counted from the
 //!    signal) expires is closed by force. A second signal skips to this phase.
+//!
+//! The admin listener answers throughout (probes see the 503) and closes last.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::builder::BoundServer;
-use super::connection::{self, ConnectionShared};
+use crate::config::ShutdownConfig;
+use crate::health::HealthRegistry;
+use crate::metrics::Metrics;
+use crate::serving::{Listener, ListenerReport, Stage};
 
-/// How a shutdown went.
+/// Longest the admin listener waits for its requests once the main listener is done.
+const ADMIN_GRACE: Duration = Duration::from_secs(1);
+
+/// How a shutdown went, for the main listener's connections and requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// Connections open when GOAWAY was sent that then closed on their own.
+    /// Connections open at GOAWAY that then closed on their own, every request finished.
     pub drained: usize,
+    /// Connections whose transport failed while draining.
+    pub failed: usize,
     /// Connections closed by force at the deadline (or on a second signal).
     pub forced: usize,
+    /// Requests cut: in flight on a failed or forcibly closed connection.
+    pub cut: usize,
     /// From the shutdown signal to the end.
     pub elapsed: Duration,
 }
@@ -61,6 +72,20 @@ impl<F: Future<Output = ()> + Send> ShutdownTrigger for Trigger<F> {
     }
 }
 
+/// A stream of events: the first starts the shutdown, the second hurries it.
+pub(super) struct Events<S>(pub(super) Pin<Box<S>>);
+
+impl<S: futures_util::Stream<Item = ()> + Send> ShutdownTrigger for Events<S> {
+    fn next(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            use futures_util::StreamExt as _;
+            if self.0.next().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
 /// SIGTERM (what orchestrators send) and SIGINT (Ctrl-C).
 pub(super) struct Signals {
     term: tokio::signal::unix::Signal,
@@ -88,126 +113,118 @@ impl ShutdownTrigger for Signals {
     }
 }
 
-/// Serves until the trigger fires, then shuts down as the module describes.
-pub(super) async fn run(server: BoundServer, mut trigger: impl ShutdownTrigger) -> ShutdownReport {
-    let BoundServer {
-        listener,
-        admin,
-        routes,
-        fallback,
-        config,
-        health,
-        metrics,
-        observer,
-    } = server;
-    let (goaway_tx, goaway_rx) = watch::channel(false);
-    let shared = Arc::new(ConnectionShared::new(
-        &config,
-        routes,
-        fallback,
-        metrics.clone(),
-        observer,
-        goaway_rx,
-    ));
-    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = tokio::spawn(crate::admin::serve(
-        admin,
-        health.clone(),
-        metrics.clone(),
-        async move {
-            let _ = admin_stopped.await;
-        },
-    ));
-    let mut connections = JoinSet::new();
+/// A server's main listener, serving in its own task.
+pub(crate) struct MainListener {
+    /// The listener's name, for logs.
+    pub(crate) name: &'static str,
+    /// The serving task.
+    pub(crate) task: JoinHandle<ListenerReport>,
+    /// Moves it through its stages.
+    pub(crate) stage: watch::Sender<Stage>,
+}
 
-    accept_until(&listener, &shared, &mut connections, trigger.next()).await;
+/// Serves until the trigger fires, then shuts down as the module describes.
+pub(crate) async fn run(
+    main: MainListener,
+    admin: Listener,
+    health: HealthRegistry,
+    metrics: Arc<Metrics>,
+    config: &ShutdownConfig,
+    mut trigger: impl ShutdownTrigger,
+) -> ShutdownReport {
+    let MainListener {
+        name,
+        mut task,
+        stage,
+    } = main;
+    let (admin_stage, admin_stage_rx) = watch::channel(Stage::Serving);
+    let mut admin_task = tokio::spawn(admin.serve(
+        crate::admin::router(health.clone(), metrics.clone()),
+        admin_stage_rx,
+    ));
+
+    trigger.next().await;
     let started = Instant::now();
-    let deadline = started + config.shutdown.timeout;
-    let drain = config.shutdown.drain_delay;
+    let deadline = started + config.timeout;
+    let drain = config.drain_delay;
     tracing::info!(
         phase = "not_serving",
         drain_delay = ?drain,
-        deadline = ?config.shutdown.timeout,
+        deadline = ?config.timeout,
         "shutdown: reporting NOT_SERVING; still serving during the drain delay (signal again to force)"
     );
     health.set_all_not_serving();
 
     let hurried = tokio::select! {
-        _ = accept_until(&listener, &shared, &mut connections, sleep(drain)) => false,
-        _ = trigger.next() => true,
+        () = sleep(drain) => false,
+        () = trigger.next() => true,
     };
-    drop(listener);
+    stage.send_replace(Stage::Draining);
     health.end_watches();
-    let open = connections.len();
     tracing::info!(
         phase = "stop_accepting",
-        connections = open,
+        listener = name,
+        connections = metrics.connection.listener(name).connections.get(),
         "shutdown: stopped accepting; sending GOAWAY"
     );
-    goaway_tx.send_replace(true);
 
-    if !hurried {
+    if hurried {
+        stage.send_replace(Stage::Closing);
+    } else {
         tokio::select! {
-            _ = async { while connections.join_next().await.is_some() {} } => {}
-            _ = sleep_until(deadline) => {
-                tracing::warn!(phase = "deadline", connections = connections.len(), "shutdown: deadline reached; closing the remaining connections");
+            _ = &mut task => {}
+            () = sleep_until(deadline) => {
+                tracing::warn!(phase = "deadline", "shutdown: deadline reached; closing the remaining connections");
+                stage.send_replace(Stage::Closing);
             }
-            _ = trigger.next() => {
-                tracing::warn!(phase = "forced", connections = connections.len(), "shutdown: second signal; closing every connection now");
+            () = trigger.next() => {
+                tracing::warn!(phase = "forced", "shutdown: second signal; closing every connection now");
+                stage.send_replace(Stage::Closing);
             }
         }
     }
-    let forced = connections.len();
-    connections.abort_all();
-    while connections.join_next().await.is_some() {}
-    metrics.forced_closes.inc_by(forced as u64);
-    let _ = admin_stop.send(());
-    let _ = admin_task.await;
+    let listener = (&mut task).await.unwrap_or_else(|error| {
+        tracing::error!(%error, "the listener task failed");
+        ListenerReport::default()
+    });
+
+    admin_stage.send_replace(Stage::Draining);
+    let admin_deadline = deadline.min(Instant::now() + ADMIN_GRACE);
+    if tokio::time::timeout_at(admin_deadline, &mut admin_task)
+        .await
+        .is_err()
+    {
+        admin_stage.send_replace(Stage::Closing);
+        let _ = admin_task.await;
+    }
 
     let report = ShutdownReport {
-        drained: open.saturating_sub(forced),
-        forced,
+        drained: listener.drained,
+        failed: listener.failed,
+        forced: listener.forced,
+        cut: listener.cut,
         elapsed: started.elapsed(),
     };
-    tracing::info!(
-        phase = "done",
-        drained = report.drained,
-        forced = report.forced,
-        elapsed = ?report.elapsed,
-        "shutdown: complete"
-    );
-    report
-}
-
-/// Accepts connections until `until` completes, reaping finished ones as it goes.
-async fn accept_until(
-    listener: &TcpListener,
-    shared: &Arc<ConnectionShared>,
-    connections: &mut JoinSet<()>,
-    until: impl Future<Output = ()>,
-) {
-    tokio::pin!(until);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut until => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => {
-                    connections.spawn(connection::drive(tcp, shared.clone()));
-                }
-                Err(error) => {
-                    // Out of descriptors and similar: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed; retrying in 50 ms");
-                    sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(error) = joined
-                    && error.is_panic()
-                {
-                    tracing::error!(%error, "connection task panicked");
-                }
-            }
-        }
+    if report.cut > 0 || report.failed > 0 {
+        tracing::warn!(
+            phase = "done",
+            drained = report.drained,
+            failed = report.failed,
+            forced = report.forced,
+            requests_cut = report.cut,
+            elapsed = ?report.elapsed,
+            "shutdown: complete; some requests were cut"
+        );
+    } else {
+        tracing::info!(
+            phase = "done",
+            drained = report.drained,
+            failed = report.failed,
+            forced = report.forced,
+            requests_cut = report.cut,
+            elapsed = ?report.elapsed,
+            "shutdown: complete; every request finished"
+        );
     }
+    report
 }

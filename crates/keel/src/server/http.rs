@@ -1,0 +1,151 @@
+//! A server for one HTTP service that is not a set of gRPC routes (the standalone REST
+//! gateway, say): the same serving core, admin port (`/healthz`, `/readyz`, `/metrics`),
+//! connection metrics and graceful shutdown as a gRPC [`super::Server`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::builder::{ServerError, bind_admin};
+use super::shutdown::{self, MainListener, ShutdownReport};
+use crate::config::ServerConfig;
+use crate::health::HealthRegistry;
+use crate::metrics::Metrics;
+use crate::serving::{HttpProtocol, Listener, ListenerConfig, RequestBody, Stage};
+
+/// Entry point: `HttpServer::bind(config, name, service)`.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpServer;
+
+impl HttpServer {
+    /// Binds `config.listen` (HTTP/1.1 and h2c) for `service` and `config.admin_listen` for
+    /// the admin endpoints. `name` labels the listener's metrics and logs (`gateway`).
+    /// Nothing is served until [`BoundHttpServer::serve`].
+    pub async fn bind<S>(
+        config: ServerConfig,
+        name: &'static str,
+        service: S,
+    ) -> Result<BoundHttpServer<S>, ServerError> {
+        let metrics = Arc::new(Metrics::new());
+        let listener = Listener::bind(
+            config.listen,
+            ListenerConfig {
+                name,
+                protocol: HttpProtocol::Http1AndHttp2,
+                http2: config.http2.clone(),
+                connection: config.connection.clone(),
+            },
+            &metrics.connection,
+        )
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            what: name,
+            source,
+        })?;
+        let admin = bind_admin(&config, &metrics).await?;
+        Ok(BoundHttpServer {
+            name,
+            listener,
+            admin,
+            service,
+            config,
+            health: HealthRegistry::new(),
+            metrics,
+        })
+    }
+}
+
+/// An HTTP server with bound listeners, ready to serve.
+#[derive(Debug)]
+pub struct BoundHttpServer<S> {
+    name: &'static str,
+    listener: Listener,
+    admin: Listener,
+    service: S,
+    config: ServerConfig,
+    health: HealthRegistry,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> BoundHttpServer<S>
+where
+    S: tower::Service<http::Request<RequestBody>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// The service listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The registry `/readyz` reads (`""` is the whole server).
+    pub fn health(&self) -> HealthRegistry {
+        self.health.clone()
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully; a second signal skips
+    /// straight to closing every connection.
+    pub async fn serve_until_signal(self) -> Result<ShutdownReport, ServerError> {
+        let signals = shutdown::Signals::install().map_err(ServerError::Signals)?;
+        Ok(self.run(signals).await)
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully within the deadline.
+    pub async fn serve<F>(self, shutdown: F) -> ShutdownReport
+    where
+        F: std::future::Future<Output = ()> + Send,
+    {
+        self.run(shutdown::Trigger::new(shutdown)).await
+    }
+
+    /// Serves until the first event of `events`, then shuts down gracefully; a second
+    /// event skips straight to closing every connection. For processes that install their
+    /// own signal handlers (SIGTERM and SIGINT as a stream).
+    pub async fn serve_until_events<E>(self, events: E) -> ShutdownReport
+    where
+        E: futures_util::Stream<Item = ()> + Send,
+    {
+        self.run(shutdown::Events(Box::pin(events))).await
+    }
+
+    async fn run(self, trigger: impl shutdown::ShutdownTrigger) -> ShutdownReport {
+        let (stage, stage_rx) = watch::channel(Stage::Serving);
+        let main = MainListener {
+            name: self.name,
+            task: tokio::spawn(self.listener.serve(self.service, stage_rx)),
+            stage,
+        };
+        shutdown::run(
+            main,
+            self.admin,
+            self.health,
+            self.metrics,
+            &self.config.shutdown,
+            trigger,
+        )
+        .await
+    }
+}

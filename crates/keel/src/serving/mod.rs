@@ -1,0 +1,145 @@
+//! The serving core: the one accept loop and connection driver behind every listener Keel
+//! opens (gRPC, admin, the standalone gateway, and those to come).
+//!
+//! A [`Listener`] gives each of them, with no code of theirs:
+//! - accept errors (out of descriptors, ...) logged at a bounded rate and backed off;
+//! - `connection.max_connections`: past it a new connection is closed on arrival and counted
+//!   (`keel_server_connections_refused_total`), so open ones keep their service;
+//! - bounded buffering per connection (flow-control windows, header lists, send buffers,
+//!   HTTP/1.1 buffers) from the listener's settings;
+//! - `connection.handshake_timeout` for peers that connect and say nothing, and
+//!   `connection.body_timeout` for bodies that trickle ([`RequestBody`]);
+//! - connection tasks reaped as they end;
+//! - HTTP/2 only, or HTTP/1.1 and h2c on one port ([`HttpProtocol`]);
+//! - max age, idleness, GOAWAY and drain within the shutdown deadline, driven by [`Stage`],
+//!   ignoring the frames a racing client sends after the final GOAWAY (see `late_frames`);
+//! - the same `keel_server_*` connection metrics, labelled by listener ([`ConnectionMetrics`]).
+//!
+//! The service sees `http::Request<RequestBody>` with the peer's
+//! `tonic::transport::server::TcpConnectInfo` in its extensions.
+
+mod accept;
+mod connection;
+mod late_frames;
+mod metrics;
+mod request_body;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{ConnectionConfig, Http2Config};
+pub use metrics::{ConnectionMetrics, ListenerLabels, ListenerMetrics, ReasonLabels};
+pub use request_body::{BodyError, RequestBody};
+
+pub(crate) use connection::is_grpc;
+
+/// What a listener's connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpProtocol {
+    /// HTTP/2 only (prior knowledge, as gRPC clients speak).
+    Http2,
+    /// HTTP/1.1 and HTTP/2 (h2c), told apart by the HTTP/2 preface: for REST, browsers,
+    /// probes and scrapers.
+    Http1AndHttp2,
+}
+
+/// Where a listener is in its life; sent to it over a `watch` channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Accepting and serving.
+    Serving,
+    /// Not accepting; every connection got GOAWAY and is finishing its requests.
+    Draining,
+    /// Every connection still open is closed now.
+    Closing,
+}
+
+/// The settings of one listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Its name, the `listener` label of its metrics and logs (`grpc`, `admin`, ...).
+    pub name: &'static str,
+    /// What its connections speak.
+    pub protocol: HttpProtocol,
+    /// HTTP/2 settings.
+    pub http2: Http2Config,
+    /// Limits and lifetime of its connections.
+    pub connection: ConnectionConfig,
+}
+
+/// How a listener's connections ended once draining began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerReport {
+    /// Connections that closed by themselves after GOAWAY, every request finished.
+    pub drained: usize,
+    /// Connections whose transport failed while draining (their requests may be lost).
+    pub failed: usize,
+    /// Connections closed by force at the deadline.
+    pub forced: usize,
+    /// Requests in flight on failed or forcibly closed connections: cut, not finished.
+    pub cut: usize,
+}
+
+/// A bound listener and its settings, ready to serve.
+#[derive(Debug)]
+pub struct Listener {
+    tcp: TcpListener,
+    config: ListenerConfig,
+    metrics: ListenerMetrics,
+}
+
+impl Listener {
+    /// Binds `addr` for `config`, reporting into `metrics`.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: ListenerConfig,
+        metrics: &ConnectionMetrics,
+    ) -> std::io::Result<Self> {
+        let tcp = TcpListener::bind(addr).await?;
+        Ok(Self::from_tcp(tcp, config, metrics))
+    }
+
+    /// Serves on an already bound socket.
+    pub fn from_tcp(tcp: TcpListener, config: ListenerConfig, metrics: &ConnectionMetrics) -> Self {
+        let metrics = metrics.listener(config.name);
+        Self {
+            tcp,
+            config,
+            metrics,
+        }
+    }
+
+    /// The bound address (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Serves `service` until `stage` says [`Stage::Closing`] or, once it said
+    /// [`Stage::Draining`], until every connection has closed.
+    pub async fn serve<S, B>(self, service: S, stage: watch::Receiver<Stage>) -> ListenerReport
+    where
+        S: tower::Service<
+                http::Request<RequestBody>,
+                Response = http::Response<B>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let shared = Arc::new(connection::Shared::new(
+            self.config,
+            service,
+            self.metrics,
+            stage,
+        ));
+        accept::run(self.tcp, shared).await
+    }
+}
