@@ -3,7 +3,7 @@
 #   1. local services the tests use are up (installed and started if need be);
 #   2. .venv has tests/python/requirements.txt (the Python grpcio peer);
 #   3. cargo fmt --check, buf lint of proto/, 4. clippy -D warnings, 5. tests (nextest if installed), 6. doctests,
-#   7. cargo doc with warnings denied.
+#   7. cargo doc with warnings denied, 8. README.md's commands as written, against release builds.
 # Runs as root on a fresh Debian machine in CI; fast when everything is already in place.
 set -euo pipefail
 
@@ -172,5 +172,9 @@ cargo test --workspace --doc
 
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+step "README commands (tests/readme_check.py: release builds, then the README's examples)"
+command -v curl >/dev/null 2>&1 || apt_install curl # the README's examples use it
+"$VENV/bin/python" tests/readme_check.py
 
 step "all passed in $((SECONDS - START_TIME))s"

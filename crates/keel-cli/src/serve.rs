@@ -12,7 +12,7 @@ use keel::config::{Loader, ServerConfig};
     keel serve\n  \
     keel serve --listen 0.0.0.0:50051 --set shutdown.drain_delay=10s\n  \
     keel serve --config keel.toml --print-config\n\n\
-    Then: grpcurl -plaintext -d '{\"name\":\"Ada\"}' 127.0.0.1:50051 helloworld.Greeter/SayHello\n\n\
+    Then: keel call 127.0.0.1:50051 helloworld.Greeter/SayHello -d '{\"name\":\"Ada\"}'\n\n\
     Observability: metrics on the admin /metrics; KEEL_LOG=info,keel::rpc=debug logs every call,\n\
     KEEL_LOG_FORMAT=json as JSON lines; OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4317 exports\n\
     traces (OTEL_TRACES_SAMPLER, OTEL_SERVICE_NAME, OTEL_PROPAGATORS as usual).")]
