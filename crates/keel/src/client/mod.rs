@@ -31,6 +31,7 @@ mod replay;
 mod resolver;
 mod retry;
 pub mod service_config;
+mod status_check;
 mod subchannel;
 mod target;
 
@@ -41,5 +42,6 @@ pub use outlier::OutlierConfig;
 pub use picker::{Backend, CallInfo, Picker};
 pub use resolver::{BoxFuture, DnsSettings, Resolver};
 pub use service_config::ServiceConfigError;
+pub use status_check::{CheckStatus, CheckedBody, Checking};
 pub use subchannel::ConnectivityState;
 pub use target::{Address, Target, TargetError};
