@@ -448,6 +448,7 @@ fn keel_call_over_tls_checks_statuses_too() {
         Script::BadDetailsTrailersOnly,
         Script::NoTrailers,
         Script::NoStatus,
+        Script::HugeHeaders,
     ] {
         call_checked(&target, script, &["--cacert", ca]);
     }

@@ -46,10 +46,24 @@ impl tower::Service<http::Request<tonic::body::Body>> for Connection {
             }
             Self::Tls(channel) => {
                 let response = channel.call(request);
-                Box::pin(async move { Ok(response.await?.map(tonic::body::Body::new)) })
+                Box::pin(async move {
+                    match response.await {
+                        Ok(response) => Ok(response.map(tonic::body::Body::new)),
+                        // tonic would only say "h2 protocol error: http2 error".
+                        Err(error) => {
+                            Err(keel::client::broken_protocol_status(&error, header_limit())
+                                .map_or_else(|| error.into(), Into::into))
+                        }
+                    }
+                })
             }
         }
     }
+}
+
+/// The largest response header list accepted: Keel's client default, on both paths.
+fn header_limit() -> u32 {
+    keel::client::Http2Config::default().max_header_list_size
 }
 
 /// How long connecting (TCP and TLS handshakes) may take.
@@ -72,7 +86,7 @@ pub async fn connect(address: &str, tls: Option<Tls>) -> Result<Connection, Fail
         .map_err(|error| Failure::Usage(format!("invalid address `{address}`: {error}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_max_header_list_size(keel::client::Http2Config::default().max_header_list_size);
+        .http2_max_header_list_size(header_limit());
     if let Some(tls) = tls {
         endpoint = endpoint
             .tls_config(tls_config(&tls)?)

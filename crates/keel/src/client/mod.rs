@@ -36,7 +36,7 @@ mod subchannel;
 mod target;
 
 pub use backoff::BackoffConfig;
-pub use channel::{Channel, ChannelBuilder, ResponseBody};
+pub use channel::{Channel, ChannelBuilder, ResponseBody, broken_protocol_status};
 pub use config::{ChannelConfig, Http2Config, KeepaliveConfig, Policy};
 pub use outlier::OutlierConfig;
 pub use picker::{Backend, CallInfo, Picker};
