@@ -8,6 +8,10 @@
 //! reconnection backoff; a [`Picker`] chooses the backend of each call (`pick_first`,
 //! `round_robin`, `least_request`, `p2c_ewma`, or your own).
 //!
+//! No server is trusted: the status of every response is checked before tonic reads it, so
+//! a malformed or missing one is a clear error, never a panic or a false OK;
+//! [`CheckStatus`] does the same for any other transport, such as tonic's channel.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use keel::client::Channel;
