@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use clap::builder::PossibleValuesParser;
+use keel::client::CheckStatus;
 use keel_interop::client::{self, TestCase};
 use tonic::transport::{Channel, Endpoint};
 
@@ -64,7 +65,8 @@ pub async fn run(args: InteropArgs) -> anyhow::Result<()> {
         bail!("--use_tls=true is not supported yet: TLS comes in a later release; use plaintext");
     }
     let cases = selected_cases(&args.test_case)?;
-    let channel = connect(&args.server_host, args.server_port).await?;
+    // tonic's channel, as any interop client would use, but no server can crash it.
+    let channel = CheckStatus::new(connect(&args.server_host, args.server_port).await?);
 
     let mut failed = Vec::new();
     for case in &cases {
@@ -103,7 +105,8 @@ async fn connect(host: &str, port: u16) -> anyhow::Result<Channel> {
     };
     let endpoint = Endpoint::from_shared(format!("http://{authority}"))
         .with_context(|| format!("invalid server address {authority}"))?
-        .connect_timeout(CONNECT_TIMEOUT);
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_max_header_list_size(keel::client::Http2Config::default().max_header_list_size);
     endpoint
         .connect()
         .await

@@ -22,6 +22,7 @@ use futures_util::StreamExt as _;
 use http::header::{ACCEPT, ALLOW, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt as _;
+use keel::client::CheckStatus;
 use keel::dynamic::{Detail, DynamicCodec, details};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Value, json};
@@ -81,7 +82,9 @@ const PASSED_THROUGH: [&str; 8] = [
 /// The REST/JSON gateway in front of `upstream` (any gRPC transport).
 pub struct Gateway<S> {
     shared: Arc<Shared>,
-    upstream: S,
+    /// Every status the upstream sends is checked before tonic reads it, whatever the
+    /// transport: a malformed one is a clear INTERNAL or UNKNOWN (HTTP 500), never a panic.
+    upstream: CheckStatus<S>,
 }
 
 impl<S: Clone> Clone for Gateway<S> {
@@ -142,7 +145,7 @@ where
                 pool,
                 options,
             }),
-            upstream,
+            upstream: CheckStatus::new(upstream),
         }
     }
 
@@ -260,6 +263,11 @@ where
             .message()
             .await?
             .ok_or_else(|| Status::internal("the service answered no message"))?;
+        if stream.message().await?.is_some() {
+            return Err(Failure::Status(Status::internal(
+                "the service answered more than one message to a call that takes one",
+            )));
+        }
         let trailers = stream.trailers().await?.unwrap_or_default();
         let mut response = self.unary_response(binding, &message);
         metadata_headers(&metadata, "grpc-metadata-", response.headers_mut());

@@ -1,11 +1,14 @@
 //! Opens the one connection `keel call` uses, for reflection and for the call itself:
 //! Keel's own client channel for plaintext, tonic's for TLS until Keel's client speaks TLS.
+//! Both check every status the server sends (`keel::client::CheckStatus` around tonic's)
+//! and accept response headers up to Keel's client limit.
 
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use keel::client::CheckStatus;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::Failure;
@@ -16,8 +19,8 @@ use super::args::Tls;
 pub enum Connection {
     /// Plaintext HTTP/2, through `keel::client::Channel`.
     Keel(keel::client::Channel),
-    /// TLS, through tonic's channel.
-    Tls(Channel),
+    /// TLS, through tonic's channel, with Keel's status check in front.
+    Tls(CheckStatus<Channel>),
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,10 +46,24 @@ impl tower::Service<http::Request<tonic::body::Body>> for Connection {
             }
             Self::Tls(channel) => {
                 let response = channel.call(request);
-                Box::pin(async move { Ok(response.await?.map(tonic::body::Body::new)) })
+                Box::pin(async move {
+                    match response.await {
+                        Ok(response) => Ok(response.map(tonic::body::Body::new)),
+                        // tonic would only say "h2 protocol error: http2 error".
+                        Err(error) => {
+                            Err(keel::client::broken_protocol_status(&error, header_limit())
+                                .map_or_else(|| error.into(), Into::into))
+                        }
+                    }
+                })
             }
         }
     }
+}
+
+/// The largest response header list accepted: Keel's client default, on both paths.
+fn header_limit() -> u32 {
+    keel::client::Http2Config::default().max_header_list_size
 }
 
 /// How long connecting (TCP and TLS handshakes) may take.
@@ -68,7 +85,8 @@ pub async fn connect(address: &str, tls: Option<Tls>) -> Result<Connection, Fail
     let mut endpoint = Endpoint::from_shared(uri.clone())
         .map_err(|error| Failure::Usage(format!("invalid address `{address}`: {error}")))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .http2_max_header_list_size(header_limit());
     if let Some(tls) = tls {
         endpoint = endpoint
             .tls_config(tls_config(&tls)?)
@@ -77,7 +95,7 @@ pub async fn connect(address: &str, tls: Option<Tls>) -> Result<Connection, Fail
     endpoint
         .connect()
         .await
-        .map(Connection::Tls)
+        .map(|channel| Connection::Tls(CheckStatus::new(channel)))
         .map_err(|error| Failure::Other(format!("cannot connect to {uri}: {}", chain(&error))))
 }
 

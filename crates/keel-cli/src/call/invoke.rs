@@ -1,5 +1,7 @@
 //! Invokes one method in any of the four modes: the requests go out as one stream (one
-//! message for unary and server streaming), every response is printed as it arrives.
+//! message for unary and server streaming), every response is printed as it arrives. A
+//! method that answers one message and got none, or more than one, fails with INTERNAL, as
+//! in grpc-go: an OK without its answer is not a success.
 
 use std::time::Duration;
 
@@ -100,12 +102,28 @@ async fn exchange(channel: Connection, call: Call, printer: Printer) -> Result<(
         .streaming(request, path, DynamicCodec::new(method.output()))
         .await?;
     printer.metadata("response headers", response.metadata());
+    let one_answer = !method.is_server_streaming();
     let mut responses = response.into_inner();
+    let mut answered = false;
     while let Some(message) = responses.message().await? {
+        if one_answer && answered {
+            return Err(Status::internal(
+                "cardinality violation: expected <EOF> for non server-streaming RPCs, \
+                 but received another message",
+            )
+            .into());
+        }
+        answered = true;
         printer.message(&message)?;
     }
     if let Some(trailers) = responses.trailers().await? {
         printer.metadata("response trailers", &trailers);
+    }
+    if one_answer && !answered {
+        return Err(Status::internal(
+            "cardinality violation: received no response message from non-server-streaming RPC",
+        )
+        .into());
     }
     Ok(())
 }

@@ -4,11 +4,13 @@
 //! `args` reads the flags, `connect` opens the one connection, `reflection` finds
 //! descriptors through `keel::reflect` (`types` adds the standard ones a server may not
 //! send), `input` turns JSON into request messages, `codec` carries them, `invoke` makes the
-//! call, and `output`, `describe` and `status` print.
+//! call, and `output`, `describe` and `status` print, with `escape` keeping the server's
+//! text from acting on the terminal.
 
 mod args;
 mod connect;
 mod describe;
+mod escape;
 mod input;
 mod invoke;
 mod output;
@@ -70,7 +72,7 @@ pub async fn run(args: CallArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             if matches!(failure, Failure::Usage(_) | Failure::Other(_)) {
-                eprintln!("keel call: {failure}");
+                eprintln!("keel call: {}", escape::lines(&failure.to_string()));
             }
             ExitCode::from(failure.exit_code())
         }

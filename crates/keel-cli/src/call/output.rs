@@ -9,6 +9,7 @@ use tonic::metadata::{KeyAndValueRef, MetadataMap};
 
 use super::Failure;
 use super::args::OutputOptions;
+use super::escape;
 
 /// Prints to stdout (results) and stderr (metadata), flushing after every item so that
 /// streamed responses appear as they arrive.
@@ -40,9 +41,9 @@ impl Printer {
         stdout(&json)
     }
 
-    /// Prints text (a listing or a description) on stdout.
+    /// Prints text (a listing or a description) on stdout, controls escaped.
     pub fn text(&self, text: &str) -> Result<(), Failure> {
-        stdout(text.as_bytes())
+        stdout(escape::lines(text).as_bytes())
     }
 
     /// Prints `metadata` under `title` on stderr, when verbose.
@@ -60,7 +61,8 @@ impl Printer {
     }
 }
 
-/// `message` as proto3 JSON, pretty or on one line, with or without default-valued fields.
+/// `message` as proto3 JSON, pretty or on one line, with or without default-valued fields,
+/// terminal controls escaped.
 pub fn json(
     message: &DynamicMessage,
     options: OutputOptions,
@@ -73,10 +75,11 @@ pub fn json(
         message
             .serialize_with_options(&mut serde_json::Serializer::pretty(&mut out), &serialize)?;
     }
-    Ok(out)
+    // serde_json writes UTF-8, so nothing is lost.
+    Ok(escape::json(String::from_utf8_lossy(&out).into_owned()).into_bytes())
 }
 
-/// `serde_json::Value` as text, pretty or on one line.
+/// `serde_json::Value` as text, pretty or on one line, terminal controls escaped.
 pub fn value_text(value: &serde_json::Value, options: OutputOptions) -> String {
     let text = if options.compact {
         serde_json::to_string(value)
@@ -84,14 +87,14 @@ pub fn value_text(value: &serde_json::Value, options: OutputOptions) -> String {
         serde_json::to_string_pretty(value)
     };
     // A Value always serializes; the fallback only keeps this total.
-    text.unwrap_or_else(|_| value.to_string())
+    escape::json(text.unwrap_or_else(|_| value.to_string()))
 }
 
 /// The status entries, which the status report shows decoded.
 const STATUS_KEYS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
 
 /// `title:` then one `  key: value` line per entry (but the status's own); binary values as
-/// sent (base64).
+/// sent (base64), controls in values escaped.
 fn metadata_text(title: &str, metadata: &MetadataMap) -> String {
     let mut text = format!("{title}:\n");
     for entry in metadata.iter() {
@@ -106,7 +109,7 @@ fn metadata_text(title: &str, metadata: &MetadataMap) -> String {
             ),
         };
         if !STATUS_KEYS.contains(&key) {
-            text.push_str(&format!("  {key}: {value}\n"));
+            text.push_str(&format!("  {key}: {}\n", escape::line(&value)));
         }
     }
     text

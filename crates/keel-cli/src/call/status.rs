@@ -9,23 +9,25 @@ use serde_json::{Value, json};
 use tonic::Status;
 
 use super::args::OutputOptions;
+use super::escape;
 use super::output::{json, value_text};
 
 /// The report of `status` for stderr: the code as grpc-go spells it, the message, and every
-/// detail as JSON. Detail types are looked up among the standard google.rpc ones, then in
+/// detail as JSON, terminal controls escaped. Detail types are looked up among the standard google.rpc ones, then in
 /// `server` (the server's own descriptors), if given.
 pub fn report(status: &Status, server: Option<&DescriptorPool>, options: OutputOptions) -> String {
     let mut text = format!(
         "ERROR:\n  Code: {}\n  Message: {}\n",
         code_name(status.code()),
-        status.message()
+        escape::line(status.message())
     );
     let details = match details(status, server) {
         Ok(details) if details.is_empty() => return text,
         Ok(details) => details,
         Err(error) => {
             text.push_str(&format!(
-                "  Details:\n  (grpc-status-details-bin is not a google.rpc.Status: {error})\n"
+                "  Details:\n  (grpc-status-details-bin is not a google.rpc.Status: {})\n",
+                escape::line(&error.to_string())
             ));
             return text;
         }

@@ -13,11 +13,10 @@ use std::time::Duration;
 use futures_util::stream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status, TimeoutExpired};
 
 use super::streaming::sized;
-use super::{CaseError, describe_status, rpc, zeros};
+use super::{CaseError, Transport, describe_status, rpc, zeros};
 use crate::pb::grpc_testing::test_service_client::TestServiceClient;
 use crate::pb::grpc_testing::{StreamingInputCallRequest, StreamingOutputCallRequest};
 
@@ -29,7 +28,7 @@ const STEP_LIMIT: Duration = Duration::from_secs(10);
 /// FullDuplexCall with a 1 ms deadline, one request and no half-close, so the server has
 /// nothing to do but wait: the call ends with DEADLINE_EXCEEDED.
 pub(super) async fn timeout_on_sleeping_server(
-    mut client: TestServiceClient<Channel>,
+    mut client: TestServiceClient<Transport>,
 ) -> Result<(), CaseError> {
     let deadline = tokio::time::Instant::now() + SLEEPING_DEADLINE;
     let (sender, receiver) = mpsc::channel(1);
@@ -82,7 +81,7 @@ fn is_local_deadline(status: &Status) -> bool {
 /// StreamingInputCall cancelled as soon as it has begun (headers sent, no message yet): the
 /// call must still be in flight then, so that its outcome is CANCELLED.
 pub(super) async fn cancel_after_begin(
-    mut client: TestServiceClient<Channel>,
+    mut client: TestServiceClient<Transport>,
 ) -> Result<(), CaseError> {
     let (begun_sender, begun) = oneshot::channel();
     let (sender, mut receiver) = mpsc::channel::<StreamingInputCallRequest>(1);
@@ -124,7 +123,7 @@ pub(super) async fn cancel_after_begin(
 
 /// FullDuplexCall cancelled once its first response has arrived.
 pub(super) async fn cancel_after_first_response(
-    mut client: TestServiceClient<Channel>,
+    mut client: TestServiceClient<Transport>,
 ) -> Result<(), CaseError> {
     let (sender, receiver) = mpsc::channel(1);
     let first = StreamingOutputCallRequest {

@@ -9,13 +9,12 @@ use futures_util::stream;
 use http::uri::PathAndQuery;
 use tonic::client::Grpc;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Streaming};
 use tonic_prost::ProstCodec;
 
 use super::streaming::sized;
 use super::unary::{LARGE_REQUEST_SIZE, LARGE_RESPONSE_SIZE, large_request};
-use super::{CaseError, rpc, zeros};
+use super::{CaseError, Transport, rpc, zeros};
 use crate::echo_metadata::{ECHO_INITIAL_KEY, ECHO_TRAILING_KEY};
 use crate::pb::grpc_testing::test_service_client::TestServiceClient;
 use crate::pb::grpc_testing::{SimpleRequest, SimpleResponse, StreamingOutputCallRequest};
@@ -27,7 +26,7 @@ const UNARY_CALL_PATH: &str = "/grpc.testing.TestService/UnaryCall";
 /// UnaryCall, then FullDuplexCall (half-closed after one request), both carrying the two
 /// echo keys: both succeed, with the ASCII key in the initial metadata and the binary key
 /// in the trailing metadata.
-pub(super) async fn custom_metadata(channel: Channel) -> Result<(), CaseError> {
+pub(super) async fn custom_metadata(channel: Transport) -> Result<(), CaseError> {
     let mut grpc = Grpc::new(channel.clone());
     grpc.ready()
         .await

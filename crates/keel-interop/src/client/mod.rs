@@ -1,4 +1,5 @@
-//! The standard gRPC interop client cases, run over a tonic [`Channel`] against any server of
+//! The standard gRPC interop client cases, run over any gRPC transport (a tonic `Channel`,
+//! Keel's, either behind `keel::client::CheckStatus`) against any server of
 //! `grpc.testing.TestService`, each checking exactly what the interop spec asks.
 //!
 //! ```no_run
@@ -23,7 +24,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use tonic::Status;
-use tonic::transport::Channel;
+use tonic::codegen::{Bytes, StdError};
+use tower::ServiceExt as _;
+use tower::util::BoxCloneService;
 
 use crate::pb::grpc_testing::test_service_client::TestServiceClient;
 use crate::pb::grpc_testing::{Payload, PayloadType};
@@ -175,14 +178,34 @@ impl std::error::Error for CaseError {
     }
 }
 
-/// Runs one case over `channel`, bounded by [`CASE_TIME_LIMIT`].
-pub async fn run(channel: Channel, case: TestCase) -> Result<(), CaseError> {
-    tokio::time::timeout(CASE_TIME_LIMIT, run_unbounded(channel, case))
+/// The transport the cases run over: whatever [`run`] was given, boxed once so that the
+/// cases need no type parameters.
+type Transport =
+    BoxCloneService<http::Request<tonic::body::Body>, http::Response<tonic::body::Body>, StdError>;
+
+/// Runs one case over `channel` (any gRPC transport), bounded by [`CASE_TIME_LIMIT`].
+pub async fn run<S, B>(channel: S, case: TestCase) -> Result<(), CaseError>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Error: Into<StdError>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<StdError>,
+{
+    let transport = BoxCloneService::new(
+        channel
+            .map_response(|response| response.map(tonic::body::Body::new))
+            .map_err(Into::into),
+    );
+    tokio::time::timeout(CASE_TIME_LIMIT, run_unbounded(transport, case))
         .await
         .unwrap_or(Err(CaseError::TimedOut(CASE_TIME_LIMIT)))
 }
 
-async fn run_unbounded(channel: Channel, case: TestCase) -> Result<(), CaseError> {
+async fn run_unbounded(channel: Transport, case: TestCase) -> Result<(), CaseError> {
     let client = TestServiceClient::new(channel.clone());
     match case {
         TestCase::EmptyUnary => unary::empty_unary(client).await,

@@ -4,11 +4,10 @@
 use futures_util::stream;
 use http::uri::PathAndQuery;
 use tonic::client::Grpc;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_prost::ProstCodec;
 
-use super::{CaseError, describe_status};
+use super::{CaseError, Transport, describe_status};
 use crate::pb::grpc_testing::test_service_client::TestServiceClient;
 use crate::pb::grpc_testing::unimplemented_service_client::UnimplementedServiceClient;
 use crate::pb::grpc_testing::{EchoStatus, Empty, SimpleRequest, StreamingOutputCallRequest};
@@ -24,7 +23,7 @@ const UNIMPLEMENTED_METHOD_PATH: &str = "/grpc.testing.TestService/Unimplemented
 /// UnaryCall, then FullDuplexCall (half-closed after one request), each asking for status
 /// 2 "test status message": both end with exactly that code and message.
 pub(super) async fn status_code_and_message(
-    mut client: TestServiceClient<Channel>,
+    mut client: TestServiceClient<Transport>,
 ) -> Result<(), CaseError> {
     let unary = client.unary_call(echo_unary(ECHO_MESSAGE)).await;
     check_status("UnaryCall", unary.map(|_| ()), ECHO_CODE, ECHO_MESSAGE)?;
@@ -48,14 +47,14 @@ pub(super) async fn status_code_and_message(
 /// UnaryCall asking for status 2 with [`SPECIAL_MESSAGE`]: the message survives the trip
 /// byte for byte (it is percent-encoded on the wire).
 pub(super) async fn special_status_message(
-    mut client: TestServiceClient<Channel>,
+    mut client: TestServiceClient<Transport>,
 ) -> Result<(), CaseError> {
     let unary = client.unary_call(echo_unary(SPECIAL_MESSAGE)).await;
     check_status("UnaryCall", unary.map(|_| ()), ECHO_CODE, SPECIAL_MESSAGE)
 }
 
 /// `grpc.testing.TestService/UnimplementedCall` with an Empty: UNIMPLEMENTED.
-pub(super) async fn unimplemented_method(channel: Channel) -> Result<(), CaseError> {
+pub(super) async fn unimplemented_method(channel: Transport) -> Result<(), CaseError> {
     let mut grpc = Grpc::new(channel);
     grpc.ready()
         .await
@@ -75,7 +74,7 @@ pub(super) async fn unimplemented_method(channel: Channel) -> Result<(), CaseErr
 }
 
 /// `grpc.testing.UnimplementedService/UnimplementedCall` with an Empty: UNIMPLEMENTED.
-pub(super) async fn unimplemented_service(channel: Channel) -> Result<(), CaseError> {
+pub(super) async fn unimplemented_service(channel: Transport) -> Result<(), CaseError> {
     let outcome = UnimplementedServiceClient::new(channel)
         .unimplemented_call(Empty {})
         .await;

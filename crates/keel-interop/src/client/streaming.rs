@@ -4,9 +4,8 @@
 use futures_util::stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
-use super::{CaseError, check_zeros, int32, rpc, zeros};
+use super::{CaseError, Transport, check_zeros, int32, rpc, zeros};
 use crate::pb::grpc_testing::test_service_client::TestServiceClient;
 use crate::pb::grpc_testing::{
     ResponseParameters, StreamingInputCallRequest, StreamingOutputCallRequest,
@@ -19,7 +18,7 @@ const RESPONSE_SIZES: [usize; 4] = [31_415, 9, 2_653, 58_979];
 
 /// StreamingInputCall with four payloads, then half-close: the server reports their sum.
 pub(super) async fn client_streaming(
-    mut client: TestServiceClient<Channel>,
+    mut client: TestServiceClient<Transport>,
 ) -> Result<(), CaseError> {
     let requests = REQUEST_SIZES.map(|size| StreamingInputCallRequest {
         payload: Some(zeros(size)),
@@ -42,7 +41,7 @@ pub(super) async fn client_streaming(
 
 /// StreamingOutputCall asking for four sizes: exactly four responses of those sizes, in order.
 pub(super) async fn server_streaming(
-    mut client: TestServiceClient<Channel>,
+    mut client: TestServiceClient<Transport>,
 ) -> Result<(), CaseError> {
     let request = StreamingOutputCallRequest {
         response_parameters: RESPONSE_SIZES.iter().map(|&size| sized(size)).collect(),
@@ -83,7 +82,7 @@ pub(super) async fn server_streaming(
 
 /// FullDuplexCall, sending each request only after the previous response: four responses of
 /// the asked sizes, then OK after half-close.
-pub(super) async fn ping_pong(mut client: TestServiceClient<Channel>) -> Result<(), CaseError> {
+pub(super) async fn ping_pong(mut client: TestServiceClient<Transport>) -> Result<(), CaseError> {
     let (sender, receiver) = mpsc::channel(1);
     // The first request is queued before the call starts, so a server that sends its
     // headers only with its first response cannot deadlock the case.
@@ -138,7 +137,9 @@ async fn send_ping(
 }
 
 /// FullDuplexCall that half-closes at once: no response, status OK.
-pub(super) async fn empty_stream(mut client: TestServiceClient<Channel>) -> Result<(), CaseError> {
+pub(super) async fn empty_stream(
+    mut client: TestServiceClient<Transport>,
+) -> Result<(), CaseError> {
     let mut responses = client
         .full_duplex_call(stream::empty::<StreamingOutputCallRequest>())
         .await

@@ -1,9 +1,7 @@
 //! Cases over plain unary calls: `empty_unary` (zero-size messages) and `large_unary`
 //! (messages big enough to touch flow control).
 
-use tonic::transport::Channel;
-
-use super::{CaseError, check_zeros, int32, rpc, zeros};
+use super::{CaseError, Transport, check_zeros, int32, rpc, zeros};
 use crate::pb::grpc_testing::test_service_client::TestServiceClient;
 use crate::pb::grpc_testing::{Empty, SimpleRequest};
 
@@ -13,7 +11,7 @@ pub(super) const LARGE_REQUEST_SIZE: usize = 271_828;
 pub(super) const LARGE_RESPONSE_SIZE: usize = 314_159;
 
 /// EmptyCall with the default Empty: the call succeeds with a response.
-pub(super) async fn empty_unary(mut client: TestServiceClient<Channel>) -> Result<(), CaseError> {
+pub(super) async fn empty_unary(mut client: TestServiceClient<Transport>) -> Result<(), CaseError> {
     // A decoded response is non-null by construction: tonic fails the call when the server
     // sends no message, so success is the whole check.
     client
@@ -24,7 +22,7 @@ pub(super) async fn empty_unary(mut client: TestServiceClient<Channel>) -> Resul
 }
 
 /// UnaryCall with 271828 zero bytes, asking for 314159: the response carries that many zeros.
-pub(super) async fn large_unary(mut client: TestServiceClient<Channel>) -> Result<(), CaseError> {
+pub(super) async fn large_unary(mut client: TestServiceClient<Transport>) -> Result<(), CaseError> {
     let response = client
         .unary_call(large_request())
         .await

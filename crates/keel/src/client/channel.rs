@@ -21,6 +21,7 @@ use super::replay::Replay;
 use super::resolver::{self, Resolution, Resolver};
 use super::retry::{HedgingPolicy, Throttle, pushback};
 use super::service_config::{Again, ServiceConfig, ServiceConfigError};
+use super::status_check::{CheckedBody, check_response};
 use super::subchannel::{Backend, ConnectivityState};
 use super::target::{Address, Target, TargetError};
 use crate::observe::code::status_of;
@@ -322,15 +323,17 @@ struct Call<'a> {
 
 /// How one attempt ended.
 enum Attempt {
-    /// Response headers arrived (a trailers-only response included).
-    Answered(http::Response<hyper::body::Incoming>, Load),
+    /// Response headers arrived (a trailers-only response included), their status checked.
+    Answered(http::Response<CheckedBody<hyper::body::Incoming>>, Load),
     /// No response: the status to report, and whether the server cannot have seen the
     /// call (a refused stream), so that it may be sent again transparently.
     Failed { status: Status, unseen: bool },
 }
 
 /// The status of a trailers-only response (no body; the status in the headers).
-fn trailers_only_status(response: &http::Response<hyper::body::Incoming>) -> Option<Code> {
+fn trailers_only_status(
+    response: &http::Response<CheckedBody<hyper::body::Incoming>>,
+) -> Option<Code> {
     if !response.body().is_end_stream() {
         return None;
     }
@@ -494,7 +497,7 @@ impl Call<'_> {
     /// Wraps an answer for the caller.
     fn respond(
         &self,
-        response: http::Response<hyper::body::Incoming>,
+        response: http::Response<CheckedBody<hyper::body::Incoming>>,
         load: Load,
     ) -> http::Response<ResponseBody> {
         if load.backend.detects_outliers()
@@ -564,7 +567,7 @@ impl Call<'_> {
                     if let Some(sent_at) = sent_at {
                         load.backend.record_latency(sent_at.elapsed());
                     }
-                    return Attempt::Answered(response, load);
+                    return Attempt::Answered(check_response(response), load);
                 }
                 Err(mut error) => match error.take_message() {
                     // Never sent: the connection was closing. Any backend may take it.
@@ -577,7 +580,7 @@ impl Call<'_> {
                         load.backend.record_outcome(Code::Unavailable);
                         return Attempt::Failed {
                             unseen: refused(&error),
-                            status: transport_status(&error, &load.backend.address),
+                            status: transport_status(&error, &load.backend),
                         };
                     }
                 },
@@ -647,8 +650,13 @@ impl Drop for Load {
 
 /// The status a transport failure gives a call, per gRPC's HTTP/2 mapping: a stream the
 /// server refused or a connection that failed is UNAVAILABLE; a cancelled stream
-/// CANCELLED; ENHANCE_YOUR_CALM is RESOURCE_EXHAUSTED.
-fn transport_status(error: &(dyn std::error::Error + 'static), address: &Address) -> Status {
+/// CANCELLED; ENHANCE_YOUR_CALM from the server is RESOURCE_EXHAUSTED; a protocol the
+/// server broke is [`broken_protocol_status`].
+fn transport_status(error: &(dyn std::error::Error + 'static), backend: &Backend) -> Status {
+    let address = &backend.address;
+    if let Some(status) = broken_protocol_status(error, backend.header_limit) {
+        return Status::internal(format!("{address}: {}", status.message()));
+    }
     let mut source = Some(error);
     while let Some(error) = source {
         if let Some(h2) = error.downcast_ref::<h2::Error>()
@@ -669,12 +677,47 @@ fn transport_status(error: &(dyn std::error::Error + 'static), address: &Address
     Status::unavailable(format!("{address}: {error}"))
 }
 
+/// The status of a call whose stream or connection this client's HTTP/2 stack (h2) closed
+/// because the server broke the protocol, most often with response headers over the
+/// client's `header_limit`: INTERNAL, naming that limit. `None` for any other error.
+///
+/// [`Channel`] applies it itself; this is for errors of other transports, such as tonic's
+/// channel, whose own wording ("h2 protocol error: http2 error") says nothing of the cause.
+pub fn broken_protocol_status(
+    error: &(dyn std::error::Error + 'static),
+    header_limit: u32,
+) -> Option<Status> {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            let broken = h2.is_library()
+                && matches!(
+                    h2.reason(),
+                    Some(
+                        h2::Reason::PROTOCOL_ERROR
+                            | h2::Reason::COMPRESSION_ERROR
+                            | h2::Reason::ENHANCE_YOUR_CALM
+                    )
+                );
+            return broken.then(|| {
+                Status::internal(format!(
+                    "{h2}: the server's response headers were malformed or larger than this \
+                     client's limit of {header_limit} bytes (http2.max_header_list_size)"
+                ))
+            });
+        }
+        source = error.source();
+    }
+    None
+}
+
 pin_project_lite::pin_project! {
-    /// A response body from a [`Channel`]: counts its call as outstanding until it ends, and
-    /// ends the call with DEADLINE_EXCEEDED when the deadline passes first.
+    /// A response body from a [`Channel`]: counts its call as outstanding until it ends,
+    /// ends the call with DEADLINE_EXCEEDED when the deadline passes first, and has its
+    /// trailers checked (a malformed or missing status becomes a clear one).
     pub struct ResponseBody {
         #[pin]
-        inner: hyper::body::Incoming,
+        inner: CheckedBody<hyper::body::Incoming>,
         load: Load,
         deadline: Option<(Pin<Box<Sleep>>, Instant)>,
     }
@@ -703,8 +746,7 @@ impl Body for ResponseBody {
                 }
             }
             return Poll::Ready(
-                frame
-                    .map(|frame| frame.map_err(|error| transport_status(&error, &backend.address))),
+                frame.map(|frame| frame.map_err(|error| transport_status(&error, backend))),
             );
         }
         if let Some((sleep, at)) = this.deadline {

@@ -50,9 +50,9 @@ impl Default for KeepaliveConfig {
     }
 }
 
-/// HTTP/2 flow-control settings; hyper's defaults when unset (2 MiB per stream, 5 MiB per
-/// connection).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+/// HTTP/2 settings: flow control (hyper's defaults when unset: 2 MiB per stream, 5 MiB
+/// per connection) and the largest header block a server may send.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Http2Config {
     /// Initial stream window in bytes.
@@ -64,6 +64,24 @@ pub struct Http2Config {
     /// closes a connection holding more unread small DATA frames than half its window
     /// allows, which ~130 concurrent small responses on one connection reach.
     pub adaptive_window: bool,
+    /// The largest response header list (headers or trailers, HTTP/2's
+    /// SETTINGS_MAX_HEADER_LIST_SIZE) in bytes: 16 KiB, grpc-core's hard limit, which
+    /// bounds what one response can make the client hold. Response headers over it fail
+    /// the call with INTERNAL naming this setting; over four times it, h2 closes the
+    /// connection. Trailers over it lose the entries past the limit (h2 drops them
+    /// silently), and a call whose `grpc-status` went with them fails with UNKNOWN.
+    pub max_header_list_size: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            initial_stream_window: None,
+            initial_connection_window: None,
+            adaptive_window: false,
+            max_header_list_size: 16 * 1024,
+        }
+    }
 }
 
 /// Everything a [`super::Channel`] can be tuned with.

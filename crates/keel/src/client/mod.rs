@@ -8,6 +8,10 @@
 //! reconnection backoff; a [`Picker`] chooses the backend of each call (`pick_first`,
 //! `round_robin`, `least_request`, `p2c_ewma`, or your own).
 //!
+//! No server is trusted: the status of every response is checked before tonic reads it, so
+//! a malformed or missing one is a clear error, never a panic or a false OK;
+//! [`CheckStatus`] does the same for any other transport, such as tonic's channel.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use keel::client::Channel;
@@ -31,15 +35,17 @@ mod replay;
 mod resolver;
 mod retry;
 pub mod service_config;
+mod status_check;
 mod subchannel;
 mod target;
 
 pub use backoff::BackoffConfig;
-pub use channel::{Channel, ChannelBuilder, ResponseBody};
+pub use channel::{Channel, ChannelBuilder, ResponseBody, broken_protocol_status};
 pub use config::{ChannelConfig, Http2Config, KeepaliveConfig, Policy};
 pub use outlier::OutlierConfig;
 pub use picker::{Backend, CallInfo, Picker};
 pub use resolver::{BoxFuture, DnsSettings, Resolver};
 pub use service_config::ServiceConfigError;
+pub use status_check::{CheckStatus, CheckedBody, Checking};
 pub use subchannel::ConnectivityState;
 pub use target::{Address, Target, TargetError};

@@ -58,6 +58,8 @@ enum Slot {
 #[derive(Debug)]
 pub(crate) struct Backend {
     pub(crate) address: Address,
+    /// The largest response header block its connections accept, for error messages.
+    pub(crate) header_limit: u32,
     /// Live connections, tried in turn.
     connections: RwLock<Vec<(usize, SendRequest<tonic::body::Body>)>>,
     next_connection: AtomicUsize,
@@ -252,6 +254,7 @@ impl Subchannel {
         let (wanted, _) = watch::channel(eager);
         let backend = Arc::new(Backend {
             address,
+            header_limit: config.http2.max_header_list_size,
             connections: RwLock::new(Vec::with_capacity(slots)),
             next_connection: AtomicUsize::new(0),
             slots: Mutex::new(vec![Slot::Idle; slots]),
@@ -415,6 +418,7 @@ async fn connect(address: &Address, config: &ChannelConfig) -> Result<Connected,
         builder.initial_connection_window_size(size);
     }
     builder.adaptive_window(config.http2.adaptive_window);
+    builder.max_header_list_size(config.http2.max_header_list_size);
     builder
         .handshake(TokioIo::new(stream))
         .await

@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::TelemetryError;
 use super::otlp::{EXPORT_PATH, EncodedCodec, export_request};
 use super::sampler::Sampler;
+use crate::client::CheckStatus;
 
 /// A finished span, as exported.
 #[derive(Debug, Clone)]
@@ -214,7 +215,7 @@ impl SpanRecorder {
             timeout: settings.timeout,
         });
         let exporter = Exporter {
-            grpc: tonic::client::Grpc::new(channel),
+            grpc: tonic::client::Grpc::new(CheckStatus::new(channel)),
             headers: settings.headers,
             timeout: settings.timeout,
             resource,
@@ -319,7 +320,9 @@ async fn run(
 
 /// Sends batches to the collector.
 struct Exporter {
-    grpc: tonic::client::Grpc<Channel>,
+    /// tonic's channel, with the collector's statuses checked: no collector can panic
+    /// the export task.
+    grpc: tonic::client::Grpc<CheckStatus<Channel>>,
     headers: MetadataMap,
     timeout: Duration,
     /// The encoded OTLP `Resource` every batch carries.
