@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::health::HealthRegistry;
+use crate::health::{HealthRegistry, ReadinessStatus};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -35,17 +35,33 @@ async fn liveness() -> Response {
     axum::Json(json!({ "status": "alive" })).into_response()
 }
 
-/// 200 while the server reports SERVING, 503 from the start of shutdown on.
+/// 200 while the server reports SERVING (status `serving`, or `degraded` while a degraded
+/// check fails), 503 while it does not (a critical check fails, or shutdown began), with every
+/// readiness check's last outcome:
+/// `{"status":"not_serving","checks":{"database":{"status":"failing","impact":"critical","error":"..."}}}`.
 async fn readiness(State(admin): State<Admin>) -> Response {
-    if admin.health.is_serving() {
-        axum::Json(json!({ "status": "serving" })).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "not_serving" })),
-        )
-            .into_response()
-    }
+    let readiness = admin.health.readiness();
+    let checks: serde_json::Map<String, serde_json::Value> = readiness
+        .checks
+        .into_iter()
+        .map(|check| {
+            let result = match check.error {
+                None => json!({ "status": "passing", "impact": check.impact.as_str() }),
+                Some(error) => json!({
+                    "status": "failing",
+                    "impact": check.impact.as_str(),
+                    "error": error,
+                }),
+            };
+            (check.name, result)
+        })
+        .collect();
+    let code = match readiness.status {
+        ReadinessStatus::NotServing => StatusCode::SERVICE_UNAVAILABLE,
+        ReadinessStatus::Serving | ReadinessStatus::Degraded => StatusCode::OK,
+    };
+    let body = json!({ "status": readiness.status.as_str(), "checks": checks });
+    (code, axum::Json(body)).into_response()
 }
 
 async fn render_metrics(State(admin): State<Admin>) -> Response {

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{TestServer, config};
@@ -140,4 +142,153 @@ async fn admin_endpoints_answer_with_json_and_metrics() {
     }
     assert!(common::parse_metric(&text, "process_resident_memory_bytes").unwrap() > 1e6);
     assert!(common::parse_metric(&text, "process_open_fds").unwrap() >= 3.0);
+}
+
+/// A probe the test switches: down until `up` is set; counts its runs in `probes`.
+fn switched_check(
+    name: &str,
+    up: &Arc<AtomicBool>,
+    probes: &Arc<AtomicUsize>,
+) -> keel::health::ReadinessCheck {
+    let (up, probes) = (up.clone(), probes.clone());
+    keel::health::ReadinessCheck::new(name, move || {
+        probes.fetch_add(1, Ordering::SeqCst);
+        let up = up.load(Ordering::SeqCst);
+        async move {
+            if up {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("connection refused"))
+            }
+        }
+    })
+    .interval(Duration::from_millis(20))
+}
+
+/// Polls `/readyz` (bounded) until its status code is `code`; returns the body.
+async fn wait_readyz(server: &TestServer, code: u16) -> serde_json::Value {
+    let mut last = (0, String::new());
+    for _ in 0..250 {
+        last = server.admin_get("/readyz").await;
+        if last.0 == code {
+            return serde_json::from_str(&last.1).expect("JSON body");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("/readyz never answered {code}; last: {last:?}");
+}
+
+async fn check_status(client: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
+    client
+        .check(request(service))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test]
+async fn a_failing_critical_check_makes_the_server_unready_until_it_passes() {
+    let server = TestServer::start(config()).await;
+    let mut client = HealthClient::new(server.channel().await);
+    let mut watch = client.watch(request("")).await.unwrap().into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        Wire::Serving as i32
+    );
+    let (up, probes) = (Arc::new(AtomicBool::new(false)), Arc::default());
+    server
+        .health
+        .add_check(switched_check("database", &up, &probes))
+        .await;
+
+    let body = wait_readyz(&server, 503).await;
+    assert_eq!(body["status"], "not_serving", "{body}");
+    assert_eq!(body["checks"]["database"]["status"], "failing", "{body}");
+    assert_eq!(body["checks"]["database"]["impact"], "critical", "{body}");
+    assert_eq!(
+        body["checks"]["database"]["error"], "connection refused",
+        "{body}"
+    );
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        Wire::NotServing as i32
+    );
+    for service in ["", "helloworld.Greeter"] {
+        assert_eq!(
+            check_status(&mut client, service).await,
+            Wire::NotServing as i32,
+            "{service:?}"
+        );
+    }
+
+    up.store(true, Ordering::SeqCst);
+    let body = wait_readyz(&server, 200).await;
+    assert_eq!(body["status"], "serving", "{body}");
+    assert_eq!(body["checks"]["database"]["status"], "passing", "{body}");
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        Wire::Serving as i32
+    );
+    assert_eq!(
+        check_status(&mut client, "helloworld.Greeter").await,
+        Wire::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn a_failing_degraded_check_keeps_the_server_ready() {
+    let server = TestServer::start(config()).await;
+    let (up, probes) = (Arc::new(AtomicBool::new(false)), Arc::default());
+    server
+        .health
+        .add_check(switched_check("cache", &up, &probes).degraded())
+        .await;
+    let (code, body) = server.admin_get("/readyz").await;
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["checks"]["cache"]["status"], "failing", "{body}");
+    assert_eq!(body["checks"]["cache"]["impact"], "degraded", "{body}");
+    let mut client = HealthClient::new(server.channel().await);
+    assert_eq!(check_status(&mut client, "").await, Wire::Serving as i32);
+}
+
+#[tokio::test]
+async fn a_probe_flood_never_reaches_the_dependency() {
+    let server = TestServer::start(config()).await;
+    let (up, probes) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let check = switched_check("database", &up, &probes).interval(Duration::from_secs(3600));
+    server.health.add_check(check).await;
+    let floods = (0..200).map(|_| server.admin_get("/readyz"));
+    for (code, body) in futures_util::future::join_all(floods).await {
+        assert_eq!(code, 200, "{body}");
+    }
+    assert_eq!(
+        probes.load(Ordering::SeqCst),
+        1,
+        "probes run in the background, not per request"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_check_fails_at_its_timeout() {
+    let server = TestServer::start(config()).await;
+    let check = keel::health::ReadinessCheck::new("database", || {
+        std::future::pending::<Result<(), std::io::Error>>()
+    })
+    .timeout(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    server.health.add_check(check).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let (code, body) = server.admin_get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no answer within 100ms"), "{body}");
 }

@@ -1,5 +1,6 @@
-//! The payments service's settings: Keel's server settings under `server`, plus storage,
-//! idempotency retention, the optional per-account rate limit and the optional Redis. Loaded by
+//! The payments service's settings: Keel's server settings under `server`, plus storage and
+//! its timeouts, idempotency retention, the optional per-account rate limit, the optional
+//! Redis, and the readiness checks of both. Loaded by
 //! [`keel::config::Loader`] with the `PAYMENTS` prefix (`PAYMENTS_DATABASE_URL`,
 //! `PAYMENTS_SERVER_LISTEN`, ...).
 
@@ -19,6 +20,27 @@ pub struct PaymentsConfig {
     /// Default 16: keeps a small PostgreSQL busy without exhausting its 100 connections when a
     /// few replicas run.
     pub database_max_connections: u32,
+    /// The longest one database statement may run, enforced by the database (PostgreSQL's
+    /// `statement_timeout`, which also ends waits for row locks; SQLite's busy timeout, how long
+    /// a write waits for another process's lock). Default 5 s: the ledger's statements take
+    /// milliseconds, even queued behind hot accounts. At most `database_transaction_timeout`,
+    /// so the server ends what the service gave up on.
+    #[serde(with = "humantime_serde")]
+    pub database_statement_timeout: Duration,
+    /// The longest an operation's statements may take, from asking for a connection to the
+    /// last one before COMMIT, enforced by the service itself: it is what ends an operation
+    /// when the network goes silent and no server timeout can answer. Then the caller gets
+    /// UNAVAILABLE with RetryInfo, nothing took effect, and the connection is closed. Default 5 s:
+    /// room for a burst's queueing, an answer well before callers' deadlines.
+    #[serde(with = "humantime_serde")]
+    pub database_transaction_timeout: Duration,
+    /// The longest COMMIT may take to answer, enforced by the service. Then the caller gets
+    /// UNAVAILABLE and the outcome is unknown: retrying with the same idempotency key returns
+    /// the payment if it committed and makes it if not. A write answers within the transaction
+    /// plus the commit timeout. Default 5 s: a commit is one flush to disk (and, with
+    /// synchronous replication, a standby's acknowledgement).
+    #[serde(with = "humantime_serde")]
+    pub database_commit_timeout: Duration,
     /// Group commit: most payments committed in one transaction; `1` commits every payment in
     /// a transaction of its own. Default 64. Payments waiting together share a transaction,
     /// each with its own outcome, so under load the database does a few statements and one
@@ -39,6 +61,21 @@ pub struct PaymentsConfig {
     pub redis_url: String,
     /// Prefix of every Redis key this service writes, so deployments can share a server.
     pub redis_key_prefix: String,
+    /// The longest one Redis command (connecting included) may take before the payment goes
+    /// on without Redis. Default 250 ms: Redis answers in well under a millisecond, and a
+    /// payment should not wait long for a helper it can do without.
+    #[serde(with = "humantime_serde")]
+    pub redis_command_timeout: Duration,
+    /// How often the readiness checks probe the database (critical: failing, the service is
+    /// NOT_SERVING and `/readyz` 503) and Redis when configured (degraded only). Probes run in
+    /// the background; `/readyz` and health calls answer from the last results. Default 5 s:
+    /// an outage shows within interval plus timeout, at one query per interval.
+    #[serde(with = "humantime_serde")]
+    pub readiness_check_interval: Duration,
+    /// How long one readiness probe may take before it counts as failed. Default 2 s: a
+    /// database that cannot answer `SELECT 1` in that time cannot serve payments either.
+    #[serde(with = "humantime_serde")]
+    pub readiness_check_timeout: Duration,
     /// Serve REST/JSON (the contract's `google.api.http` rules) and gRPC-Web on the gRPC
     /// port as well, calling the services in-process. On by default, so `curl` works
     /// against a fresh `payments`.
@@ -52,12 +89,18 @@ impl Default for PaymentsConfig {
         Self {
             database_url: "sqlite://data/payments.db".to_owned(),
             database_max_connections: 16,
+            database_statement_timeout: Duration::from_secs(5),
+            database_transaction_timeout: Duration::from_secs(5),
+            database_commit_timeout: Duration::from_secs(5),
             payment_batch_size: 64,
             payment_committers: 2,
             idempotency_retention: Duration::from_secs(24 * 3600),
             rate_limit_per_account: 0,
             redis_url: String::new(),
             redis_key_prefix: "payments:".to_owned(),
+            redis_command_timeout: Duration::from_millis(250),
+            readiness_check_interval: Duration::from_secs(5),
+            readiness_check_timeout: Duration::from_secs(2),
             rest_gateway: true,
             server: ServerConfig::default(),
         }
@@ -96,6 +139,31 @@ impl Validate for PaymentsConfig {
             if value == 0 {
                 bad.push(Violation::new(key, "must be at least 1"));
             }
+        }
+        for (key, value) in [
+            (
+                "database_statement_timeout",
+                self.database_statement_timeout,
+            ),
+            (
+                "database_transaction_timeout",
+                self.database_transaction_timeout,
+            ),
+            ("database_commit_timeout", self.database_commit_timeout),
+            ("redis_command_timeout", self.redis_command_timeout),
+            ("readiness_check_interval", self.readiness_check_interval),
+            ("readiness_check_timeout", self.readiness_check_timeout),
+        ] {
+            if value.is_zero() {
+                bad.push(Violation::new(key, "must be longer than zero"));
+            }
+        }
+        if self.database_statement_timeout > self.database_transaction_timeout {
+            bad.push(Violation::new(
+                "database_statement_timeout",
+                "must not exceed database_transaction_timeout, or the database goes on with \
+                 (and holds the locks of) statements the service gave up on",
+            ));
         }
         if self.redis_url.starts_with("rediss://") {
             bad.push(Violation::new(
@@ -166,6 +234,17 @@ mod tests {
             ("payment_batch_size", "0", "`payment_batch_size`"),
             ("redis_url", "http://127.0.0.1:6379", "`redis_url`"),
             ("redis_url", "rediss://127.0.0.1:6379", "TLS"),
+            ("database_commit_timeout", "0s", "`database_commit_timeout`"),
+            (
+                "database_statement_timeout",
+                "10s",
+                "database_transaction_timeout",
+            ),
+            (
+                "readiness_check_interval",
+                "0s",
+                "`readiness_check_interval`",
+            ),
             (
                 "server.shutdown.drain_delay",
                 "1h",

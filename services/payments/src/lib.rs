@@ -8,6 +8,8 @@
 //! - [`limit`]: the per-payer rate limiter, in process or in Redis.
 //! - [`redis_conn`]: the Redis handle both share, quick to give up so Redis never stalls or
 //!   fails a payment.
+//! - [`app`]: all of it assembled from [`config::PaymentsConfig`] on Keel's server, with the
+//!   readiness checks of the database and Redis: what the `payments` binary runs.
 //!
 //! Architecture invariant: money only moves inside one database transaction that also writes
 //! the balanced ledger entries and records the idempotency key.
@@ -24,6 +26,7 @@ pub mod pb {
 /// Encoded `FileDescriptorSet` of payments.v1 (with its imports), for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payments.bin"));
 
+pub mod app;
 pub mod config;
 pub mod limit;
 pub mod redis_conn;

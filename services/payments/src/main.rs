@@ -1,22 +1,14 @@
 //! `payments`: the reference payments service, on Keel's server with all its defaults.
-//! Parses flags, loads configuration, opens the store and serves; nothing else lives here.
+//! Parses flags, loads configuration and serves [`payments::app::App`]; nothing else lives
+//! here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use keel::config::Loader;
+use payments::app::App;
 use payments::config::PaymentsConfig;
-use payments::limit::Limiter;
-use payments::redis_conn::Redis;
-use payments::service::Payments;
-use payments::store::{self, CachedStore, Store, StoreConfig};
-
-/// How often expired idempotency keys are purged.
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The reference payments service: accounts, deposits, payments and refunds on a
 /// double-entry ledger, over gRPC (payments.v1), with health, reflection and an admin port.
@@ -110,70 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let _telemetry = keel::telemetry::init("payments")?;
-    let store_config = StoreConfig::default()
-        .idempotency_retention(config.idempotency_retention)
-        .max_connections(config.database_max_connections)
-        .batch_size(config.payment_batch_size)
-        .committers(config.payment_committers);
-    let store = store::open_with(&config.database_url, store_config)
-        .await
-        .with_context(|| "cannot open storage (check --database-url)".to_owned())?;
-    tracing::info!(backend = store.backend(), "storage open");
-
-    let purger = tokio::spawn({
-        let (store, retention) = (store.clone(), config.idempotency_retention);
-        async move {
-            let mut every = tokio::time::interval(PURGE_EVERY);
-            loop {
-                every.tick().await;
-                match store.purge_idempotency_keys(retention).await {
-                    Ok(purged) => tracing::debug!(purged, "expired idempotency keys purged"),
-                    Err(error) => {
-                        tracing::warn!(%error, "purging idempotency keys failed; will retry")
-                    }
-                }
-            }
-        }
-    });
-
-    let redis = if config.redis_url.is_empty() {
-        None
-    } else {
-        let redis = Redis::open(&config.redis_url, config.redis_key_prefix.clone())
-            .context("invalid --redis-url")?;
-        tracing::info!(
-            prefix = redis.prefix(),
-            "redis configured (connects lazily)"
-        );
-        Some(redis)
-    };
-    // With Redis, replays are answered from it when they can be and the limiter's budget
-    // is shared by every instance; the store stays the source of truth either way.
-    let service_store: Arc<dyn Store> = match &redis {
-        Some(redis) => Arc::new(CachedStore::new(
-            store.clone(),
-            redis.clone(),
-            config.idempotency_retention,
-        )),
-        None => store.clone(),
-    };
-    let mut payments = Payments::new(service_store, config.rate_limit_per_account);
-    if let Some(redis) = redis
-        && config.rate_limit_per_account > 0
-    {
-        payments = payments.limiter(Limiter::redis(redis, config.rate_limit_per_account));
-    }
-    let mut builder = keel::Server::builder(config.server)
-        .add_service(payments.account_service())
-        .add_service(payments.payment_service())
-        .file_descriptor_set(payments::FILE_DESCRIPTOR_SET);
-    if config.rest_gateway {
-        builder = builder.http_fallback(payments::rest::fallback(Default::default())?);
-    }
-    let server = builder.bind().await?;
-    server.announce()?;
-    server.serve_until_signal().await?;
-    purger.abort();
-    store.close().await;
-    Ok(())
+    let app = App::bind(config).await?;
+    app.server().announce()?;
+    app.serve_until_signal().await
 }

@@ -4,8 +4,8 @@
 //! Redis here only ever *helps*: the database is the source of truth, so every user of
 //! [`Redis`] treats an error as "Redis had nothing to say" (the limiter admits, the cache falls
 //! through to the store). What this module guarantees is that such an answer comes quickly:
-//! every command runs under [`Redis::timeout`] (250 ms by default) on top of the client's own
-//! connection and response timeouts, and the [`ConnectionManager`] underneath reconnects by
+//! every command runs under a timeout ([`DEFAULT_TIMEOUT`] unless opened with
+//! [`Redis::open_with_timeout`]), and the [`ConnectionManager`] underneath reconnects by
 //! itself after a connection is killed or Redis comes back. The connection is opened lazily,
 //! so the service starts (and serves) while Redis is still down.
 
@@ -44,7 +44,7 @@ pub enum RedisFailure {
     /// Redis answered with an error, or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
-    /// No answer within [`Redis::timeout`].
+    /// No answer within the command timeout.
     #[error("redis: no answer within {0:?}")]
     Timeout(Duration),
 }
@@ -52,14 +52,23 @@ pub enum RedisFailure {
 impl Redis {
     /// A handle on the server at `url` (`redis://[user[:password]@]host[:port][/db]`) whose
     /// keys all start with `prefix` (e.g. `"payments:"`), so several deployments or tests can
-    /// share one server. Does not connect yet: the first command does, and a server that is
-    /// down only makes commands fail (quickly) until it is back. Call it inside a Tokio
-    /// runtime: the connection manager spawns its reconnection task there.
+    /// share one server, with every command bounded by [`DEFAULT_TIMEOUT`]. Does not connect
+    /// yet: the first command does, and a server that is down only makes commands fail
+    /// (quickly) until it is back. Call it inside a Tokio runtime: the connection manager
+    /// spawns its reconnection task there.
     ///
     /// Errors: the URL does not parse.
     pub fn open(url: &str, prefix: impl Into<String>) -> Result<Self, RedisError> {
+        Self::open_with_timeout(url, prefix, DEFAULT_TIMEOUT)
+    }
+
+    /// [`Redis::open`] with every command (connecting included) bounded by `timeout`.
+    pub fn open_with_timeout(
+        url: &str,
+        prefix: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Self, RedisError> {
         let client = redis::Client::open(url)?;
-        let timeout = DEFAULT_TIMEOUT;
         // One quick connection attempt per command at most: the retries with backoff a
         // connection manager does by default would hold payments for seconds while Redis is
         // down. A failed attempt is retried by the next command.
@@ -74,13 +83,6 @@ impl Redis {
         })
     }
 
-    /// Bounds every command at `timeout` instead of [`DEFAULT_TIMEOUT`].
-    #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -89,6 +91,11 @@ impl Redis {
     /// `name` with the prefix.
     pub(crate) fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// One `PING`, within the timeout: for readiness checks.
+    pub async fn ping(&self) -> Result<(), RedisFailure> {
+        self.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
     /// Runs one command, within the timeout.

@@ -106,7 +106,7 @@ async fn postgres_outage_is_unavailable_and_recovers_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_locked_by_another_process_is_unavailable() {
-    let config = StoreConfig::default().busy_timeout(Duration::from_millis(200));
+    let config = StoreConfig::default().statement_timeout(Duration::from_millis(200));
     let db = TestDb::with_config(Backend::Sqlite, config).await;
     let account = db.funded("USD", 100).await;
 
@@ -133,4 +133,47 @@ async fn sqlite_locked_by_another_process_is_unavailable() {
         .unwrap();
     assert!(!deposit.replayed);
     assert_eq!(deposit.value.balance_minor, 150);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_stuck_behind_a_lock_is_ended_by_the_database() {
+    let config = StoreConfig::default().statement_timeout(Duration::from_millis(200));
+    let db = TestDb::with_config(Backend::Postgres, config).await;
+    let payer = db.funded("USD", 1_000).await;
+    let payee = db.account("USD").await;
+
+    // Another client locks the payer's row and keeps it.
+    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT 1 FROM accounts WHERE account_id = $1 FOR UPDATE")
+        .bind(&payer)
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let error = error_of(
+        db.store
+            .process(&payment("locked", &payer, &payee, 100))
+            .await,
+    );
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert!(
+        format!("{error:?}").contains("57014"),
+        "PostgreSQL's statement_timeout ended it: {error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    let paid = db
+        .store
+        .process(&payment("locked", &payer, &payee, 100))
+        .await
+        .unwrap();
+    assert!(!paid.replayed, "the timed-out attempt took no effect");
+    assert_eq!(db.balance(&payer).await, 900);
 }

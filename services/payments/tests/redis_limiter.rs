@@ -106,9 +106,8 @@ async fn a_silent_redis_admits_within_the_timeout() {
             held.push(socket);
         }
     });
-    let redis = Redis::open(&url, "keel-test-none:")
-        .unwrap()
-        .timeout(Duration::from_millis(100));
+    let redis =
+        Redis::open_with_timeout(&url, "keel-test-none:", Duration::from_millis(100)).unwrap();
     let limiter = Limiter::redis(redis, 1);
     for i in 0..3 {
         let started = Instant::now();

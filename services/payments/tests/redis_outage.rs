@@ -3,7 +3,8 @@
 //! service with Redis on (limiter and replay cache), while the test cuts every connection the
 //! service has to Redis, again and again. Afterwards: every OK payment is recorded, no key
 //! moved money twice, balances are what the payments imply and add up to the deposits, and no
-//! client saw anything but business outcomes — on SQLite and on PostgreSQL.
+//! client saw anything but business outcomes — on SQLite and on PostgreSQL. And Redis cut off
+//! shows as a degraded service, not an unready one.
 
 mod common;
 
@@ -13,8 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::api::{Mix, MixOutcome};
+use common::app::RunningApp;
+use common::proxy::Proxy;
 use common::redis::TestRedis;
-use common::{TestDb, on_both_backends};
+use common::{Backend, TestDb, on_both_backends};
+use keel::health::pb::HealthCheckRequest;
+use keel::health::pb::health_check_response::ServingStatus;
+use keel::health::pb::health_client::HealthClient;
 use payments::limit::Limiter;
 use payments::pb::v1::payment_service_client::PaymentServiceClient;
 use payments::pb::v1::{GetPaymentRequest, ProcessRequest};
@@ -132,3 +138,67 @@ async fn killing_redis_mid_run_changes_no_balance_and_loses_no_payment(db: &Test
 }
 
 on_both_backends!(killing_redis_mid_run_changes_no_balance_and_loses_no_payment);
+
+/// Redis cut off by a partition degrades the service, it does not take it out: `/readyz` stays
+/// 200 with status `degraded` naming Redis, health stays SERVING, payments go on; when Redis
+/// is reachable again, readiness says so by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_shows_as_degraded_not_unready() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let redis = TestRedis::new();
+    let redis_addr = tokio::net::lookup_host(redis.url.trim_start_matches("redis://"))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(redis_addr);
+    let mut config = common::app::config(&db.url);
+    config.redis_url = format!("redis://127.0.0.1:{}", proxy.port());
+    config.redis_key_prefix = redis.prefix.clone();
+    config.redis_command_timeout = Duration::from_millis(100);
+    config.readiness_check_interval = Duration::from_millis(100);
+    let app = RunningApp::start(config).await;
+    let (code, body) = app.readyz().await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "serving", "{body}");
+    assert_eq!(body["checks"]["redis"]["status"], "passing", "{body}");
+    let channel = app.channel().await;
+    let accounts = common::api::funded_accounts(&channel, 2, DEPOSIT).await;
+
+    proxy.blackhole();
+    let limit = Duration::from_secs(5);
+    let (code, body) = app
+        .wait_readyz(limit, |_, body| body["status"] != "serving")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["checks"]["redis"]["status"], "failing", "{body}");
+    assert_eq!(body["checks"]["redis"]["impact"], "degraded", "{body}");
+    assert_eq!(body["checks"]["database"]["status"], "passing", "{body}");
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+    let request = ProcessRequest {
+        idempotency_key: "while-degraded".into(),
+        payer_account_id: accounts[0].clone(),
+        payee_account_id: accounts[1].clone(),
+        amount_minor: 1,
+        currency: "EUR".into(),
+        ..Default::default()
+    };
+    PaymentServiceClient::new(channel.clone())
+        .process(request)
+        .await
+        .unwrap();
+
+    proxy.heal();
+    let (code, body) = app
+        .wait_readyz(limit, |_, body| body["status"] == "serving")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["checks"]["redis"]["status"], "passing", "{body}");
+    app.stop().await;
+}

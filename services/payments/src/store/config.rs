@@ -17,16 +17,39 @@ pub struct StoreConfig {
     /// default limit of 100 connections when a few replicas run.
     pub max_connections: u32,
     /// How long an operation waits for a free connection, or for a new one to be established,
-    /// before failing with [`StoreError::Unavailable`]. Default 5 s: long enough to ride out a
-    /// burst, short enough that a client sees an outage before its own deadline.
+    /// before failing with [`StoreError::Unavailable`]; also bounds connecting at open.
+    /// Default 5 s: long enough to ride out a burst, short enough that a client sees an outage
+    /// before its own deadline. Within an operation, [`StoreConfig::transaction_timeout`]
+    /// bounds it too.
     ///
     /// [`StoreError::Unavailable`]: crate::store::StoreError::Unavailable
     pub acquire_timeout: Duration,
-    /// SQLite only: how long a write waits for another process holding the database's write
-    /// lock before failing with [`StoreError::Unavailable`]. Default 5 s, as `acquire_timeout`.
+    /// The longest one statement may run, enforced by the database: PostgreSQL's
+    /// `statement_timeout` (which also ends a wait for a row lock held by a stuck transaction),
+    /// SQLite's busy timeout (how long a write waits for another process holding the file's
+    /// write lock). Either fails the operation with [`StoreError::Unavailable`]. Default 5 s:
+    /// no statement of the ledger takes more than milliseconds, even queued behind hot accounts.
     ///
     /// [`StoreError::Unavailable`]: crate::store::StoreError::Unavailable
-    pub busy_timeout: Duration,
+    pub statement_timeout: Duration,
+    /// The longest an operation's statements may take, from asking for a connection to the
+    /// last statement before COMMIT (a read: to its answer), enforced by the client: it is what
+    /// bounds an operation when the network goes silent and no server timeout can answer. On
+    /// expiry the operation fails with [`StoreError::Unavailable`], nothing took effect, and its
+    /// connection is closed. On PostgreSQL it is also the session's
+    /// `idle_in_transaction_session_timeout`, so the server rolls back, and unlocks, a
+    /// transaction whose client vanished. Default 5 s, as `acquire_timeout`.
+    ///
+    /// [`StoreError::Unavailable`]: crate::store::StoreError::Unavailable
+    pub transaction_timeout: Duration,
+    /// The longest COMMIT may take to answer, enforced by the client. On expiry the operation
+    /// fails with [`StoreError::Unavailable`] and its outcome is unknown (COMMIT may have been
+    /// carried out); retrying with the same idempotency key settles it. A write thus answers
+    /// within `transaction_timeout + commit_timeout`. Default 5 s: a commit is one flush to
+    /// disk (and, with synchronous replication, a standby's acknowledgement).
+    ///
+    /// [`StoreError::Unavailable`]: crate::store::StoreError::Unavailable
+    pub commit_timeout: Duration,
     /// How many times a transaction aborted by the database for a serialization failure or a
     /// deadlock is run again before failing with [`StoreError::Conflict`]. Default 5.
     ///
@@ -49,7 +72,9 @@ impl Default for StoreConfig {
             idempotency_retention: Duration::from_secs(24 * 60 * 60),
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
-            busy_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+            transaction_timeout: Duration::from_secs(5),
+            commit_timeout: Duration::from_secs(5),
             max_conflict_retries: 5,
             batch_size: 64,
             committers: 2,
@@ -97,17 +122,50 @@ impl StoreConfig {
         self
     }
 
-    /// Sets [`StoreConfig::busy_timeout`].
+    /// Sets [`StoreConfig::statement_timeout`].
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let config = payments::store::StoreConfig::default().busy_timeout(Duration::from_millis(200));
-    /// assert_eq!(config.busy_timeout, Duration::from_millis(200));
+    /// let config = payments::store::StoreConfig::default()
+    ///     .statement_timeout(Duration::from_millis(200));
+    /// assert_eq!(config.statement_timeout, Duration::from_millis(200));
     /// ```
     #[must_use]
-    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
-        self.busy_timeout = timeout;
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
         self
+    }
+
+    /// Sets [`StoreConfig::transaction_timeout`].
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = payments::store::StoreConfig::default()
+    ///     .transaction_timeout(Duration::from_secs(2));
+    /// assert_eq!(config.transaction_timeout, Duration::from_secs(2));
+    /// ```
+    #[must_use]
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.transaction_timeout = timeout;
+        self
+    }
+
+    /// Sets [`StoreConfig::commit_timeout`].
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = payments::store::StoreConfig::default().commit_timeout(Duration::from_secs(2));
+    /// assert_eq!(config.commit_timeout, Duration::from_secs(2));
+    /// ```
+    #[must_use]
+    pub fn commit_timeout(mut self, timeout: Duration) -> Self {
+        self.commit_timeout = timeout;
+        self
+    }
+
+    /// How long a write may take at most: `transaction_timeout + commit_timeout`.
+    pub fn write_timeout(&self) -> Duration {
+        self.transaction_timeout + self.commit_timeout
     }
 
     /// Sets [`StoreConfig::max_conflict_retries`].

@@ -10,6 +10,7 @@ use sqlx::{Database, Pool, Transaction};
 use super::api::Store;
 use super::batch_statements::BatchStatements;
 use super::config::StoreConfig;
+use super::deadline::{Deadlines, Lease};
 use super::error::StoreError;
 use super::group_commit::BatchStore;
 use super::ledger;
@@ -48,48 +49,70 @@ impl<B: Backend> Engine<B> {
 /// `transaction!(engine, |conn| operation)`: runs `operation` (a future using `conn`, the
 /// transaction's connection) in a write transaction, committing on success and rolling back on
 /// error, and runs it again while it fails with [`StoreError::Conflict`], up to the configured
-/// number of retries.
+/// number of retries. Bounded in time by [`Deadlines`]: a timeout fails with
+/// [`StoreError::Unavailable`] and closes the connection.
 macro_rules! transaction {
     ($engine:expr, |$conn:ident| $operation:expr) => {{
         let engine = $engine;
+        let deadlines = Deadlines::start(&engine.config);
         retry_conflicts(engine.config.max_conflict_retries, move || async move {
-            let mut tx = engine.backend.writer().begin_with(B::BEGIN).await?;
-            let outcome = {
-                let $conn = &mut *tx;
-                $operation.await
-            };
-            finish(tx, outcome).await
+            let mut lease = Lease::acquire(engine.backend.writer(), &deadlines).await?;
+            let mut tx = deadlines
+                .work(sqlx::Connection::begin_with(lease.connection(), B::BEGIN))
+                .await??;
+            let outcome = deadlines
+                .work(async {
+                    let $conn = &mut *tx;
+                    $operation.await
+                })
+                .await?;
+            let outcome = finish(tx, outcome, &deadlines).await?;
+            lease.release();
+            outcome
         })
     }};
 }
 
-/// `connection!(engine, |conn| operation)`: runs `operation` on a connection for reads.
+/// `connection!(engine, |conn| operation)`: runs `operation` on a connection for reads,
+/// within the transaction timeout.
 macro_rules! connection {
     ($engine:expr, |$conn:ident| $operation:expr) => {{
         let engine = $engine;
         async move {
-            let mut connection = engine.backend.reader().acquire().await?;
-            let $conn = &mut *connection;
-            $operation.await
+            let deadlines = Deadlines::start(&engine.config);
+            let mut lease = Lease::acquire(engine.backend.reader(), &deadlines).await?;
+            let outcome = deadlines
+                .work(async {
+                    let $conn = lease.connection();
+                    $operation.await
+                })
+                .await?;
+            lease.release();
+            outcome
         }
     }};
 }
 
-/// Commits when the operation succeeded, rolls back when it failed.
+/// Commits when the operation succeeded, rolls back when it failed, within the commit
+/// timeout. The outer error ends the operation with the connection in an unknown state (it
+/// must be closed): COMMIT not answering, or ROLLBACK not answering (then with the operation's
+/// own error, which stands: nothing was committed).
 async fn finish<DB: Database, T>(
-    tx: Transaction<'static, DB>,
+    tx: Transaction<'_, DB>,
     outcome: Result<T, StoreError>,
-) -> Result<T, StoreError> {
+    deadlines: &Deadlines,
+) -> Result<Result<T, StoreError>, StoreError> {
     match outcome {
-        Ok(value) => {
-            tx.commit().await?;
-            Ok(value)
-        }
-        Err(error) => {
-            // A failed rollback leaves nothing behind: the transaction dies with its connection.
-            let _ = tx.rollback().await;
-            Err(error)
-        }
+        Ok(value) => Ok(deadlines
+            .finish(tx.commit())
+            .await?
+            .map(|()| value)
+            .map_err(StoreError::from)),
+        // A failed rollback leaves nothing behind: the transaction dies with its connection.
+        Err(error) => match deadlines.finish(tx.rollback()).await {
+            Ok(_) => Ok(Err(error)),
+            Err(_) => Err(error),
+        },
     }
 }
 

@@ -84,7 +84,8 @@ pub enum StoreError {
         key: String,
     },
     /// Storage cannot be reached or refuses work for now (connection refused or lost, no free
-    /// connection in time, database shutting down or starting, SQLite file locked): retry later.
+    /// connection in time, no answer within the configured timeouts, database shutting down or
+    /// starting, SQLite file locked): retry later.
     /// Whether the operation took effect is unknown when the connection was lost at commit;
     /// retrying with the same idempotency key is always safe.
     #[error("storage unavailable")]
@@ -224,6 +225,9 @@ pub(crate) fn classify_sqlstate(code: &str) -> Class {
         "57P01" | "57P02" | "57P03" => Class::Unavailable,
         // too_many_connections; read_only_sql_transaction (a standby, mid-failover)
         "53300" | "25006" => Class::Unavailable,
+        // query_canceled (statement_timeout: stuck behind a lock or a slow server);
+        // idle_in_transaction_session_timeout (the server gave up on a silent client)
+        "57014" | "25P03" => Class::Unavailable,
         _ => Class::Internal,
     }
 }
@@ -258,12 +262,13 @@ mod tests {
             ("57P01", Class::Unavailable),
             ("57P02", Class::Unavailable),
             ("57P03", Class::Unavailable),
+            ("57014", Class::Unavailable),
+            ("25P03", Class::Unavailable),
             ("53300", Class::Unavailable),
             ("25006", Class::Unavailable),
             ("23505", Class::Internal), // unique_violation: the store handles the ones it expects
             ("23514", Class::Internal), // check_violation: an invariant the store broke
             ("22003", Class::Internal), // numeric_value_out_of_range
-            ("57014", Class::Internal), // query_canceled
         ] {
             assert_eq!(classify_sqlstate(code), want, "SQLSTATE {code}");
         }

@@ -14,14 +14,22 @@
 //! that moves its money. A failure of the transaction fails every payment of the batch with
 //! that error, and none of them took effect; an internal error (a bug or broken data in one
 //! payment) is isolated by running that batch's payments again one per transaction.
+//!
+//! Bounded in time: a batch is one transaction under the store's deadlines (a batch stuck in
+//! COMMIT fails every payment in it with [`StoreError::Unavailable`] at the commit timeout),
+//! and a caller waits for its outcome no longer than a write may take in all, queueing
+//! included; a payment still queued then is dropped from the queue, one in a committing batch
+//! has an unknown outcome that its idempotency key settles.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::api::Store;
+use super::deadline::TimedOut;
 use super::error::StoreError;
 use super::layer::PaymentLayer;
 use super::ledger::BatchOutcomes;
@@ -48,12 +56,20 @@ struct Job {
 pub(crate) struct GroupCommit {
     store: Arc<dyn BatchStore>,
     queue: mpsc::Sender<Job>,
+    outcome_timeout: Duration,
 }
 
 impl GroupCommit {
     /// Starts `committers` tasks (at least 1) on the current Tokio runtime, each committing up
-    /// to `batch_size` payments per transaction. They stop when this value is dropped.
-    pub(crate) fn start(store: Arc<dyn BatchStore>, batch_size: usize, committers: usize) -> Self {
+    /// to `batch_size` payments per transaction; a caller gets its payment's outcome within
+    /// `outcome_timeout` (the store's write timeout) or fails with [`StoreError::Unavailable`].
+    /// The tasks stop when this value is dropped.
+    pub(crate) fn start(
+        store: Arc<dyn BatchStore>,
+        batch_size: usize,
+        committers: usize,
+        outcome_timeout: Duration,
+    ) -> Self {
         let batch_size = batch_size.max(1);
         let committers = committers.max(1);
         let (queue, jobs) = mpsc::channel(batch_size * committers);
@@ -61,7 +77,11 @@ impl GroupCommit {
         for _ in 0..committers {
             tokio::spawn(commit_loop(store.clone(), jobs.clone(), batch_size));
         }
-        Self { store, queue }
+        Self {
+            store,
+            queue,
+            outcome_timeout,
+        }
     }
 }
 
@@ -80,14 +100,21 @@ impl PaymentLayer for GroupCommit {
                 request: request.clone(),
                 reply,
             };
-            if self.queue.send(job).await.is_err() {
-                return Err(StoreError::internal("the payment committers have stopped"));
-            }
-            outcome.await.unwrap_or_else(|_| {
-                Err(StoreError::internal(
-                    "a payment committer stopped before answering",
-                ))
-            })
+            let queued = async {
+                if self.queue.send(job).await.is_err() {
+                    return Err(StoreError::internal("the payment committers have stopped"));
+                }
+                outcome.await.unwrap_or_else(|_| {
+                    Err(StoreError::internal(
+                        "a payment committer stopped before answering",
+                    ))
+                })
+            };
+            // Giving up drops the reply channel: a committer skips the payment if it has not
+            // started it yet.
+            tokio::time::timeout(self.outcome_timeout, queued)
+                .await
+                .unwrap_or_else(|_| Err(TimedOut::Outcome(self.outcome_timeout).into()))
         })
     }
 }

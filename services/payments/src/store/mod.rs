@@ -28,6 +28,7 @@ mod api;
 mod batch_statements;
 mod cached;
 mod config;
+mod deadline;
 mod engine;
 mod error;
 mod fingerprint;

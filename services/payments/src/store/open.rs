@@ -25,9 +25,15 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 /// which [`StoreConfig::committers`] tasks (spawned on the current Tokio runtime) commit up to
 /// `batch_size` waiting payments per transaction, with the same outcome for each as alone.
 /// Dropping the returned store stops them.
+///
+/// Every operation is bounded in time by the configuration's timeouts (statement, transaction,
+/// commit): a database that does not answer makes it fail with [`StoreError::Unavailable`],
+/// a write within [`StoreConfig::write_timeout`], a read within
+/// [`StoreConfig::transaction_timeout`].
 pub async fn open_with(url: &str, config: StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
     let (batch_size, committers) = (config.batch_size, config.committers);
+    let write_timeout = config.write_timeout();
     let engine: Arc<dyn BatchStore> = match scheme {
         "sqlite" => Arc::new(sqlite::open(url, config).await?),
         "postgres" | "postgresql" => Arc::new(postgres::open(url, config).await?),
@@ -39,7 +45,12 @@ pub async fn open_with(url: &str, config: StoreConfig) -> Result<Arc<dyn Store>,
         }
     };
     if batch_size > 1 {
-        Ok(Arc::new(GroupCommit::start(engine, batch_size, committers)))
+        Ok(Arc::new(GroupCommit::start(
+            engine,
+            batch_size,
+            committers,
+            write_timeout,
+        )))
     } else {
         Ok(engine)
     }

@@ -5,7 +5,8 @@
 //! lock, and every write transaction starts with `BEGIN IMMEDIATE`, taking the write lock at
 //! once: a transaction that read first and locked later could fail with SQLITE_BUSY mid-way
 //! when another process wrote in between. Another process holding the lock is waited for up to
-//! [`StoreConfig::busy_timeout`], then the operation fails with [`StoreError::Unavailable`].
+//! [`StoreConfig::statement_timeout`] (SQLite's busy timeout), then the operation fails with
+//! [`StoreError::Unavailable`].
 //! Reads run on their own pool of read-only connections, which WAL lets proceed while a write
 //! is in progress.
 //!
@@ -49,7 +50,7 @@ impl Backend for Sqlite {
 pub(crate) async fn open(url: &str, config: StoreConfig) -> Result<Engine<Sqlite>, StoreError> {
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|error| StoreError::Config(format!("SQLite URL: {error}")))?
-        .busy_timeout(config.busy_timeout)
+        .busy_timeout(config.statement_timeout)
         .foreign_keys(true)
         .synchronous(SqliteSynchronous::Full);
     let path = options.get_filename().to_owned();

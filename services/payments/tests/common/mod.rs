@@ -8,6 +8,7 @@
 )]
 
 pub mod api;
+pub mod app;
 pub mod proxy;
 pub mod redis;
 
