@@ -481,10 +481,15 @@ async fn the_gateway_answers_each_with_a_json_error() {
     let server = HostileServer::start(None);
     let channel = keel::client::Channel::new(&format!("static:///{}", server.addr)).unwrap();
     let gateway = keel_gateway::Gateway::new(say_pool(), channel, Default::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
+    let mut config = keel::config::ServerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let served = keel::server::HttpServer::bind(config, "gateway", gateway)
+        .await
+        .unwrap();
+    let http = served.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(keel_gateway::serve(listener, gateway, async {
+    let serving = tokio::spawn(served.serve(async {
         let _ = stopped.await;
     }));
 
