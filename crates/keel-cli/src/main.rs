@@ -10,6 +10,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc, not the system allocator: it returns the memory of closed connections to the
+/// OS, where glibc malloc kept a connection flood's peak (docs/ARCHITECTURE.md, "Memory
+/// after a connection flood").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Keel: production gRPC services for Rust.
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about, long_about = None, propagate_version = true)]

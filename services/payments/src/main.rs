@@ -10,6 +10,12 @@ use keel::config::Loader;
 use payments::app::App;
 use payments::config::PaymentsConfig;
 
+/// jemalloc, not the system allocator: it returns the memory of closed connections to the
+/// OS, where glibc malloc kept a connection flood's peak (docs/ARCHITECTURE.md, "Memory
+/// after a connection flood").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The reference payments service: accounts, deposits, payments and refunds on a
 /// double-entry ledger, over gRPC (payments.v1), with health, reflection and an admin port.
 ///
