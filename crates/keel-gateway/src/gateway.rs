@@ -475,6 +475,8 @@ where
                 .is_some()
             {
                 Failure::TooLarge(limit)
+            } else if let Some(status) = body_timeout(&*error) {
+                Failure::TooSlow(status.message().to_owned())
             } else {
                 Failure::client(
                     StatusCode::BAD_REQUEST,
@@ -501,6 +503,14 @@ where
         }
     }
     Ok(collected)
+}
+
+/// The DEADLINE_EXCEEDED status in `error`'s chain: the server cut a body that arrived too
+/// slowly (Keel's `connection.body_timeout`).
+fn body_timeout<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Status> {
+    std::iter::successors(Some(error), |error| error.source())
+        .filter_map(|error| error.downcast_ref::<Status>())
+        .find(|status| status.code() == Code::DeadlineExceeded)
 }
 
 /// The metadata a request carries to the service.
@@ -632,6 +642,9 @@ enum Failure {
     Route(StatusCode, Status, Option<Vec<Method>>),
     /// The body is over the limit.
     TooLarge(usize),
+    /// The body did not arrive within the server's body timeout: 408 Request Timeout, the
+    /// client's slowness (not 504, which would blame an upstream).
+    TooSlow(String),
     /// Another client mistake, with its HTTP status.
     Client(StatusCode, String),
 }
@@ -691,6 +704,11 @@ impl Failure {
                 Status::resource_exhausted(format!(
                     "the request body is larger than {limit} bytes"
                 )),
+                None,
+            ),
+            Self::TooSlow(message) => (
+                StatusCode::REQUEST_TIMEOUT,
+                Status::deadline_exceeded(message),
                 None,
             ),
             Self::Client(http, message) => (http, Status::invalid_argument(message), None),
