@@ -18,11 +18,17 @@ pub struct Payments {
 impl Payments {
     /// Starts payments and waits until it listens.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Payments::start`] with extra flags, e.g. `["--set", "server.connection.body_timeout=2s"]`.
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = TempDir::new("payments");
         let database = format!("sqlite://{}", dir.path().join("ledger.db").display());
         let mut child = Command::new(payments_binary())
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--database-url", &database])
+            .args(extra)
             .env_remove("PAYMENTS_CONFIG")
             .env("PAYMENTS_LOG", "warn")
             .stdout(Stdio::piped())
