@@ -11,6 +11,7 @@
 //! - [`rpc_metrics`]: `grpc_server_*` / `grpc_client_*` families and per-method handles;
 //! - [`code`]: code names as grpc-go spells them, fault and log level by code;
 //! - [`context`]: the deadline and trace context a call carries into outgoing calls;
+//! - `log_budget`: at most a few "finished call" records a second per outcome;
 //! - [`semconv`]: the OpenTelemetry attribute names, in one place;
 //! - [`payload`]: optional response payloads on spans, selected, redacted and truncated;
 //! - [`server`]: the server layer; [`client`]: the client layer.
@@ -24,6 +25,7 @@ mod call;
 pub mod client;
 pub mod code;
 pub mod context;
+mod log_budget;
 pub mod method;
 pub mod payload;
 pub mod rpc_metrics;
