@@ -108,20 +108,33 @@ impl Outcome {
     }
 }
 
-/// Reports what `outcome` suppressed once `end` has passed, from a task; false when there is
-/// no runtime to run one (the next record of the outcome reports it then).
-fn summarize_at(end: Instant, outcome: Outcome) -> bool {
+/// Reports what `outcome` suppressed once its window has ended (`end`, or later if a record
+/// started a new window meanwhile and the new one suppressed too), from a task; false when
+/// there is no runtime to run one (the next record of the outcome reports it then).
+fn summarize_at(mut end: Instant, outcome: Outcome) -> bool {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return false;
     };
     runtime.spawn(async move {
-        tokio::time::sleep_until(end).await;
-        let mut window = outcome.window();
-        window.summary_due = false;
-        let suppressed = std::mem::take(&mut window.suppressed);
-        drop(window);
-        if suppressed > 0 {
-            summarize(outcome, suppressed);
+        loop {
+            tokio::time::sleep_until(end).await;
+            let mut window = outcome.window();
+            if let Some(start) = window.start
+                && start + WINDOW > Instant::now()
+                && window.suppressed > 0
+            {
+                // A newer window is still open (what the ended one suppressed was reported
+                // when it began): summarize that one when it ends.
+                end = start + WINDOW;
+                continue;
+            }
+            window.summary_due = false;
+            let suppressed = std::mem::take(&mut window.suppressed);
+            drop(window);
+            if suppressed > 0 {
+                summarize(outcome, suppressed);
+            }
+            return;
         }
     });
     true
