@@ -16,9 +16,11 @@
 //! - [`payload`]: optional response payloads on spans, selected, redacted and truncated;
 //! - [`server`]: the server layer; [`client`]: the client layer.
 //!
-//! Logs go to the `keel::rpc` target: "finished call" at debug for OK, info for the caller's
-//! errors, warn for unavailability and deadlines, error for internal failures; "started
-//! call" at debug. Payloads and metadata are never logged.
+//! Logs go to the `keel::rpc` target: "finished call" at debug for OK and CANCELLED, info for
+//! the caller's errors and anything that ends a malformed request, warn for unavailability
+//! and deadlines, error for internal failures, at most 5 a second per outcome (the rest at
+//! debug, then one "suppressed K similar records" line); "started call" at debug. Payloads and
+//! metadata are never logged.
 
 mod body;
 mod call;
