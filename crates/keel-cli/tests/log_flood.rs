@@ -182,6 +182,7 @@ async fn cancelled_and_unknown_method_floods_write_a_few_kb_and_are_all_counted(
     );
     let noisy: Vec<&str> = logs
         .lines()
+        .filter(|line| line.contains("keel::rpc"))
         .filter(|line| {
             line.contains("Canceled") || line.contains(" WARN ") || line.contains(" ERROR ")
         })
