@@ -212,26 +212,24 @@ pub(crate) async fn run(
         cut: listener.cut,
         elapsed: started.elapsed(),
     };
-    if report.cut > 0 || report.failed > 0 {
+    let verdict = if report.cut > 0 || report.failed > 0 {
         tracing::warn!(
-            phase = "done",
-            drained = report.drained,
-            failed = report.failed,
-            forced = report.forced,
             requests_cut = report.cut,
-            elapsed = ?report.elapsed,
-            "shutdown: complete; some requests were cut"
+            failed = report.failed,
+            "shutdown cut requests that were in flight"
         );
+        "some requests were cut"
     } else {
-        tracing::info!(
-            phase = "done",
-            drained = report.drained,
-            failed = report.failed,
-            forced = report.forced,
-            requests_cut = report.cut,
-            elapsed = ?report.elapsed,
-            "shutdown: complete; every request finished"
-        );
-    }
+        "every request finished"
+    };
+    tracing::info!(
+        phase = "done",
+        drained = report.drained,
+        failed = report.failed,
+        forced = report.forced,
+        requests_cut = report.cut,
+        elapsed = ?report.elapsed,
+        "shutdown: complete; {verdict}"
+    );
     report
 }
