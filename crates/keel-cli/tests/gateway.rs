@@ -305,7 +305,13 @@ impl Gateway {
     /// Starts `keel gateway --listen 127.0.0.1:0 ARGS` and waits until it listens.
     fn start(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["gateway", "--listen", "127.0.0.1:0"])
+            .args([
+                "gateway",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .args(args)
             .env("KEEL_LOG", "info")
             .stdout(Stdio::piped())

@@ -2,6 +2,7 @@
 //! errors, server errors, a cancellation, an unimplemented method) the real `keel serve`
 //! shows exactly the expected go-grpc-middleware counter deltas on `/metrics`, scraped over
 //! HTTP, and one JSON "finished call" record per call with the documented fields and levels.
+//! A call the caller made malformed logs at info whatever its code.
 
 mod common;
 
@@ -252,7 +253,7 @@ async fn a_mix_of_calls_shows_exact_counts_and_one_record_each() {
         "{logs}"
     );
     assert_eq!(
-        count("StreamingOutputCall", "Canceled", "INFO"),
+        count("StreamingOutputCall", "Canceled", "DEBUG"),
         1,
         "{logs}"
     );
@@ -305,4 +306,54 @@ async fn observe_enabled_false_turns_counting_off() {
         labels("unary", "helloworld.Greeter", "SayHello")
     );
     assert_eq!(metric(&text, &started), Some(0.0), "{text}");
+}
+
+#[tokio::test]
+async fn malformed_requests_log_at_info_whatever_their_code() {
+    let server = KeelServe::start_with_env(&[], &[("KEEL_LOG_FORMAT", "json")]);
+    let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    for (path, timeout, code) in [
+        ("/helloworld.Greeter/SayHello", "-1S", "13"),
+        ("/no.such.Service/Method", "1S", "12"),
+    ] {
+        let request = http::Request::post(format!("http://{}{path}", server.grpc))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", timeout)
+            .body(())
+            .unwrap();
+        let mut client = client.clone().ready().await.unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.headers()["grpc-status"], code, "{path}");
+    }
+    let finished = |code: &str| {
+        server.logs().lines().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|record| {
+                record["fields"]["message"] == "finished call"
+                    && record["fields"]["grpc_code"] == code
+                    && record["level"] == "INFO"
+            })
+        })
+    };
+    // The log record follows the response: wait for it, boundedly.
+    for _ in 0..100 {
+        if finished("Internal") && finished("Unimplemented") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = server.logs();
+    assert!(
+        finished("Internal"),
+        "malformed grpc-timeout at info:\n{logs}"
+    );
+    assert!(finished("Unimplemented"), "unknown method at info:\n{logs}");
+    let loud = logs
+        .lines()
+        .filter(|line| line.contains("\"keel::rpc\""))
+        .any(|line| line.contains("\"WARN\"") || line.contains("\"ERROR\""));
+    assert!(!loud, "{logs}");
 }

@@ -170,3 +170,63 @@ async fn sigterm_under_load_drains_refuses_and_exits_within_deadline() {
         );
     }
 }
+
+/// SIGTERM, twenty times, under 32 clients sharing one connection: no accepted RPC fails,
+/// and the server's own report agrees (every request finished, none cut).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigterm_under_32_clients_on_one_connection_fails_no_accepted_rpc() {
+    for round in 0..20 {
+        let mut server = KeelServe::start(&[
+            "--set",
+            "shutdown.drain_delay=200ms",
+            "--set",
+            "shutdown.timeout=10s",
+        ]);
+        let channel = Endpoint::from_shared(server.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let tally = Arc::new(Tally::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..32)
+            .map(|_| tokio::spawn(worker(channel.clone(), tally.clone(), stop.clone())))
+            .collect();
+        // Signal once the load is running: every client has finished at least one call.
+        let started = Instant::now();
+        while tally.accepted_ok.load(Ordering::Relaxed) < 64 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "round {round}: load never got going"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.sigterm();
+        let (status, logs) = tokio::task::spawn_blocking(move || {
+            let status = server.wait_exit(Duration::from_secs(15));
+            (status, server.logs())
+        })
+        .await
+        .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let status =
+            status.unwrap_or_else(|| panic!("round {round}: still running; logs:\n{logs}"));
+        assert!(
+            status.success(),
+            "round {round}: exit {status}; logs:\n{logs}"
+        );
+        assert_eq!(
+            tally.accepted_failed.load(Ordering::Relaxed),
+            0,
+            "round {round}: accepted RPCs failed; logs:\n{logs}"
+        );
+        assert!(
+            logs.contains("every request finished") && logs.contains("requests_cut=0"),
+            "round {round}: the server reports cut requests:\n{logs}"
+        );
+    }
+}

@@ -20,8 +20,12 @@ use crate::Gateway;
 ///
 /// let channel = keel::client::Channel::new("dns:///127.0.0.1:50051")?;
 /// let gateway = ReloadableGateway::new(Gateway::new(pool, channel.clone(), Default::default())?);
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-/// tokio::spawn(keel_gateway::serve(listener, gateway.clone(), std::future::pending()));
+/// let config = keel::config::ServerConfig {
+///     listen: "127.0.0.1:8080".parse()?,
+///     ..Default::default()
+/// };
+/// let server = keel::server::HttpServer::bind(config, "gateway", gateway.clone()).await?;
+/// tokio::spawn(server.serve_until_signal());
 /// // Later, with newer descriptors:
 /// gateway.replace(Gateway::new(newer, channel, Default::default())?);
 /// # Ok(()) }

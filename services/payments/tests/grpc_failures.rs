@@ -1,5 +1,5 @@
 //! Failures a client must be able to act on, over gRPC: a duplicate request while the first
-//! is in flight is ABORTED, and storage down is UNAVAILABLE with RetryInfo, never INTERNAL,
+//! is in flight is ABORTED with a short, jittered retry delay, and storage down is UNAVAILABLE with RetryInfo, never INTERNAL,
 //! with the service recovering by itself when the database returns.
 
 mod common;
@@ -13,6 +13,7 @@ use keel::error::Details;
 use payments::pb::v1::ProcessRequest;
 use payments::pb::v1::payment_service_client::PaymentServiceClient;
 use payments::store::{Idempotent, Payment, PaymentLayer, PaymentRequest, Store, StoreError};
+use tokio::sync::Notify;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -31,13 +32,15 @@ fn pay(key: &str, payer: &str, payee: &str) -> ProcessRequest {
     }
 }
 
-/// A store whose payments take `delay`, so a second request can arrive while one is in flight.
-struct SlowPayments {
+/// A store whose payments say when they have started and wait to be let through, so a second
+/// request can arrive while one is in flight.
+struct GatedPayments {
     inner: Arc<dyn Store>,
-    delay: Duration,
+    started: Notify,
+    release: Notify,
 }
 
-impl PaymentLayer for SlowPayments {
+impl PaymentLayer for GatedPayments {
     fn inner(&self) -> &dyn Store {
         &*self.inner
     }
@@ -47,50 +50,63 @@ impl PaymentLayer for SlowPayments {
         request: &'a PaymentRequest,
     ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>> {
         Box::pin(async move {
-            tokio::time::sleep(self.delay).await;
+            self.started.notify_one();
+            self.release.notified().await;
             self.inner.process(request).await
         })
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_key_in_flight_is_aborted_and_executes_once() {
+async fn duplicate_key_in_flight_is_aborted_with_a_short_jittered_retry_delay_and_executes_once() {
     let db = TestDb::new(Backend::Sqlite).await;
     let payer = db.funded("EUR", 100).await;
     let payee = db.account("EUR").await;
-    let slow = Arc::new(SlowPayments {
+    let gated = Arc::new(GatedPayments {
         inner: db.store.clone(),
-        delay: Duration::from_millis(300),
+        started: Notify::new(),
+        release: Notify::new(),
     });
-    let client = serve(slow).await;
+    let client = serve(gated.clone()).await;
 
     let first = tokio::spawn({
         let (mut client, request) = (client.clone(), pay("same", &payer, &payee));
         async move { client.process(request).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let status = client
-        .clone()
-        .process(pay("same", &payer, &payee))
+    tokio::time::timeout(Duration::from_secs(10), gated.started.notified())
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Aborted, "{status:?}");
-    let details = Details::from_status(&status);
-    assert_eq!(details.reason(), Some("CONCURRENT_REQUEST"));
-    assert!(
-        details.is_retryable(),
-        "a client may retry once the first completes"
-    );
+        .expect("the first payment reached the store");
+    // Duplicates while it is in flight: ABORTED, retryable after 50 to 150 ms, not at once.
+    let mut delays = Vec::new();
+    for _ in 0..20 {
+        let status = client
+            .clone()
+            .process(pay("same", &payer, &payee))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        let details = Details::from_status(&status);
+        assert_eq!(details.reason(), Some("CONCURRENT_REQUEST"));
+        let delay = details.retry_delay().expect("RetryInfo with a delay");
+        assert!(
+            (Duration::from_millis(50)..=Duration::from_millis(150)).contains(&delay),
+            "retry delay {delay:?}"
+        );
+        delays.push(delay);
+    }
+    delays.dedup();
+    assert!(delays.len() > 1, "the delay is jittered: {delays:?}");
 
+    gated.release.notify_one();
     let first = first.await.unwrap().unwrap().into_inner();
     assert!(!first.replayed);
     // Retrying after completion replays the one execution.
-    let again = client
-        .clone()
-        .process(pay("same", &payer, &payee))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = tokio::spawn({
+        let (mut client, request) = (client.clone(), pay("same", &payer, &payee));
+        async move { client.process(request).await }
+    });
+    gated.release.notify_one();
+    let again = again.await.unwrap().unwrap().into_inner();
     assert!(again.replayed);
     assert_eq!(db.balance(&payer).await, 90);
 }

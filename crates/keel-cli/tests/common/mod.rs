@@ -12,12 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A running `keel serve`, killed on drop. Its stderr (logs) is collected in `logs`.
+/// A running `keel serve`, killed on drop. Its stderr (logs) is collected in `logs`, and
+/// what it writes to stdout after announcing its addresses in `stdout`.
 pub struct KeelServe {
     pub child: Child,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
     pub logs: Arc<Mutex<String>>,
+    pub stdout: Arc<Mutex<String>>,
 }
 
 impl KeelServe {
@@ -75,12 +77,21 @@ impl KeelServe {
             }
         }
         // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stdout.lines() {});
+        let later = Arc::new(Mutex::new(String::new()));
+        let sink = later.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let mut later = sink.lock().unwrap();
+                later.push_str(&line);
+                later.push('\n');
+            }
+        });
         Self {
             child,
             grpc: grpc.unwrap(),
             admin: admin.unwrap(),
             logs,
+            stdout: later,
         }
     }
 
@@ -113,6 +124,11 @@ impl KeelServe {
     /// Everything the server logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Bytes written so far to stderr and, after the announcement, to stdout.
+    pub fn output_bytes(&self) -> usize {
+        self.logs.lock().unwrap().len() + self.stdout.lock().unwrap().len()
     }
 }
 

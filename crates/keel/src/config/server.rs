@@ -20,9 +20,10 @@ pub struct ServerConfig {
     /// Admin HTTP listener (`/healthz`, `/readyz`, `/metrics`), kept off the RPC port so
     /// probes and scrapes never compete with traffic or pass through its limits.
     pub admin_listen: SocketAddr,
-    /// Connections the admin listener holds at once (`0`: unlimited). 64 is plenty for
-    /// probes and scrapers, and its own budget keeps the port answering while the RPC
-    /// port is saturated; past it new connections are closed on arrival.
+    /// Connections the admin listener holds at once (`0`: unlimited). Probers and scrapers
+    /// keep a connection each or open one per probe; 256 leaves room for bursts of one-shot
+    /// probes, and a budget of its own keeps the port answering while the RPC port is
+    /// saturated. Past it new connections are closed on arrival.
     pub admin_max_connections: usize,
     /// HTTP/2 transport settings.
     pub http2: Http2Config,
@@ -41,7 +42,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
-            admin_max_connections: 64,
+            admin_max_connections: 256,
             http2: Http2Config::default(),
             connection: ConnectionConfig::default(),
             limits: LimitsConfig::default(),

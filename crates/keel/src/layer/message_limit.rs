@@ -13,13 +13,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::BoxError;
 use super::framing::Framing;
+use super::{BoxError, status_trailers};
 
 /// Layer producing [`MessageLimit`].
 #[derive(Debug, Clone, Copy)]
@@ -179,9 +179,10 @@ where
                     limit,
                     "response message over limits.max_send_message_size not sent"
                 );
-                let trailers = status_trailers(&format!(
-                    "grpc: trying to send message larger than max ({len} vs. {limit})"
-                ));
+                let trailers = status_trailers(
+                    tonic::Code::ResourceExhausted,
+                    &format!("grpc: trying to send message larger than max ({len} vs. {limit})"),
+                );
                 let before = frame
                     .into_data()
                     .expect("checked above")
@@ -209,15 +210,6 @@ where
             self.inner.size_hint()
         }
     }
-}
-
-fn status_trailers(message: &str) -> HeaderMap {
-    let mut trailers = HeaderMap::with_capacity(2);
-    trailers.insert("grpc-status", HeaderValue::from_static("8"));
-    if let Ok(value) = HeaderValue::from_str(message) {
-        trailers.insert("grpc-message", value);
-    }
-    trailers
 }
 
 #[cfg(test)]

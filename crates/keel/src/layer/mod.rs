@@ -7,8 +7,13 @@
 //!    generated code Keel does not configure (health, reflection, users' services);
 //! 3. [`LoadShed`]: refuses RPCs past the server-wide concurrency limit at once, with
 //!    RESOURCE_EXHAUSTED, instead of queueing them.
+//!
+//! [`EnforceDeadline`] holds calls to their `grpc-timeout`; the observe layer applies it
+//! right inside itself (see [`crate::observe::ObserveLayer`]), so every status it produces is
+//! observed.
 
 mod catch_panic;
+mod deadline;
 pub(crate) mod framing;
 mod guard;
 mod load_shed;
@@ -16,6 +21,7 @@ mod message_limit;
 mod track;
 
 pub use catch_panic::{CatchPanic, CatchPanicLayer};
+pub use deadline::{DeadlineBody, DeadlineLayer, EnforceDeadline};
 pub use guard::{GuardedBody, GuardedFuture};
 pub use load_shed::{LoadShed, LoadShedLayer};
 pub use message_limit::{LimitedBody, MessageLimit, MessageLimitLayer};
@@ -23,3 +29,13 @@ pub use track::{ActivitySample, ConnectionActivity, RpcGuard, Track, TrackLayer}
 
 /// The error type of request bodies after Keel's layers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Trailers ending a call with `code` and `message` (plain ASCII: it is not percent-encoded).
+pub(crate) fn status_trailers(code: tonic::Code, message: &str) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::with_capacity(2);
+    trailers.insert("grpc-status", http::HeaderValue::from(code as i32));
+    if let Ok(value) = http::HeaderValue::from_str(message) {
+        trailers.insert("grpc-message", value);
+    }
+    trailers
+}

@@ -13,6 +13,7 @@ use prost_reflect::MessageDescriptor;
 use tonic::Code;
 
 use super::code::{Severity, code_name, is_server_fault, severity};
+use super::log_budget::{self, Outcome};
 use super::method::{MethodInfo, MethodTable, PathMap, RpcType};
 use super::payload::{Capture, PayloadConfig};
 use super::rpc_metrics::{MethodMetrics, RpcMetrics, Side};
@@ -141,6 +142,9 @@ pub(crate) struct Call {
     request_failed: Arc<AtomicBool>,
     /// The response bytes, kept only when payload capture is on and the span is recorded.
     capture: Option<Capture>,
+    /// The request was malformed (an unknown path, a malformed header): whatever the call
+    /// ends with, the caller caused it.
+    caller_at_fault: bool,
     finished: bool,
 }
 
@@ -156,6 +160,7 @@ impl Call {
         let call = Self {
             side,
             method,
+            caller_at_fault: unknown_path.is_some(),
             unknown_path,
             peer,
             start: Instant::now(),
@@ -203,6 +208,11 @@ impl Call {
         if let Some(capture) = &mut self.capture {
             capture.add(data);
         }
+    }
+
+    /// Marks the request as malformed (a bad header): its outcome is the caller's doing.
+    pub(crate) fn fault_the_caller(&mut self) {
+        self.caller_at_fault = true;
     }
 
     /// The flag the request body raises when it fails.
@@ -279,10 +289,21 @@ impl Call {
         let peer = self.peer;
 
         let level = match self.side {
-            Side::Server => severity(code),
+            Side::Server => severity(code, self.caller_at_fault),
             // A client reports what it got; the server's log says why.
-            Side::Client if code == Code::Ok => Severity::Debug,
+            Side::Client if matches!(code, Code::Ok | Code::Cancelled) => Severity::Debug,
             Side::Client => Severity::Info,
+        };
+        // Past the outcome's budget, the record goes to debug (metrics counted it above).
+        let outcome = Outcome {
+            side: self.side,
+            code,
+            level,
+        };
+        let level = if log_budget::admit(outcome) {
+            level
+        } else {
+            Severity::Debug
         };
         macro_rules! finished {
             ($level:ident) => {

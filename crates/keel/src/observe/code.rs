@@ -44,11 +44,13 @@ pub fn is_server_fault(code: Code) -> bool {
 }
 
 /// How loud the "finished call" record of a server call is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
-    /// OK.
+    /// OK, and CANCELLED: the client gave up, hedged or reset the stream, which is routine
+    /// and which any client can do in bulk.
     Debug,
-    /// The caller's mistake or choice (invalid argument, not found, cancelled, ...).
+    /// The caller's mistake or choice (invalid argument, not found, ...), and whatever ends a
+    /// call the caller made malformed (an unknown method, a malformed `grpc-timeout`).
     Info,
     /// The server could not serve in time or at all (deadline, unavailable, unimplemented).
     Warn,
@@ -56,13 +58,19 @@ pub enum Severity {
     Error,
 }
 
-/// The log level of a finished server call with `code`.
-pub fn severity(code: Code) -> Severity {
-    match code {
-        Code::Ok => Severity::Debug,
+/// The log level of a finished server call with `code`; `caller_at_fault` when the request
+/// itself was malformed (an unknown method, a malformed header), which caps it at info.
+pub fn severity(code: Code, caller_at_fault: bool) -> Severity {
+    let severity = match code {
+        Code::Ok | Code::Cancelled => Severity::Debug,
         Code::Unknown | Code::Internal | Code::DataLoss => Severity::Error,
         code if is_server_fault(code) => Severity::Warn,
         _ => Severity::Info,
+    };
+    if caller_at_fault {
+        severity.min(Severity::Info)
+    } else {
+        severity
     }
 }
 
@@ -117,11 +125,16 @@ mod tests {
 
     #[test]
     fn severity_by_fault() {
-        assert_eq!(severity(Code::Ok), Severity::Debug);
-        assert_eq!(severity(Code::NotFound), Severity::Info);
-        assert_eq!(severity(Code::Cancelled), Severity::Info);
-        assert_eq!(severity(Code::Unavailable), Severity::Warn);
-        assert_eq!(severity(Code::Internal), Severity::Error);
+        assert_eq!(severity(Code::Ok, false), Severity::Debug);
+        assert_eq!(severity(Code::Cancelled, false), Severity::Debug);
+        assert_eq!(severity(Code::NotFound, false), Severity::Info);
+        assert_eq!(severity(Code::Unimplemented, false), Severity::Warn);
+        assert_eq!(severity(Code::Unavailable, false), Severity::Warn);
+        assert_eq!(severity(Code::Internal, false), Severity::Error);
+        // A malformed request caps it at info, and stays at debug where it was.
+        assert_eq!(severity(Code::Unimplemented, true), Severity::Info);
+        assert_eq!(severity(Code::Internal, true), Severity::Info);
+        assert_eq!(severity(Code::Cancelled, true), Severity::Debug);
     }
 
     #[test]

@@ -11,19 +11,23 @@
 //! - [`rpc_metrics`]: `grpc_server_*` / `grpc_client_*` families and per-method handles;
 //! - [`code`]: code names as grpc-go spells them, fault and log level by code;
 //! - [`context`]: the deadline and trace context a call carries into outgoing calls;
+//! - `log_budget`: at most a few "finished call" records a second per outcome;
 //! - [`semconv`]: the OpenTelemetry attribute names, in one place;
 //! - [`payload`]: optional response payloads on spans, selected, redacted and truncated;
 //! - [`server`]: the server layer; [`client`]: the client layer.
 //!
-//! Logs go to the `keel::rpc` target: "finished call" at debug for OK, info for the caller's
-//! errors, warn for unavailability and deadlines, error for internal failures; "started
-//! call" at debug. Payloads and metadata are never logged.
+//! Logs go to the `keel::rpc` target: "finished call" at debug for OK and CANCELLED, info for
+//! the caller's errors and anything that ends a malformed request, warn for unavailability
+//! and deadlines, error for internal failures, at most 5 a second per outcome (the rest at
+//! debug, then one "suppressed K similar records" line); "started call" at debug. Payloads and
+//! metadata are never logged.
 
 mod body;
 mod call;
 pub mod client;
 pub mod code;
 pub mod context;
+mod log_budget;
 pub mod method;
 pub mod payload;
 pub mod rpc_metrics;

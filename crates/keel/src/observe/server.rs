@@ -16,10 +16,12 @@ use tonic::Code;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
+use crate::layer::{DeadlineLayer, EnforceDeadline};
+
 use super::body::{Flow, ObservedBody};
 use super::call::{Call, MethodPayloads, Methods};
 use super::code::status_of;
-use super::context::{Deadline, HeaderExtractor, parse_grpc_timeout};
+use super::context::{Deadline, HeaderExtractor, grpc_timeout};
 use super::method::MethodTable;
 use super::payload::PayloadConfig;
 use super::rpc_metrics::{RpcMetrics, Side};
@@ -54,7 +56,10 @@ impl ServerObserver {
     }
 }
 
-/// Layer producing [`Observe`].
+/// Layer producing [`Observe`], with [`EnforceDeadline`] right inside it: the deadline a
+/// call carries is held wherever calls are observed, and every status the deadline produces
+/// (a malformed `grpc-timeout`, one that expired) is counted and logged. With observation off,
+/// deadlines are still enforced.
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
     observer: Option<Arc<ServerObserver>>,
@@ -76,11 +81,11 @@ impl ObserveLayer {
 }
 
 impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
+    type Service = Observe<EnforceDeadline<S>>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Observe {
-            inner,
+            inner: DeadlineLayer.layer(inner),
             observer: self.observer.clone(),
         }
     }
@@ -146,11 +151,18 @@ where
                     }
                     attributes
                 });
-        if let Some(timeout) = parse_grpc_timeout(request.headers()) {
-            cx = cx.with_value(Deadline(Instant::now() + timeout));
+        let timeout = grpc_timeout(request.headers());
+        if let Ok(Some(timeout)) = timeout
+            && let Some(deadline) = Instant::now().checked_add(timeout)
+        {
+            cx = cx.with_value(Deadline(deadline));
         }
 
         let mut call = Call::start(Side::Server, method, unknown_path, peer, (cx.clone(), span));
+        if timeout.is_err() {
+            // The deadline layer refuses the call; the caller sent a malformed header.
+            call.fault_the_caller();
+        }
         call.capture_if_wanted();
         let metrics = call.metrics().clone();
         let failed = call.request_failed();

@@ -2,7 +2,6 @@
 //! gateway, say): the same serving core, admin port (`/healthz`, `/readyz`, `/metrics`),
 //! connection metrics and graceful shutdown as a gRPC [`super::Server`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -13,7 +12,9 @@ use super::shutdown::{self, MainListener, ShutdownReport};
 use crate::config::ServerConfig;
 use crate::health::HealthRegistry;
 use crate::metrics::Metrics;
-use crate::serving::{HttpProtocol, Listener, ListenerConfig, RequestBody, Stage};
+use crate::serving::{
+    HttpProtocol, Listener, ListenerConfig, ListenerService, ResponseBody, Stage,
+};
 
 /// Entry point: `HttpServer::bind(config, name, service)`.
 #[derive(Debug, Clone, Copy)]
@@ -70,18 +71,7 @@ pub struct BoundHttpServer<S> {
     metrics: Arc<Metrics>,
 }
 
-impl<S, B> BoundHttpServer<S>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<S> BoundHttpServer<S> {
     /// The service listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
@@ -108,15 +98,21 @@ where
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully; a second signal skips
     /// straight to closing every connection.
-    pub async fn serve_until_signal(self) -> Result<ShutdownReport, ServerError> {
+    pub async fn serve_until_signal<B>(self) -> Result<ShutdownReport, ServerError>
+    where
+        S: ListenerService<B>,
+        B: ResponseBody,
+    {
         let signals = shutdown::Signals::install().map_err(ServerError::Signals)?;
         Ok(self.run(signals).await)
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully within the deadline.
-    pub async fn serve<F>(self, shutdown: F) -> ShutdownReport
+    pub async fn serve<F, B>(self, shutdown: F) -> ShutdownReport
     where
         F: std::future::Future<Output = ()> + Send,
+        S: ListenerService<B>,
+        B: ResponseBody,
     {
         self.run(shutdown::Trigger::new(shutdown)).await
     }
@@ -124,14 +120,20 @@ where
     /// Serves until the first event of `events`, then shuts down gracefully; a second
     /// event skips straight to closing every connection. For processes that install their
     /// own signal handlers (SIGTERM and SIGINT as a stream).
-    pub async fn serve_until_events<E>(self, events: E) -> ShutdownReport
+    pub async fn serve_until_events<E, B>(self, events: E) -> ShutdownReport
     where
         E: futures_util::Stream<Item = ()> + Send,
+        S: ListenerService<B>,
+        B: ResponseBody,
     {
         self.run(shutdown::Events(Box::pin(events))).await
     }
 
-    async fn run(self, trigger: impl shutdown::ShutdownTrigger) -> ShutdownReport {
+    async fn run<B>(self, trigger: impl shutdown::ShutdownTrigger) -> ShutdownReport
+    where
+        S: ListenerService<B>,
+        B: ResponseBody,
+    {
         let (stage, stage_rx) = watch::channel(Stage::Serving);
         let main = MainListener {
             name: self.name,

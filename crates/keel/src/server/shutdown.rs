@@ -168,22 +168,29 @@ pub(crate) async fn run(
         "shutdown: stopped accepting; sending GOAWAY"
     );
 
-    if hurried {
+    let finished = if hurried {
         stage.send_replace(Stage::Closing);
+        None
     } else {
         tokio::select! {
-            _ = &mut task => {}
+            joined = &mut task => Some(joined),
             () = sleep_until(deadline) => {
                 tracing::warn!(phase = "deadline", "shutdown: deadline reached; closing the remaining connections");
                 stage.send_replace(Stage::Closing);
+                None
             }
             () = trigger.next() => {
                 tracing::warn!(phase = "forced", "shutdown: second signal; closing every connection now");
                 stage.send_replace(Stage::Closing);
+                None
             }
         }
-    }
-    let listener = (&mut task).await.unwrap_or_else(|error| {
+    };
+    let joined = match finished {
+        Some(joined) => joined,
+        None => task.await,
+    };
+    let listener = joined.unwrap_or_else(|error| {
         tracing::error!(%error, "the listener task failed");
         ListenerReport::default()
     });
@@ -205,26 +212,24 @@ pub(crate) async fn run(
         cut: listener.cut,
         elapsed: started.elapsed(),
     };
-    if report.cut > 0 || report.failed > 0 {
+    let verdict = if report.cut > 0 || report.failed > 0 {
         tracing::warn!(
-            phase = "done",
-            drained = report.drained,
-            failed = report.failed,
-            forced = report.forced,
             requests_cut = report.cut,
-            elapsed = ?report.elapsed,
-            "shutdown: complete; some requests were cut"
+            failed = report.failed,
+            "shutdown cut requests that were in flight"
         );
+        "some requests were cut"
     } else {
-        tracing::info!(
-            phase = "done",
-            drained = report.drained,
-            failed = report.failed,
-            forced = report.forced,
-            requests_cut = report.cut,
-            elapsed = ?report.elapsed,
-            "shutdown: complete; every request finished"
-        );
-    }
+        "every request finished"
+    };
+    tracing::info!(
+        phase = "done",
+        drained = report.drained,
+        failed = report.failed,
+        forced = report.forced,
+        requests_cut = report.cut,
+        elapsed = ?report.elapsed,
+        "shutdown: complete; {verdict}"
+    );
     report
 }

@@ -9,8 +9,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::connection::{self, Ended, Shared};
-use super::request_body::RequestBody;
-use super::{ListenerReport, Stage};
+use super::{ListenerReport, ListenerService, ResponseBody, Stage};
 
 /// First pause after a failed accept; doubled on each failure in a row, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
@@ -23,18 +22,8 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// connections open at the drain ended.
 pub(super) async fn run<S, B>(tcp: TcpListener, shared: Arc<Shared<S>>) -> ListenerReport
 where
-    S: tower::Service<
-            http::Request<RequestBody>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ListenerService<B>,
+    B: ResponseBody,
 {
     let metrics = &shared.metrics;
     let name = metrics.name;

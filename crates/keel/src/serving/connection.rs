@@ -25,8 +25,35 @@ use tower::ServiceBuilder;
 use super::late_frames::{Handshake, LateFrameGuard, Protocol};
 use super::metrics::ListenerMetrics;
 use super::request_body::RequestBody;
-use super::{HttpProtocol, ListenerConfig, Stage};
+use super::{HttpProtocol, ListenerConfig, ListenerService, ResponseBody, Stage};
 use crate::layer::{ConnectionActivity, TrackLayer};
+
+/// Applies a listener's HTTP/2 settings to a hyper HTTP/2 builder: hyper's own, or the
+/// one inside hyper-util's HTTP/1.1-and-HTTP/2 builder (same methods, different types).
+macro_rules! http2_settings {
+    ($builder:expr, $h2:expr) => {{
+        let h2: &crate::config::Http2Config = $h2;
+        #[allow(
+            unused_mut,
+            reason = "a builder by value needs `mut`, one by reference does not"
+        )]
+        let mut builder = $builder;
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(h2.initial_stream_window)
+            .initial_connection_window_size(h2.initial_connection_window)
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .max_frame_size(h2.max_frame_size)
+            .max_header_list_size(h2.max_header_list_size)
+            .max_send_buf_size(h2.max_send_buffer)
+            .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams);
+        if !h2.keepalive_interval.is_zero() {
+            builder
+                .keep_alive_interval(h2.keepalive_interval)
+                .keep_alive_timeout(h2.keepalive_timeout);
+        }
+    }};
+}
 
 /// What every connection of one listener shares.
 pub(super) struct Shared<S> {
@@ -47,40 +74,10 @@ impl<S> Shared<S> {
         metrics: ListenerMetrics,
         stage: watch::Receiver<Stage>,
     ) -> Self {
-        let h2 = &config.http2;
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(h2.initial_stream_window)
-            .initial_connection_window_size(h2.initial_connection_window)
-            .max_concurrent_streams(h2.max_concurrent_streams)
-            .max_frame_size(h2.max_frame_size)
-            .max_header_list_size(h2.max_header_list_size)
-            .max_send_buf_size(h2.max_send_buffer)
-            .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams);
-        if !h2.keepalive_interval.is_zero() {
-            http2
-                .keep_alive_interval(h2.keepalive_interval)
-                .keep_alive_timeout(h2.keepalive_timeout);
-        }
+        http2_settings!(&mut http2, &config.http2);
         let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        {
-            let mut auto_h2 = auto.http2();
-            auto_h2
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(h2.initial_stream_window)
-                .initial_connection_window_size(h2.initial_connection_window)
-                .max_concurrent_streams(h2.max_concurrent_streams)
-                .max_frame_size(h2.max_frame_size)
-                .max_header_list_size(h2.max_header_list_size)
-                .max_send_buf_size(h2.max_send_buffer)
-                .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams);
-            if !h2.keepalive_interval.is_zero() {
-                auto_h2
-                    .keep_alive_interval(h2.keepalive_interval)
-                    .keep_alive_timeout(h2.keepalive_timeout);
-            }
-        }
+        http2_settings!(auto.http2(), &config.http2);
         {
             let mut http1 = auto.http1();
             http1
@@ -166,16 +163,8 @@ impl Leave {
 /// task, woken for every frame, polls only the connection and one channel.
 pub(super) async fn drive<S, B>(tcp: TcpStream, shared: Arc<Shared<S>>) -> Ended
 where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: ListenerService<B>,
+    B: ResponseBody,
 {
     let info = tcp.connect_info();
     let peer = info.remote_addr();

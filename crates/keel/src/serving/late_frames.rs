@@ -200,6 +200,19 @@ impl WriteScan {
                 bytes = &bytes[take..];
                 continue;
             }
+            if self.have == 0 && bytes.len() >= FRAME_HEADER + 4 {
+                // Fast path: a whole header (and a GOAWAY's id) in this write, read in place.
+                let length = usize::from(bytes[0]) << 16
+                    | usize::from(bytes[1]) << 8
+                    | usize::from(bytes[2]);
+                if bytes[3] == GOAWAY && length >= 8 {
+                    *last_id = (*last_id).min(stream_id(&bytes[FRAME_HEADER..]));
+                }
+                let take = (FRAME_HEADER + length).min(bytes.len());
+                self.skip = FRAME_HEADER + length - take;
+                bytes = &bytes[take..];
+                continue;
+            }
             let take = (FRAME_HEADER - self.have).min(bytes.len());
             self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
             self.have += take;
@@ -419,6 +432,8 @@ mod tests {
         chunks: Vec<usize>,
         next: usize,
         output: Vec<u8>,
+        /// Most bytes one write takes.
+        write_chunk: usize,
     }
 
     impl Pipe {
@@ -429,6 +444,7 @@ mod tests {
                 chunks,
                 next: 0,
                 output: Vec::new(),
+                write_chunk: 5,
             }
         }
     }
@@ -455,8 +471,8 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            // At most 5 bytes a write, so headers and GOAWAY ids straddle writes.
-            let take = buf.len().min(5);
+            // Few bytes a write (5 by default), so headers and GOAWAY ids straddle writes.
+            let take = buf.len().min(self.write_chunk);
             self.output.extend_from_slice(&buf[..take]);
             Poll::Ready(Ok(take))
         }
@@ -485,14 +501,22 @@ mod tests {
         chunks: Vec<usize>,
         read_size: usize,
     ) -> (Vec<u8>, u64, Protocol) {
+        through_guard_writing(client, server, chunks, read_size, 5).await
+    }
+
+    /// [`through_guard`] with the server's bytes written at most `write_chunk` at a time.
+    async fn through_guard_writing(
+        client: Vec<u8>,
+        server: &[u8],
+        chunks: Vec<usize>,
+        read_size: usize,
+        write_chunk: usize,
+    ) -> (Vec<u8>, u64, Protocol) {
         let handshake = Arc::new(Handshake::default());
         let ignored = Counter::default();
-        let mut guard = LateFrameGuard::new(
-            Pipe::new(client, chunks),
-            true,
-            handshake.clone(),
-            ignored.clone(),
-        );
+        let mut pipe = Pipe::new(client, chunks);
+        pipe.write_chunk = write_chunk;
+        let mut guard = LateFrameGuard::new(pipe, true, handshake.clone(), ignored.clone());
         guard.write_all(server).await.unwrap();
         let mut out = Vec::new();
         let mut buf = vec![0u8; read_size];
@@ -597,8 +621,16 @@ mod tests {
             let input = client_bytes(&frames);
             let chunks: Vec<usize> = (0..5).map(|_| rng.random_range(1..20)).collect();
             let read_size = rng.random_range(1..64);
+            // The server writes frames before its GOAWAY, in writes of any size.
+            let mut server = frame(SETTINGS, 0, 0, &[]);
+            for _ in 0..rng.random_range(0..4) {
+                let payload: Vec<u8> = (0..rng.random_range(0..40)).map(|_| rng.random()).collect();
+                server.extend(frame(DATA, 0, 1, &payload));
+            }
+            server.extend(goaway(last));
+            let write_chunk = rng.random_range(1..80);
             let (out, ignored, _) =
-                through_guard(input.clone(), &goaway(last), chunks, read_size).await;
+                through_guard_writing(input.clone(), &server, chunks, read_size, write_chunk).await;
             let mut expected = input;
             for at in &late {
                 expected[at + 3] = IGNORED_TYPE;

@@ -83,6 +83,47 @@ pub struct ListenerReport {
     pub cut: usize,
 }
 
+/// What a listener serves: a cloneable service of [`RequestBody`] requests that never
+/// fails (errors are responses).
+pub trait ListenerService<B>:
+    tower::Service<
+        http::Request<RequestBody>,
+        Response = http::Response<B>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> ListenerService<B> for S where
+    S: tower::Service<
+            http::Request<RequestBody>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A response body a listener can send.
+pub trait ResponseBody:
+    http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
 /// A bound listener and its settings, ready to serve.
 #[derive(Debug)]
 pub struct Listener {
@@ -121,18 +162,8 @@ impl Listener {
     /// [`Stage::Draining`], until every connection has closed.
     pub async fn serve<S, B>(self, service: S, stage: watch::Receiver<Stage>) -> ListenerReport
     where
-        S: tower::Service<
-                http::Request<RequestBody>,
-                Response = http::Response<B>,
-                Error = std::convert::Infallible,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: ListenerService<B>,
+        B: ResponseBody,
     {
         let shared = Arc::new(connection::Shared::new(
             self.config,

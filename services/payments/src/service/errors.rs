@@ -5,6 +5,7 @@
 //! Messages never show a balance: a refund's failure concerns the payee's account, which the
 //! caller may not own.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use keel::error::{BusinessError, Retry};
@@ -15,6 +16,15 @@ use crate::store::StoreError;
 
 /// How soon a client may retry when storage is down.
 const STORAGE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How soon a duplicate of a request still in flight may come back: a random delay in this
+/// range. RetryInfo without a delay tells clients to retry at once, which spins them against
+/// the in-flight set, each retry another ABORTED. 50 ms is past a payment's p99 under load
+/// (23 to 57 ms, docs/BENCHMARKS.md), so the retry usually finds the first one committed and
+/// gets its replay; the spread keeps duplicates that arrived together from coming back
+/// together; 150 ms bounds what the wait adds.
+const CONCURRENT_RETRY_AFTER: RangeInclusive<Duration> =
+    Duration::from_millis(50)..=Duration::from_millis(150);
 
 /// The status a caller gets for a store failure.
 pub fn store_status(error: StoreError) -> Status {
@@ -123,7 +133,8 @@ pub fn store_status(error: StoreError) -> Status {
     }
 }
 
-/// ABORTED for a second request whose idempotency key is still being executed.
+/// ABORTED for a second request whose idempotency key is still being executed, retryable
+/// after a short, jittered delay.
 pub fn concurrent_request(key: &str) -> Status {
     BusinessError::aborted(
         "CONCURRENT_REQUEST",
@@ -131,7 +142,7 @@ pub fn concurrent_request(key: &str) -> Status {
     )
     .domain(DOMAIN)
     .metadata("idempotency_key", key)
-    .retry(Retry::WithBackoff)
+    .retry_after(rand::random_range(CONCURRENT_RETRY_AFTER))
     .into()
 }
 
