@@ -226,7 +226,8 @@ fn descriptor_pool(sets: &[&[u8]]) -> prost_reflect::DescriptorPool {
     pool
 }
 
-async fn bind(
+/// Binds one listener, naming it (`what`) in the error.
+pub(super) async fn bind(
     addr: SocketAddr,
     what: &'static str,
     config: ListenerConfig,
@@ -280,16 +281,12 @@ impl std::fmt::Debug for BoundServer {
 impl BoundServer {
     /// The gRPC listener's address (with the real port when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr()
     }
 
     /// The admin listener's address.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin.local_addr()
     }
 
     /// Prints `grpc listening on ADDR` and `admin listening on ADDR` to stdout and flushes:

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::builder::{ServerError, bind_admin};
+use super::builder::{ServerError, bind, bind_admin};
 use super::shutdown::{self, MainListener, ShutdownReport};
 use crate::config::ServerConfig;
 use crate::health::HealthRegistry;
@@ -30,22 +30,18 @@ impl HttpServer {
         service: S,
     ) -> Result<BoundHttpServer<S>, ServerError> {
         let metrics = Arc::new(Metrics::new());
-        let listener = Listener::bind(
+        let listener = bind(
             config.listen,
+            name,
             ListenerConfig {
                 name,
                 protocol: HttpProtocol::Http1AndHttp2,
                 http2: config.http2.clone(),
                 connection: config.connection.clone(),
             },
-            &metrics.connection,
+            &metrics,
         )
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            what: name,
-            source,
-        })?;
+        .await?;
         let admin = bind_admin(&config, &metrics).await?;
         Ok(BoundHttpServer {
             name,
@@ -74,16 +70,12 @@ pub struct BoundHttpServer<S> {
 impl<S> BoundHttpServer<S> {
     /// The service listener's address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr()
     }
 
     /// The admin listener's address.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin.local_addr()
     }
 
     /// The registry `/readyz` reads (`""` is the whole server).

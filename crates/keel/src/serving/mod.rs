@@ -128,6 +128,8 @@ impl<B> ResponseBody for B where
 #[derive(Debug)]
 pub struct Listener {
     tcp: TcpListener,
+    /// The bound address, read once at bind.
+    addr: SocketAddr,
     config: ListenerConfig,
     metrics: ListenerMetrics,
 }
@@ -140,22 +142,28 @@ impl Listener {
         metrics: &ConnectionMetrics,
     ) -> std::io::Result<Self> {
         let tcp = TcpListener::bind(addr).await?;
-        Ok(Self::from_tcp(tcp, config, metrics))
+        Self::from_tcp(tcp, config, metrics)
     }
 
     /// Serves on an already bound socket.
-    pub fn from_tcp(tcp: TcpListener, config: ListenerConfig, metrics: &ConnectionMetrics) -> Self {
+    pub fn from_tcp(
+        tcp: TcpListener,
+        config: ListenerConfig,
+        metrics: &ConnectionMetrics,
+    ) -> std::io::Result<Self> {
+        let addr = tcp.local_addr()?;
         let metrics = metrics.listener(config.name);
-        Self {
+        Ok(Self {
             tcp,
+            addr,
             config,
             metrics,
-        }
+        })
     }
 
     /// The bound address (with the real port when bound to port 0).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Serves `service` until `stage` says [`Stage::Closing`] or, once it said
