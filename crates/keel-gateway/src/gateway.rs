@@ -22,8 +22,8 @@ use futures_util::StreamExt as _;
 use http::header::{ACCEPT, ALLOW, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt as _;
-use keel::client::CheckStatus;
-use keel::dynamic::{Detail, DynamicCodec, details};
+use keel_core::status_check::CheckStatus;
+use keel_dynamic::{Detail, DynamicCodec, details};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Value, json};
 use tonic::client::{Grpc, GrpcService};
@@ -548,7 +548,7 @@ fn metadata(headers: &HeaderMap, forward: &[HeaderName]) -> MetadataMap {
 /// The call's deadline: `Grpc-Timeout` (gRPC's format) or `X-Server-Timeout` (seconds).
 fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, Failure> {
     if headers.contains_key("grpc-timeout") {
-        return keel::observe::context::parse_grpc_timeout(headers)
+        return keel_core::context::parse_grpc_timeout(headers)
             .map(Some)
             .ok_or_else(|| {
                 Failure::client(
