@@ -33,8 +33,10 @@ mod otlp;
 pub mod process;
 pub(crate) mod recorder;
 mod sampler;
+mod traces;
 
 pub use b3::{B3Format, B3Propagator};
+pub use traces::Traces;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -46,6 +48,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 
 use recorder::{ExportSettings, SpanRecorder};
 use sampler::Sampler;
+use traces::SpanSource;
 
 /// Set by [`init`] when nothing is exported: observers then mint span ids themselves
 /// instead of going through the SDK (see `observe::spans`).
@@ -80,9 +83,16 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     recorder: Option<Arc<SpanRecorder>>,
     exporting: bool,
+    traces: Traces,
 }
 
 impl Telemetry {
+    /// This telemetry's tracing, for a server's or client's builder: its recorder (and the
+    /// recorder's sampler) and its propagators.
+    pub fn traces(&self) -> Traces {
+        self.traces.clone()
+    }
+
     /// True when spans are exported over OTLP.
     pub fn exporting(&self) -> bool {
         self.exporting
@@ -148,16 +158,67 @@ pub fn init_with(
     service_name: &str,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Telemetry, TelemetryError> {
-    let propagators = var("OTEL_PROPAGATORS").unwrap_or_else(|| "tracecontext,baggage,b3".into());
-    opentelemetry::global::set_text_map_propagator(propagator(&propagators)?);
+    build(service_name, &var, Scope::Global)
+}
 
-    if var("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
-        IDS_ONLY.store(true, Ordering::Relaxed);
-        return Ok(Telemetry {
+/// Telemetry for the servers and clients given its [`Telemetry::traces`], configured by
+/// settings named and spelled as the `OTEL_*` variables but read from `var`, leaving the
+/// process's globals alone: what two servers in one process that export to different
+/// collectors, or sample differently, each get.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let telemetry = keel_telemetry::from_settings("ledger", |name| match name {
+///     "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:4317".into()),
+///     "OTEL_TRACES_SAMPLER" => Some("traceidratio".into()),
+///     "OTEL_TRACES_SAMPLER_ARG" => Some("0.25".into()),
+///     _ => None,
+/// })?;
+/// let traces = telemetry.traces(); // hand to a server's or client's builder
+/// # let _ = traces;
+/// # Ok(()) }
+/// ```
+pub fn from_settings(
+    service_name: &str,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Telemetry, TelemetryError> {
+    build(service_name, &var, Scope::Own)
+}
+
+/// Whether a [`Telemetry`] becomes the process's default.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Installed as the global propagator, tracer provider and span recorder.
+    Global,
+    /// Only for the servers and clients given its [`Telemetry::traces`].
+    Own,
+}
+
+fn build(
+    service_name: &str,
+    var: &dyn Fn(&str) -> Option<String>,
+    scope: Scope,
+) -> Result<Telemetry, TelemetryError> {
+    let propagators = var("OTEL_PROPAGATORS").unwrap_or_else(|| "tracecontext,baggage,b3".into());
+    let own_propagator: Arc<dyn TextMapPropagator + Send + Sync> =
+        Arc::new(propagator(&propagators)?);
+    if scope == Scope::Global {
+        opentelemetry::global::set_text_map_propagator(propagator(&propagators)?);
+    }
+    let ids_only = |scope: Scope| {
+        if scope == Scope::Global {
+            IDS_ONLY.store(true, Ordering::Relaxed);
+        }
+        Telemetry {
             provider: None,
             recorder: None,
             exporting: false,
-        });
+            traces: Traces::new(SpanSource::IdsOnly, own_propagator.clone()),
+        }
+    };
+
+    if var("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
+        return Ok(ids_only(scope));
     }
     let exporting = match var("OTEL_TRACES_EXPORTER").as_deref() {
         Some("otlp") => true,
@@ -177,13 +238,8 @@ pub fn init_with(
         var("OTEL_TRACES_SAMPLER").as_deref(),
         var("OTEL_TRACES_SAMPLER_ARG").as_deref(),
     )?;
-    IDS_ONLY.store(!exporting, Ordering::Relaxed);
     if !exporting {
-        return Ok(Telemetry {
-            provider: None,
-            recorder: None,
-            exporting,
-        });
+        return Ok(ids_only(scope));
     }
 
     let mut resource = opentelemetry_sdk::Resource::builder();
@@ -198,6 +254,17 @@ pub fn init_with(
         sampler,
         otlp::resource(resource.iter().map(|(key, value)| (key.as_str(), value))),
     )?;
+    let traces = Traces::new(SpanSource::Recorder(recorder.clone()), own_propagator);
+    if scope == Scope::Own {
+        return Ok(Telemetry {
+            provider: None,
+            recorder: Some(recorder),
+            exporting,
+            traces,
+        });
+    }
+
+    // The SDK's provider, for the embedder's own spans through the global tracer.
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
     if let Some(endpoint) =
         var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
@@ -219,11 +286,13 @@ pub fn init_with(
         .with_span_processor(processor)
         .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
+    IDS_ONLY.store(false, Ordering::Relaxed);
     *RECORDER.lock().unwrap_or_else(PoisonError::into_inner) = Some(recorder.clone());
     Ok(Telemetry {
         provider: Some(provider),
         recorder: Some(recorder),
         exporting,
+        traces,
     })
 }
 

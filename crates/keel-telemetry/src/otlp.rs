@@ -69,6 +69,7 @@ fn encode_span(buf: &mut Vec<u8>, span: &RecordedSpan) {
         bytes_field(buf, 4, &parent.to_bytes(), false);
     }
     string_field(buf, 5, span.name);
+    fixed32_field(buf, 16, span_flags(span));
     varint_field(buf, 6, kind(&span.kind));
     fixed64_field(buf, 7, unix_nanos(span.start));
     fixed64_field(buf, 8, unix_nanos(span.end));
@@ -95,6 +96,21 @@ fn encode_span(buf: &mut Vec<u8>, span: &RecordedSpan) {
 }
 
 /// OTLP's `Span.SpanKind` number.
+/// OTLP's `Span.flags`: the W3C trace flags in the low byte (only sampled spans are
+/// recorded, so always SAMPLED), and whether the parent's context was remote, with the bit
+/// that says that is known.
+fn span_flags(span: &RecordedSpan) -> u32 {
+    const SAMPLED: u32 = 0x01;
+    const CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
+    const CONTEXT_IS_REMOTE: u32 = 0x200;
+    let remote = if span.parent_is_remote {
+        CONTEXT_IS_REMOTE
+    } else {
+        0
+    };
+    SAMPLED | CONTEXT_HAS_IS_REMOTE | remote
+}
+
 fn kind(kind: &SpanKind) -> u64 {
     match kind {
         SpanKind::Internal => 1,
@@ -194,6 +210,13 @@ fn varint_field(buf: &mut Vec<u8>, tag: u32, value: u64) {
     }
 }
 
+fn fixed32_field(buf: &mut Vec<u8>, tag: u32, value: u32) {
+    if value != 0 {
+        encode_key(tag, WireType::ThirtyTwoBit, buf);
+        buf.put_u32_le(value);
+    }
+}
+
 fn fixed64_field(buf: &mut Vec<u8>, tag: u32, value: u64) {
     if value != 0 {
         encode_key(tag, WireType::SixtyFourBit, buf);
@@ -266,6 +289,7 @@ mod tests {
             trace_id: TraceId::from(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
             span_id: SpanId::from(0x1112_1314_1516_1718),
             parent: Some(SpanId::from(7)),
+            parent_is_remote: true,
             trace_state: "vendor=value".into(),
             name: "helloworld.Greeter/SayHello",
             kind: SpanKind::Server,
@@ -311,6 +335,7 @@ mod tests {
         assert_eq!(decoded.span_id, (0x11..=0x18).collect::<Vec<u8>>());
         assert_eq!(decoded.parent_span_id, [0, 0, 0, 0, 0, 0, 0, 7]);
         assert_eq!(decoded.trace_state, "vendor=value");
+        assert_eq!(decoded.flags, 0x301, "sampled, with a remote parent");
         assert_eq!(decoded.name, "helloworld.Greeter/SayHello");
         assert_eq!(decoded.kind, 2);
         assert_eq!(decoded.start_time_unix_nano, 1_700_000_000_123_456_789);
@@ -344,6 +369,7 @@ mod tests {
             trace_id: TraceId::from(1),
             span_id: SpanId::from(1),
             parent: None,
+            parent_is_remote: false,
             trace_state: String::new(),
             name: "s/m",
             kind: SpanKind::Client,
@@ -355,6 +381,11 @@ mod tests {
         };
         let request =
             ExportTraceServiceRequest::decode(export_request(&[], "k", "", &[span])).unwrap();
+        let flags = request.resource_spans[0].scope_spans[0].spans[0].flags;
+        assert_eq!(
+            flags, 0x101,
+            "sampled, with a parent known not to be remote"
+        );
         let decoded = &request.resource_spans[0].scope_spans[0].spans[0];
         assert!(decoded.parent_span_id.is_empty() && decoded.status.is_none());
         assert_eq!(decoded.kind, 3);

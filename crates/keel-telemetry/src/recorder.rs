@@ -32,6 +32,8 @@ pub(crate) struct RecordedSpan {
     pub(crate) span_id: SpanId,
     /// The parent span, if the span has one.
     pub(crate) parent: Option<SpanId>,
+    /// True when the parent's context came from another process (the caller of a server).
+    pub(crate) parent_is_remote: bool,
     /// The W3C `tracestate` the trace carries, as a header value.
     pub(crate) trace_state: String,
     pub(crate) name: &'static str,
@@ -423,6 +425,7 @@ mod tests {
             trace_id: TraceId::from(u128::from(n)),
             span_id: SpanId::from(n),
             parent: None,
+            parent_is_remote: false,
             trace_state: String::new(),
             name: "test/span",
             kind: SpanKind::Internal,

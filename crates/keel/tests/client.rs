@@ -867,7 +867,11 @@ async fn observed_channels_count_calls_and_pass_a_shorter_deadline_on() {
         .add_encoded(keel_interop::FILE_DESCRIPTOR_SET)
         .unwrap();
     let mut registry = prometheus_client::registry::Registry::default();
-    let observer = keel::observe::ClientObserver::new(&methods, &mut registry);
+    let observer = keel::observe::ClientObserver::new(
+        &methods,
+        &mut registry,
+        &keel::telemetry::Traces::global(),
+    );
     let echo_channel = Channel::new(&format!("dns:///{echo}")).unwrap();
     let observed = tower::ServiceBuilder::new()
         .layer(

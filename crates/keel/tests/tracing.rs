@@ -89,7 +89,7 @@ fn observed(channel: Channel, url: &str, registry: &mut Registry) -> GreeterClie
     methods
         .add_encoded(keel_interop::FILE_DESCRIPTOR_SET)
         .unwrap();
-    let observer = ClientObserver::new(&methods, registry);
+    let observer = ClientObserver::new(&methods, registry, &keel::telemetry::Traces::global());
     GreeterClient::new(
         tower::ServiceBuilder::new()
             .layer(ClientObserveLayer::new(observer).target(&url.parse().unwrap()))

@@ -16,6 +16,7 @@ use super::log_budget::{self, Outcome};
 use super::payload::{Capture, PayloadConfig};
 use super::rpc_metrics::{MethodMetrics, RpcMetrics, Side};
 use super::spans::{CallSpan, SpanEnd, Spans};
+use crate::Traces;
 use keel_core::code::{Severity, code_name, is_server_fault, severity};
 use keel_core::method::{MethodInfo, MethodTable, PathMap, RpcType};
 
@@ -42,6 +43,8 @@ pub(crate) struct Methods {
     unknown: Arc<ObservedMethod>,
     /// How calls get their spans.
     pub(crate) spans: Spans,
+    /// How trace context is read from and written to headers.
+    pub(crate) traces: Traces,
 }
 
 /// Longest request path kept in logs for methods no descriptor names.
@@ -53,6 +56,7 @@ impl Methods {
     pub(crate) fn new(
         table: &MethodTable,
         metrics: &RpcMetrics,
+        traces: &Traces,
         capture: impl Fn(&MethodInfo) -> Option<MethodPayloads>,
     ) -> Self {
         let by_path = table
@@ -74,7 +78,8 @@ impl Methods {
         Self {
             by_path,
             unknown,
-            spans: Spans::current(),
+            spans: traces.spans(),
+            traces: traces.clone(),
         }
     }
 

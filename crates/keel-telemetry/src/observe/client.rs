@@ -11,7 +11,7 @@
 //! let mut methods = MethodTable::default();
 //! methods.add_encoded(keel_interop::FILE_DESCRIPTOR_SET).unwrap();
 //! let mut registry = prometheus_client::registry::Registry::default();
-//! let observer = ClientObserver::new(&methods, &mut registry);
+//! let observer = ClientObserver::new(&methods, &mut registry, &keel_telemetry::Traces::global());
 //! let channel = tower::ServiceBuilder::new()
 //!     .layer(ClientObserveLayer::new(observer).target(&"http://127.0.0.1:50051".parse().unwrap()))
 //!     .service(channel);
@@ -26,7 +26,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 
-use opentelemetry::global;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
@@ -38,10 +37,9 @@ use super::body::{Flow, ObservedBody};
 use super::call::{Call, Methods};
 use super::rpc_metrics::{RpcMetrics, Side};
 use super::semconv;
+use crate::Traces;
 use keel_core::code::status_of;
-use keel_core::context::{
-    Deadline, GRPC_TIMEOUT, HeaderInjector, format_grpc_timeout, parse_grpc_timeout,
-};
+use keel_core::context::{Deadline, GRPC_TIMEOUT, format_grpc_timeout, parse_grpc_timeout};
 use keel_core::method::MethodTable;
 
 /// What every outgoing call of one client is observed with.
@@ -53,11 +51,12 @@ pub struct ClientObserver {
 impl ClientObserver {
     /// Observes calls to the methods of `table`, registering the `grpc_client_*` families in
     /// `registry` (serve it on the process's `/metrics`: a Keel server's
-    /// [`crate::ServerBuilder::metrics_registry`], say).
-    pub fn new(table: &MethodTable, registry: &mut Registry) -> Arc<Self> {
+    /// `ServerBuilder::metrics_registry`, say), tracing as `traces` says
+    /// ([`Traces::global`]: as [`crate::init`] set up the process).
+    pub fn new(table: &MethodTable, registry: &mut Registry, traces: &Traces) -> Arc<Self> {
         let metrics = RpcMetrics::register(Side::Client, registry);
         Arc::new(Self {
-            methods: Methods::new(table, &metrics, |_| None),
+            methods: Methods::new(table, &metrics, traces, |_| None),
         })
     }
 }
@@ -164,9 +163,7 @@ where
                     }
                     attributes
                 });
-        global::get_text_map_propagator(|propagator| {
-            propagator.inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
-        });
+        observer.methods.traces.inject(&cx, request.headers_mut());
         if let Some(deadline) = cx.get::<Deadline>() {
             let left = deadline.remaining();
             let own = parse_grpc_timeout(request.headers());

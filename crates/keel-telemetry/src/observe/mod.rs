@@ -27,7 +27,7 @@ pub mod payload;
 pub mod rpc_metrics;
 pub mod semconv;
 pub mod server;
-mod spans;
+pub(crate) mod spans;
 
 pub use body::ObservedBody;
 pub use client::{ClientObserve, ClientObserveLayer, ClientObserver};

@@ -7,7 +7,6 @@ use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Instant;
 
 use opentelemetry::context::{FutureExt as _, WithContext};
-use opentelemetry::global;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
@@ -21,8 +20,9 @@ use super::call::{Call, MethodPayloads, Methods};
 use super::payload::PayloadConfig;
 use super::rpc_metrics::{RpcMetrics, Side};
 use super::semconv;
+use crate::Traces;
 use keel_core::code::status_of;
-use keel_core::context::{Deadline, HeaderExtractor, grpc_timeout};
+use keel_core::context::{Deadline, grpc_timeout};
 use keel_core::method::MethodTable;
 
 /// What every call of one server is observed with.
@@ -32,16 +32,18 @@ pub struct ServerObserver {
 }
 
 impl ServerObserver {
-    /// Observes the methods of `table` into `metrics`, tracing with the global tracer
-    /// provider (see [`crate::init`]). With `payloads` (a capture policy and the
-    /// descriptors of the methods' response types), selected responses go on the spans.
+    /// Observes the methods of `table` into `metrics`, tracing as `traces` says
+    /// ([`Traces::global`]: as [`crate::init`] set up the process). With `payloads` (a
+    /// capture policy and the descriptors of the methods' response types), selected
+    /// responses go on the spans.
     pub fn new(
         table: &MethodTable,
         metrics: &RpcMetrics,
+        traces: &Traces,
         payloads: Option<(PayloadConfig, &DescriptorPool)>,
     ) -> Self {
         let payloads = payloads.map(|(config, pool)| (Arc::new(config), pool));
-        let methods = Methods::new(table, metrics, |info| {
+        let methods = Methods::new(table, metrics, traces, |info| {
             let (config, pool) = payloads.as_ref()?;
             let service = pool.get_service_by_name(&info.service)?;
             let method = service.methods().find(|m| m.name() == &*info.method)?;
@@ -124,9 +126,7 @@ where
 
         // Most requests carry no trace headers: skip the propagators' header lookups then.
         let parent = if carries_trace(request.headers()) {
-            global::get_text_map_propagator(|propagator| {
-                propagator.extract(&HeaderExtractor(request.headers()))
-            })
+            observer.methods.traces.extract(request.headers())
         } else {
             Context::new()
         };

@@ -158,7 +158,7 @@ impl Spans {
             }
             Self::IdsOnly => {
                 let (trace_id, caller, state) = child_of(parent);
-                let sampled = caller.is_some_and(|(_, sampled)| sampled);
+                let sampled = caller.is_some_and(|caller| caller.sampled);
                 let ids = span_context(
                     trace_id,
                     SpanId::from(keel_core::random::nonzero_u64()),
@@ -171,7 +171,7 @@ impl Spans {
                 let (trace_id, caller, state) = child_of(parent);
                 let sampled = recorder
                     .sampler
-                    .samples(caller.map(|(_, sampled)| sampled), trace_id);
+                    .samples(caller.map(|caller| caller.sampled), trace_id);
                 let span_id = SpanId::from(keel_core::random::nonzero_u64());
                 let span = if sampled {
                     CallSpan::Recorded(Box::new(OpenSpan {
@@ -179,7 +179,8 @@ impl Spans {
                         span: RecordedSpan {
                             trace_id,
                             span_id,
-                            parent: caller.map(|(id, _)| id),
+                            parent: caller.map(|caller| caller.span_id),
+                            parent_is_remote: caller.is_some_and(|caller| caller.remote),
                             trace_state: state.header(),
                             name,
                             kind,
@@ -200,15 +201,28 @@ impl Spans {
     }
 }
 
+/// The caller a new span continues: its span id, whether it sampled the trace, and whether
+/// its context came from another process.
+#[derive(Clone, Copy)]
+struct Caller {
+    span_id: SpanId,
+    sampled: bool,
+    remote: bool,
+}
+
 /// The trace a child of `parent`'s span belongs to (the caller's, or a fresh one), the
-/// caller's span id and sampled flag if there is a caller, and the trace's state.
-fn child_of(parent: &Context) -> (TraceId, Option<(SpanId, bool)>, TraceState) {
+/// caller if there is one, and the trace's state.
+fn child_of(parent: &Context) -> (TraceId, Option<Caller>, TraceState) {
     let caller = parent.span();
     let caller = caller.span_context();
     if caller.is_valid() {
         (
             caller.trace_id(),
-            Some((caller.span_id(), caller.is_sampled())),
+            Some(Caller {
+                span_id: caller.span_id(),
+                sampled: caller.is_sampled(),
+                remote: caller.is_remote(),
+            }),
             caller.trace_state().clone(),
         )
     } else {

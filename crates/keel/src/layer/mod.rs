@@ -14,7 +14,7 @@
 //! 6. [`CatchPanic`]: turns a handler's panic into INTERNAL, innermost so the permit and
 //!    the observation above it are released and reported as for any other failure.
 //!
-//! `server::stack` stacks them; `tests/layer_order.rs` checks that this list, the one in
+//! `server::stack` stacks them; `tests/docs.rs` checks that this list, the one in
 //! docs/ARCHITECTURE.md and the stack agree.
 
 mod catch_panic;

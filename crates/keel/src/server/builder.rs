@@ -20,6 +20,7 @@ use crate::serving::{HttpProtocol, Listener, ListenerConfig};
 use keel_core::method::MethodTable;
 use keel_health::pb::health_server::HealthServer;
 use keel_health::{HealthRegistry, HealthService, ServingStatus};
+use keel_telemetry::Traces;
 use keel_telemetry::observe::ServerObserver;
 
 /// Why a server could not start or run.
@@ -59,6 +60,7 @@ impl Server {
             health: HealthRegistry::new(),
             metrics: Metrics::new(),
             fallback: None,
+            traces: Traces::global(),
         }
     }
 }
@@ -75,6 +77,7 @@ pub struct ServerBuilder {
     health: HealthRegistry,
     metrics: Metrics,
     fallback: Option<MakeFallback>,
+    traces: Traces,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -121,6 +124,29 @@ impl ServerBuilder {
     #[must_use]
     pub fn file_descriptor_set(mut self, encoded: &'static [u8]) -> Self {
         self.descriptor_sets.push(encoded);
+        self
+    }
+
+    /// Where this server's spans go and which propagators read its callers' trace context:
+    /// by default the process's, as `keel::telemetry::init` set them up. Give one
+    /// [`keel_telemetry::Telemetry::traces`] to export this server's spans to its own
+    /// collector with its own sampler.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let telemetry = keel::telemetry::from_settings("ledger", |name| {
+    ///     (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://127.0.0.1:4317".to_owned())
+    /// })?;
+    /// let server = keel::Server::builder(keel::config::ServerConfig::default())
+    ///     .traces(telemetry.traces())
+    ///     .bind()
+    ///     .await?;
+    /// # drop(server);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn traces(mut self, traces: Traces) -> Self {
+        self.traces = traces;
         self
     }
 
@@ -180,6 +206,7 @@ impl ServerBuilder {
         let observer = Arc::new(ServerObserver::new(
             &methods,
             &self.metrics.rpc,
+            &self.traces,
             pool.as_ref().map(|pool| (payloads.clone(), pool)),
         ));
 
