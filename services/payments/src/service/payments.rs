@@ -1,4 +1,5 @@
-//! `payments.v1.PaymentService`: payments in all four RPC modes, reads, pages and refunds.
+//! `payments.v1.PaymentService`: payments one by one, in batches and in streams, reads, pages
+//! and refunds.
 
 use std::pin::Pin;
 
