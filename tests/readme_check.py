@@ -457,14 +457,16 @@ def shows_text_block(title: str) -> Callable[[Result], None]:
     return check
 
 
-def ndjson_payments(remember: dict) -> Callable[[Result], None]:
-    """Exit 0; one JSON line a payment, here the one payment made."""
+def one_page_of_payments(remember: dict) -> Callable[[Result], None]:
+    """Exit 0; a last page (no nextPageToken) holding the one payment made."""
 
     def check(result: Result) -> None:
         exits(0)(result)
-        lines = [json.loads(line) for line in result.stdout.splitlines() if line]
-        if [line["result"]["payment"]["paymentId"] for line in lines] != [remember["paymentId"]]:
-            raise CheckFailed(f"expected one line with payment {remember['paymentId']}")
+        page = result.json()
+        if [payment["paymentId"] for payment in page.get("payments", [])] != [remember["paymentId"]]:
+            raise CheckFailed(f"expected a page of payment {remember['paymentId']}")
+        if page.get("nextPageToken"):
+            raise CheckFailed("one payment: the first page is the last, without nextPageToken")
 
     return check
 
@@ -574,7 +576,7 @@ class Checker:
             Expect('"bob"', ok_json({"account": {"accountId": "bob", "currency": "EUR"}})),
             Expect(":deposit", ok_json({"account": {"balanceMinor": "10000"}})),
             Expect("/v1/payments", ok_payment(paid)),
-            Expect("/alice/payments", ndjson_payments(paid)),
+            Expect("/alice/payments?page_size=", one_page_of_payments(paid)),
             Expect("--json '{}'", rest_error(3, "BadRequest", reason="INVALID_REQUEST")),
         ])
         print("\n==> README's claims about a first payment, over REST")
@@ -588,6 +590,15 @@ class Checker:
                  rest_error(9, "PreconditionFailure", reason="INSUFFICIENT_FUNDS"))
         self.run("curl -s 127.0.0.1:50051/v1/accounts -d 'accountId=dave&currency=EUR'" + status,
                  http_answer(415, {}))
+        # Pages: a negative size, and a token of Bob's listing (two payments, one a page) given
+        # for Alice's, are 400s with a BadRequest.
+        pages = "curl -s '127.0.0.1:50051/v1/accounts/{}/payments?{}'"
+        self.run(pages.format("alice", "page_size=-1") + status,
+                 rest_error(3, "BadRequest", reason="INVALID_REQUEST"))
+        self.run(with_amount(pay, 100, key="pay-2"), exits(0))
+        first = self.run(pages.format("bob", "page_size=1"), exits(0)).json()
+        self.run(pages.format("alice", "page_token=" + first["nextPageToken"]) + status,
+                 rest_error(3, "BadRequest", reason="INVALID_REQUEST"))
         self.stop()
 
     def payments_over_grpc(self) -> None:

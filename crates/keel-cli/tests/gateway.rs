@@ -60,15 +60,24 @@ async fn payments_over_rest_with_descriptors_from_reflection() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["account"]["balanceMinor"], "2500");
 
-    // A server-streaming list is NDJSON, one {"result": ...} per message.
-    let (status, headers, text) = raw_request(gw, "GET", "/v1/accounts/alice/payments", None).await;
+    // A list is a page of JSON, its query parameters passed on.
+    let path = "/v1/accounts/alice/payments?page_size=10";
+    let (status, _, body) = request(gw, "GET", path, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payments"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["payments"][0]["paymentId"], payment_id.as_str());
+
+    // A streaming call answers NDJSON, one {"result": ...} per message.
+    let item = json!({"request": pay("pay-s", 100)});
+    let (status, headers, text) = raw_request(gw, "POST", "/v1/payments:stream", Some(item)).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(headers["content-type"], "application/x-ndjson");
     let lines: Vec<Value> = text.lines().map(parse).collect();
     assert_eq!(lines.len(), 1, "{text}");
+    let result = &lines[0]["result"]["result"];
     assert_eq!(
-        lines[0]["result"]["payment"]["paymentId"],
-        payment_id.as_str()
+        result["response"]["payment"]["amountMinor"], "100",
+        "{text}"
     );
 
     // More than Alice holds: FAILED_PRECONDITION is 400, with its ErrorInfo.

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::PaymentsConfig;
 use crate::limit::Limiter;
 use crate::redis_conn::Redis;
-use crate::service::Payments;
+use crate::service::{Paging, Payments};
 use crate::store::{self, CachedStore, Store, StoreConfig};
 
 /// How often expired idempotency keys are purged.
@@ -66,7 +66,13 @@ impl App {
             )),
             None => store.clone(),
         };
-        let mut payments = Payments::new(service_store, config.rate_limit_per_account);
+        let paging = Paging {
+            default_page_size: config.list_default_page_size,
+            max_page_size: config.list_max_page_size,
+            max_page_bytes: config.server.limits.max_send_message_size,
+        };
+        let mut payments =
+            Payments::new(service_store, config.rate_limit_per_account).paging(paging);
         if let Some(redis) = &redis
             && config.rate_limit_per_account > 0
         {

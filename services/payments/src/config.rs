@@ -1,6 +1,6 @@
 //! The payments service's settings: Keel's server settings under `server`, plus storage and
-//! its timeouts, idempotency retention, the optional per-account rate limit, the optional
-//! Redis, and the readiness checks of both. Loaded by
+//! its timeouts, idempotency retention, the optional per-account rate limit, ListPayments page
+//! sizes, the optional Redis, and the readiness checks of both. Loaded by
 //! [`keel::config::Loader`] with the `PAYMENTS` prefix (`PAYMENTS_DATABASE_URL`,
 //! `PAYMENTS_SERVER_LISTEN`, ...).
 
@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use keel::config::{ServerConfig, Validate, Violation};
 use serde::{Deserialize, Serialize};
+
+/// The largest `list_max_page_size` accepted: 10,000 payments of up to about 21 KB each make
+/// a page of at most about 200 MB in memory.
+const MAX_PAGE_SIZE_LIMIT: u32 = 10_000;
 
 /// Everything `payments` needs to start. `Default` runs on embedded SQLite with no Redis.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +80,12 @@ pub struct PaymentsConfig {
     /// database that cannot answer `SELECT 1` in that time cannot serve payments either.
     #[serde(with = "humantime_serde")]
     pub readiness_check_timeout: Duration,
+    /// ListPayments: the page size of a request that sets none. Default 50.
+    pub list_default_page_size: u32,
+    /// ListPayments: the largest page size; a request for more gets this many. Default 1000.
+    /// A page is read into memory whole (a payment takes up to about 21 KB), and also ends
+    /// before it would pass `server.limits.max_send_message_size`.
+    pub list_max_page_size: u32,
     /// Serve REST/JSON (the contract's `google.api.http` rules) and gRPC-Web on the gRPC
     /// port as well, calling the services in-process. On by default, so `curl` works
     /// against a fresh `payments`.
@@ -101,6 +111,8 @@ impl Default for PaymentsConfig {
             redis_command_timeout: Duration::from_millis(250),
             readiness_check_interval: Duration::from_secs(5),
             readiness_check_timeout: Duration::from_secs(2),
+            list_default_page_size: 50,
+            list_max_page_size: 1000,
             rest_gateway: true,
             server: ServerConfig::default(),
         }
@@ -135,6 +147,10 @@ impl Validate for PaymentsConfig {
             ),
             ("payment_batch_size", self.payment_batch_size),
             ("payment_committers", self.payment_committers),
+            (
+                "list_default_page_size",
+                self.list_default_page_size as usize,
+            ),
         ] {
             if value == 0 {
                 bad.push(Violation::new(key, "must be at least 1"));
@@ -163,6 +179,17 @@ impl Validate for PaymentsConfig {
                 "database_statement_timeout",
                 "must not exceed database_transaction_timeout, or the database goes on with \
                  (and holds the locks of) statements the service gave up on",
+            ));
+        }
+        if self.list_max_page_size < self.list_default_page_size {
+            bad.push(Violation::new(
+                "list_max_page_size",
+                "must be at least list_default_page_size",
+            ));
+        } else if self.list_max_page_size > MAX_PAGE_SIZE_LIMIT {
+            bad.push(Violation::new(
+                "list_max_page_size",
+                &format!("must be at most {MAX_PAGE_SIZE_LIMIT}: a page is read into memory whole"),
             ));
         }
         if self.redis_url.starts_with("rediss://") {
@@ -232,6 +259,9 @@ mod tests {
             ("database_url", "mysql://x", "`database_url`"),
             ("idempotency_retention", "1h", "`idempotency_retention`"),
             ("payment_batch_size", "0", "`payment_batch_size`"),
+            ("list_default_page_size", "0", "`list_default_page_size`"),
+            ("list_max_page_size", "20", "`list_max_page_size`"),
+            ("list_max_page_size", "10001", "`list_max_page_size`"),
             ("redis_url", "http://127.0.0.1:6379", "`redis_url`"),
             ("redis_url", "rediss://127.0.0.1:6379", "TLS"),
             ("database_commit_timeout", "0s", "`database_commit_timeout`"),

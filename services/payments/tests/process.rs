@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestDb, error_of, on_both_backends, payment};
-use payments::store::{PaymentStatus, StoreError};
+use payments::store::{ListPosition, PaymentStatus, StoreError};
 
 on_both_backends!(
     process_moves_money_through_balanced_entries,
@@ -220,19 +220,40 @@ async fn list_payments_of_an_account_in_creation_order(db: &TestDb) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 
-    let listed = db.store.list_payments(&a).await.unwrap();
+    let listed = db.store.list_payments(&a, None, 100).await.unwrap();
     let want = [&made[0], &made[2], &made[3]];
     assert_eq!(
         listed.iter().collect::<Vec<_>>(),
         want,
         "paid or received by a, oldest first"
     );
-    let listed_b = db.store.list_payments(&b).await.unwrap();
+    let listed_b = db.store.list_payments(&b, None, 100).await.unwrap();
     assert_eq!(listed_b, [made[0].clone(), made[1].clone()]);
 
+    // At most `limit`, from right after a position.
+    let first = db.store.list_payments(&a, None, 2).await.unwrap();
+    assert_eq!(first.iter().collect::<Vec<_>>(), want[..2]);
+    let after = ListPosition::of(&first[1]);
+    let rest = db.store.list_payments(&a, Some(&after), 2).await.unwrap();
+    assert_eq!(rest.iter().collect::<Vec<_>>(), want[2..]);
+    let last = ListPosition::of(&made[3]);
+    assert!(
+        db.store
+            .list_payments(&a, Some(&last), 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
     let quiet = db.account("USD").await;
-    assert!(db.store.list_payments(&quiet).await.unwrap().is_empty());
-    let error = error_of(db.store.list_payments("ghost").await);
+    assert!(
+        db.store
+            .list_payments(&quiet, None, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let error = error_of(db.store.list_payments("ghost", None, 100).await);
     assert!(
         matches!(error, StoreError::AccountNotFound { .. }),
         "{error:?}"

@@ -1,6 +1,6 @@
 //! The payments service over REST/JSON through keel-gateway, as curl would use it: every
 //! route of payments.proto's `google.api.http` rules over real HTTP/1.1, business errors with
-//! their HTTP statuses and details, idempotent replays, and streaming lists as NDJSON and SSE.
+//! their HTTP statuses and details, idempotent replays, list pages, and streams as NDJSON.
 
 mod common;
 
@@ -176,32 +176,85 @@ async fn accounts_payments_and_refunds_over_rest() {
     let (_, _, text) = request(gw, "GET", "/v1/accounts/bob", None, &[]).await;
     assert_eq!(parse(&text)["account"]["balanceMinor"], "1500");
 
-    // GET /v1/accounts/{account_id}/payments: NDJSON by default, SSE on request.
+    // GET /v1/accounts/{account_id}/payments: one page, as JSON.
     let (status, headers, text) =
         request(gw, "GET", "/v1/accounts/alice/payments", None, &[]).await;
     assert_eq!(status, 200, "{text}");
-    assert_eq!(headers["content-type"], "application/x-ndjson");
-    let lines: Vec<Value> = text.lines().map(parse).collect();
-    assert_eq!(lines.len(), 1, "{text}");
-    assert_eq!(
-        lines[0]["result"]["payment"]["paymentId"],
-        payment_id.as_str()
-    );
-    let (status, headers, text) = request(
+    assert_eq!(headers["content-type"], "application/json");
+    let page = parse(&text);
+    assert_eq!(page["payments"].as_array().unwrap().len(), 1, "{text}");
+    assert_eq!(page["payments"][0]["paymentId"], payment_id.as_str());
+    assert!(page.get("nextPageToken").is_none(), "the last page: {text}");
+}
+
+/// `GET /v1/accounts/{account_id}/payments?page_size=N&page_token=T` pages through an
+/// account, the token passed back as it came (URL-safe, nothing to escape); a bad size or
+/// token is a 400 whose BadRequest names the field, never a 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_over_rest_by_page_size_and_page_token() {
+    let (gw, _db) = start().await;
+    open_accounts(gw, &[("alice", "USD"), ("bob", "USD")]).await;
+    deposit(gw, "alice", 1000).await;
+    let mut made = Vec::new();
+    for n in 0..5 {
+        let pay = json!({"idempotencyKey": format!("p{n}"), "payerAccountId": "alice",
+                         "payeeAccountId": "bob", "amountMinor": "10", "currency": "USD"});
+        let (status, _, text) =
+            request(gw, "POST", "/v1/payments", Some(&pay.to_string()), &[]).await;
+        assert_eq!(status, 200, "{text}");
+        made.push(parse(&text)["payment"]["paymentId"].clone());
+    }
+
+    // Query parameters by their proto names, or their JSON names.
+    let mut listed = Vec::new();
+    let mut sizes = Vec::new();
+    let mut path = "/v1/accounts/bob/payments?page_size=2".to_owned();
+    loop {
+        let (status, _, text) = request(gw, "GET", &path, None, &[]).await;
+        assert_eq!(status, 200, "{path}: {text}");
+        let page = parse(&text);
+        let payments = page["payments"].as_array().unwrap();
+        sizes.push(payments.len());
+        listed.extend(payments.iter().map(|p| p["paymentId"].clone()));
+        let Some(token) = page["nextPageToken"].as_str() else {
+            break;
+        };
+        path = format!("/v1/accounts/bob/payments?pageSize=2&pageToken={token}");
+    }
+    assert_eq!(sizes, [2, 2, 1]);
+    assert_eq!(listed, made, "each payment once, oldest first");
+
+    let first = request(
         gw,
         "GET",
-        "/v1/accounts/alice/payments",
+        "/v1/accounts/alice/payments?page_size=1",
         None,
-        &[("accept", "text/event-stream")],
+        &[],
     )
     .await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["content-type"], "text/event-stream");
-    let event = text
-        .strip_prefix("data: ")
-        .and_then(|t| t.strip_suffix("\n\n"))
-        .unwrap();
-    assert_eq!(parse(event)["payment"]["paymentId"], payment_id.as_str());
+    let token = parse(&first.2)["nextPageToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (query, field) in [
+        ("page_size=-1", "page_size"),
+        ("page_token=garbage", "page_token"),
+        ("page_token=AQ%2B%2F%3D", "page_token"),
+        (&format!("page_token={token}")[..], "page_token"), // alice's token for bob
+    ] {
+        let path = format!("/v1/accounts/bob/payments?{query}");
+        let (status, headers, text) = request(gw, "GET", &path, None, &[]).await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert_eq!(headers["content-type"], "application/json");
+        let body = parse(&text);
+        assert_eq!(body["code"], 3, "{text}");
+        let violations = &detail(&body, "BadRequest")["fieldViolations"];
+        assert_eq!(violations[0]["field"], field, "{path}: {text}");
+    }
+    // Out of int32's range: refused by the gateway, before the service.
+    let path = "/v1/accounts/bob/payments?page_size=99999999999";
+    let (status, _, text) = request(gw, "GET", path, None, &[]).await;
+    assert_eq!(status, 400, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,9 +345,8 @@ async fn business_errors_keep_their_http_status_and_details() {
         "PAYMENT_NOT_FOUND"
     );
 
-    // An error before the first streamed message is a real HTTP status.
+    // Listing an unknown account: 404.
     let (status, _, text) = request(gw, "GET", "/v1/accounts/nobody/payments", None, &[]).await;
-    println!("list of an unknown account: {status} {text}");
     assert_eq!(status, 404, "{text}");
     assert_eq!(
         detail(&parse(&text), "ErrorInfo")["reason"],
@@ -659,6 +711,9 @@ async fn random_requests_never_get_a_5xx() {
     let queries = [
         "",
         "?account_id=alice",
+        "?page_size=-5",
+        "?page_size=2&page_token=AQ",
+        "?page_token=%zz",
         "?x=%zz",
         "?amount_minor=abc",
         "?a.b.c=1&a=2",

@@ -20,7 +20,7 @@ Examples:
   keel gateway --upstream http://127.0.0.1:50051             # REST on 127.0.0.1:8080
   curl -s localhost:8080/v1/accounts --json '{\"accountId\": \"alice\", \"currency\": \"USD\"}'
   curl -s localhost:8080/v1/accounts/alice:deposit --json '{\"amountMinor\": \"10000\", \"idempotencyKey\": \"d1\"}'
-  curl -s localhost:8080/v1/accounts/alice/payments          # NDJSON, one {\"result\": ...} per line
+  curl -s 'localhost:8080/v1/accounts/alice/payments?page_size=10'   # a page: {\"payments\": [...]}
   keel gateway --upstream http://10.0.0.7:50051 --listen 0.0.0.0:8080 --refresh 5m
   keel gateway --upstream http://127.0.0.1:50051 --set connection.max_connections=2000
   buf build proto -o payments.binpb                           # or protoc --include_imports -o

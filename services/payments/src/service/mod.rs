@@ -8,6 +8,7 @@ mod accounts;
 mod convert;
 mod errors;
 mod inflight;
+mod paging;
 mod payments;
 mod validate;
 
@@ -18,6 +19,7 @@ use crate::pb::v1::account_service_server::AccountServiceServer;
 use crate::pb::v1::payment_service_server::PaymentServiceServer;
 use crate::store::Store;
 
+pub use paging::Paging;
 pub use validate::IDEMPOTENCY_HEADER;
 
 /// The error domain of every business error this service returns.
@@ -29,6 +31,7 @@ pub struct Payments {
     store: Arc<dyn Store>,
     limiter: Option<Arc<Limiter>>,
     inflight: inflight::InFlight,
+    paging: Paging,
 }
 
 impl Payments {
@@ -40,6 +43,7 @@ impl Payments {
             limiter: (rate_limit_per_account > 0)
                 .then(|| Arc::new(Limiter::local(rate_limit_per_account))),
             inflight: inflight::InFlight::default(),
+            paging: Paging::default(),
         }
     }
 
@@ -48,6 +52,13 @@ impl Payments {
     #[must_use]
     pub fn limiter(mut self, limiter: Limiter) -> Self {
         self.limiter = Some(Arc::new(limiter));
+        self
+    }
+
+    /// Pages ListPayments by `paging` instead of [`Paging::default`].
+    #[must_use]
+    pub fn paging(mut self, paging: Paging) -> Self {
+        self.paging = paging;
         self
     }
 

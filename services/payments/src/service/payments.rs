@@ -1,4 +1,5 @@
-//! `payments.v1.PaymentService`: payments in all four RPC modes, reads and refunds.
+//! `payments.v1.PaymentService`: payments one by one, in batches and in streams, reads, pages
+//! and refunds.
 
 use std::pin::Pin;
 
@@ -8,7 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::errors::{concurrent_request, rate_limited, store_status};
 use super::validate::{MAX_DESCRIPTION_LEN, Violations, idempotency_key};
-use super::{Payments, convert};
+use super::{Payments, convert, paging};
 use crate::pb::v1::payment_service_server::PaymentService;
 use crate::pb::v1::{
     GetPaymentRequest, GetPaymentResponse, ListPaymentsRequest, ListPaymentsResponse,
@@ -112,27 +113,31 @@ impl PaymentService for Payments {
         }))
     }
 
-    type ListPaymentsStream = ResponseStream<ListPaymentsResponse>;
-
     async fn list_payments(
         &self,
         request: Request<ListPaymentsRequest>,
-    ) -> Result<Response<Self::ListPaymentsStream>, Status> {
+    ) -> Result<Response<ListPaymentsResponse>, Status> {
         let request = request.into_inner();
         let mut violations = Violations::default();
         violations.id("account_id", &request.account_id);
+        let page_size = self.paging.page_size(request.page_size, &mut violations);
+        let after = paging::start(&request.page_token, &request.account_id, &mut violations);
         violations.finish()?;
-        let payments = self
+        // One more than the page, to know whether another follows.
+        let found = self
             .store
-            .list_payments(&request.account_id)
+            .list_payments(
+                &request.account_id,
+                after.as_ref(),
+                page_size.saturating_add(1),
+            )
             .await
             .map_err(store_status)?;
-        let stream = futures_util::stream::iter(payments.into_iter().map(|payment| {
-            Ok(ListPaymentsResponse {
-                payment: Some(convert::payment(payment)),
-            })
-        }));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(self.paging.page(
+            found,
+            page_size,
+            &request.account_id,
+        )))
     }
 
     async fn process_batch(

@@ -55,13 +55,12 @@ impl Violations {
 
     /// An identifier that may be empty (then generated or absent).
     pub fn optional_id(&mut self, field: &str, id: &str) {
-        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
         if id.len() > MAX_ID_LEN {
             self.add(
                 field,
                 format!("must be at most {MAX_ID_LEN} characters, got {}", id.len()),
             );
-        } else if !id.chars().all(ok_char) {
+        } else if !is_id(id) {
             self.add(field, "may contain only letters, digits and _ - . :");
         }
     }
@@ -125,6 +124,12 @@ impl Violations {
         );
         Err(error.into())
     }
+}
+
+/// Whether `id` is at most 128 characters of `[A-Za-z0-9_.:-]` (empty included).
+pub fn is_id(id: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
+    id.len() <= MAX_ID_LEN && id.chars().all(ok_char)
 }
 
 /// The idempotency key of a request: the request field, or else the `idempotency-key`

@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use super::error::StoreError;
-use super::model::{Account, Idempotent, Payment, PaymentRequest};
+use super::model::{Account, Idempotent, ListPosition, Payment, PaymentRequest};
 
 /// The ledger's storage: accounts, deposits, payments and refunds.
 ///
@@ -68,12 +68,18 @@ pub trait Store: Send + Sync + 'static {
     fn get_payment<'a>(&'a self, payment_id: &'a str)
     -> BoxFuture<'a, Result<Payment, StoreError>>;
 
-    /// The payments the account paid or received, ordered by creation time, then payment id.
+    /// At most `limit` of the payments the account paid or received, ordered by creation
+    /// time, then payment id: the first ones, or those right after `after`. Read by key
+    /// (`WHERE (created_at, payment_id) > after`), so listing page by page sees every payment
+    /// that existed when it began exactly once, whatever is inserted meanwhile. `limit` is
+    /// the caller's bound: the page is read into memory whole.
     ///
     /// Errors: [`StoreError::AccountNotFound`].
     fn list_payments<'a>(
         &'a self,
         account_id: &'a str,
+        after: Option<&'a ListPosition>,
+        limit: u32,
     ) -> BoxFuture<'a, Result<Vec<Payment>, StoreError>>;
 
     /// Returns `amount_minor` (positive) of a payment from the payee to the payer. Returns the

@@ -15,7 +15,7 @@ use super::error::StoreError;
 use super::group_commit::BatchStore;
 use super::ledger;
 use super::ledger::BatchOutcomes;
-use super::model::{Account, Idempotent, Payment, PaymentRequest};
+use super::model::{Account, Idempotent, ListPosition, Payment, PaymentRequest};
 use super::records::{duration_us, now_us};
 use super::statements::Statements;
 
@@ -206,6 +206,8 @@ impl<B: Backend> Store for Engine<B> {
     fn list_payments<'a>(
         &'a self,
         account_id: &'a str,
+        after: Option<&'a ListPosition>,
+        limit: u32,
     ) -> BoxFuture<'a, Result<Vec<Payment>, StoreError>> {
         Box::pin(connection!(self, |conn| async move {
             if conn.account(account_id).await?.is_none() {
@@ -213,7 +215,7 @@ impl<B: Backend> Store for Engine<B> {
                     account_id: account_id.to_owned(),
                 });
             }
-            conn.payments_of(account_id).await
+            conn.payments_of(account_id, after, limit).await
         }))
     }
 

@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 
 use super::api::Store;
 use super::error::StoreError;
-use super::model::{Account, Idempotent, Payment, PaymentRequest};
+use super::model::{Account, Idempotent, ListPosition, Payment, PaymentRequest};
 
 /// A store wrapper that intercepts [`Store::process`]; every type implementing it is a
 /// [`Store`] whose other operations go straight to [`PaymentLayer::inner`].
@@ -72,8 +72,10 @@ impl<L: PaymentLayer> Store for L {
     fn list_payments<'a>(
         &'a self,
         account_id: &'a str,
+        after: Option<&'a ListPosition>,
+        limit: u32,
     ) -> BoxFuture<'a, Result<Vec<Payment>, StoreError>> {
-        self.inner().list_payments(account_id)
+        self.inner().list_payments(account_id, after, limit)
     }
 
     fn refund<'a>(

@@ -48,5 +48,5 @@ pub use cached::{CachedStore, EXPIRY_MARGIN};
 pub use config::StoreConfig;
 pub use error::{BoxError, StoreError};
 pub use layer::PaymentLayer;
-pub use model::{Account, Idempotent, Payment, PaymentRequest, PaymentStatus};
+pub use model::{Account, Idempotent, ListPosition, Payment, PaymentRequest, PaymentStatus};
 pub use open::{open, open_with};

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use super::records::time_to_us;
+
 /// An account: a balance in one currency.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -50,6 +52,26 @@ impl Payment {
             PaymentStatus::PartiallyRefunded
         } else {
             PaymentStatus::Refunded
+        }
+    }
+}
+
+/// A place in the order payments are listed in: by creation time, then payment id. A page of
+/// [`Store::list_payments`](super::Store::list_payments) starts right after one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListPosition {
+    /// Creation time in microseconds since the Unix epoch, as stored.
+    pub created_at_us: i64,
+    /// The payment's id.
+    pub payment_id: String,
+}
+
+impl ListPosition {
+    /// The position of `payment`.
+    pub fn of(payment: &Payment) -> Self {
+        Self {
+            created_at_us: time_to_us(payment.created_at),
+            payment_id: payment.payment_id.clone(),
         }
     }
 }

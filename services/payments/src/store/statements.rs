@@ -10,7 +10,7 @@
 use std::future::Future;
 
 use super::error::StoreError;
-use super::model::{Account, Payment};
+use super::model::{Account, ListPosition, Payment};
 use super::records::{DepositRecord, Entry, KeyRecord, RefundRecord, Scope};
 
 /// The statements of the ledger, on one connection (in a transaction or not).
@@ -76,10 +76,13 @@ pub(crate) trait Statements: Send {
         payment_id: &str,
         refunded_minor: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// The payments an account paid or received, by creation time then id.
+    /// At most `limit` payments an account paid or received, by creation time then id, from
+    /// the first or from right after `after`.
     fn payments_of(
         &mut self,
         account_id: &str,
+        after: Option<&ListPosition>,
+        limit: u32,
     ) -> impl Future<Output = Result<Vec<Payment>, StoreError>> + Send;
 
     /// Inserts a deposit.
@@ -134,7 +137,7 @@ macro_rules! impl_statements {
             use sqlx::Row as _;
 
             use super::super::error::StoreError;
-            use super::super::model::{Account, Payment};
+            use super::super::model::{Account, ListPosition, Payment};
             use super::super::records::{
                 time_from_us, time_to_us, DepositRecord, Entry, KeyRecord, RefundRecord, Scope,
             };
@@ -356,14 +359,35 @@ macro_rules! impl_statements {
                     exactly_one(updated.rows_affected(), "refund update")
                 }
 
-                async fn payments_of(&mut self, account_id: &str) -> Result<Vec<Payment>, StoreError> {
+                async fn payments_of(
+                    &mut self,
+                    account_id: &str,
+                    after: Option<&ListPosition>,
+                    limit: u32,
+                ) -> Result<Vec<Payment>, StoreError> {
+                    // No position is one before every payment: times are never negative.
+                    let (after_us, after_id) = after
+                        .map_or((-1, ""), |after| (after.created_at_us, after.payment_id.as_str()));
+                    // One index range scan per side (payments_by_payer, payments_by_payee),
+                    // each stopping after `limit` rows, then merged: `payer = $1 OR payee = $1`
+                    // would read every later payment of the account and sort them. A payment
+                    // to oneself is listed once, as paid.
                     sqlx::query(concat!(
-                        "SELECT ",
-                        payment_columns!(),
-                        " FROM payments WHERE payer_account_id = $1 OR payee_account_id = $1 \
-                         ORDER BY created_at_us, payment_id"
+                        "SELECT ", payment_columns!(), " FROM (SELECT ", payment_columns!(),
+                        " FROM payments \
+                         WHERE payer_account_id = $1 AND (created_at_us, payment_id) > ($2, $3) \
+                         ORDER BY created_at_us, payment_id LIMIT $4) AS paid \
+                         UNION ALL SELECT ", payment_columns!(), " FROM (SELECT ", payment_columns!(),
+                        " FROM payments \
+                         WHERE payee_account_id = $1 AND payer_account_id <> $1 \
+                         AND (created_at_us, payment_id) > ($2, $3) \
+                         ORDER BY created_at_us, payment_id LIMIT $4) AS received \
+                         ORDER BY created_at_us, payment_id LIMIT $4"
                     ))
                     .bind(account_id)
+                    .bind(after_us)
+                    .bind(after_id)
+                    .bind(i64::from(limit))
                     .fetch_all(&mut *self)
                     .await?
                     .iter()

@@ -174,7 +174,6 @@ pub async fn assert_balances_follow_payments(
 ) -> std::collections::BTreeMap<String, payments::pb::v1::Payment> {
     use std::collections::{BTreeMap, HashMap};
 
-    use futures_util::StreamExt;
     use payments::pb::v1::account_service_client::AccountServiceClient;
     use payments::pb::v1::payment_service_client::PaymentServiceClient;
     use payments::pb::v1::{GetAccountRequest, ListPaymentsRequest};
@@ -183,17 +182,25 @@ pub async fn assert_balances_follow_payments(
     let mut listed = BTreeMap::new();
     let mut payment_client = PaymentServiceClient::new(channel.clone());
     for account in accounts {
-        let request = ListPaymentsRequest {
-            account_id: account.clone(),
-        };
-        let mut stream = payment_client
-            .list_payments(request)
-            .await
-            .unwrap()
-            .into_inner();
-        while let Some(item) = stream.next().await {
-            let payment = item.unwrap().payment.unwrap();
-            listed.insert(payment.payment_id.clone(), payment);
+        let mut page_token = String::new();
+        loop {
+            let request = ListPaymentsRequest {
+                account_id: account.clone(),
+                page_size: 1000,
+                page_token,
+            };
+            let page = payment_client
+                .list_payments(request)
+                .await
+                .unwrap()
+                .into_inner();
+            for payment in page.payments {
+                listed.insert(payment.payment_id.clone(), payment);
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
         }
     }
     let mut per_key: HashMap<&str, usize> = HashMap::new();
