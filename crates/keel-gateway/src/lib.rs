@@ -8,10 +8,13 @@
 //! grpc-gateway does.
 
 pub mod binding;
+mod failure;
 pub mod gateway;
 pub mod openapi;
 pub mod percent;
 pub mod reloadable;
+mod request;
+mod response;
 pub mod router;
 pub mod rules;
 pub mod status;
