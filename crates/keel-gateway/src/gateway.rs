@@ -91,7 +91,7 @@ struct Shared {
 impl<S> std::fmt::Debug for Gateway<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
-            .field("routes", &self.shared.rules.router.len())
+            .field("routes", &self.shared.rules.len())
             .field("options", &self.shared.options)
             .finish_non_exhaustive()
     }
