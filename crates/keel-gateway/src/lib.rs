@@ -12,7 +12,8 @@
 //! Inside, one module per step: `template` parses the rules' path templates, `router`
 //! matches request paths against them with grpc-gateway's precedence, `rules` reads every
 //! method's rules from the pool, `request` reads the body and headers, `binding` turns a
-//! matched request (path, query, body) into the method's request message, `response` writes
+//! matched request (path, query, body) into the method's request message (its scalars read
+//! by `json` as Go's `protojson` reads them, at every type's extremes), `response` writes
 //! the answer as JSON, NDJSON or SSE, `failure` turns what went wrong into an HTTP status and
 //! a `google.rpc.Status` body (`status` maps gRPC codes as grpc-gateway does), and `web` holds
 //! the gRPC, gRPC-Web and CORS faces.
@@ -20,6 +21,7 @@
 mod binding;
 mod failure;
 mod gateway;
+mod json;
 mod openapi;
 mod percent;
 mod reloadable;

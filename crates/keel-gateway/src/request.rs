@@ -8,7 +8,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, StatusCode};
 use http_body_util::BodyExt as _;
 use prost_reflect::DynamicMessage;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tonic::codegen::StdError;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::{Code, Status};
@@ -96,14 +96,14 @@ pub(crate) fn stream_messages(
     options: JsonOptions,
 ) -> Result<Vec<DynamicMessage>, Failure> {
     let mut messages = Vec::new();
-    for value in serde_json::Deserializer::from_slice(body).into_iter::<Value>() {
+    // Each message's own text, so that its numbers are read as written.
+    for value in serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>() {
         let value = value.map_err(|error| Failure::Bind(BindError::Syntax(error.to_string())))?;
-        let bytes = serde_json::to_vec(&value).unwrap_or_default();
         messages.push(request_message(
             binding,
             path_values,
             query,
-            &bytes,
+            value.get().as_bytes(),
             options,
         )?);
     }
