@@ -156,6 +156,9 @@ if ! command -v npx >/dev/null 2>&1; then
 fi
 npx --yes @bufbuild/buf@1.75.0 lint proto
 
+step "crate boundaries (scripts/check-boundaries.sh)"
+scripts/check-boundaries.sh
+
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 

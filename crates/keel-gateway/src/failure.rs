@@ -6,7 +6,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::header::ALLOW;
 use http::{HeaderValue, Method, StatusCode};
-use keel::dynamic::{Detail, details};
+use keel_dynamic::{Detail, details};
 use prost_reflect::{DescriptorPool, SerializeOptions};
 use serde_json::{Value, json};
 use tonic::{Code, Status};

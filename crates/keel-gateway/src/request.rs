@@ -149,7 +149,7 @@ pub(crate) fn metadata(headers: &HeaderMap, forward: &[HeaderName]) -> MetadataM
 /// The call's deadline: `Grpc-Timeout` (gRPC's format) or `X-Server-Timeout` (seconds).
 pub(crate) fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, Failure> {
     if headers.contains_key("grpc-timeout") {
-        return keel::observe::context::parse_grpc_timeout(headers)
+        return keel_core::context::parse_grpc_timeout(headers)
             .map(Some)
             .ok_or_else(|| {
                 Failure::client(

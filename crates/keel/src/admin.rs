@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::health::{HealthRegistry, ReadinessStatus};
 use crate::metrics::Metrics;
+use keel_health::{HealthRegistry, ReadinessStatus};
 
 #[derive(Clone)]
 struct Admin {

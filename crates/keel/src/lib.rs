@@ -18,25 +18,32 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Structure: [`config`] (typed, layered settings), [`serving`] (the accept loop and
-//! connection driver behind every listener), [`server`] (builders, shutdown), [`layer`] (per-request middleware), [`health`], [`metrics`],
-//! [`error`] (business errors as rich `google.rpc.Status` details, and reading them back),
-//! and the admin listener.
+//! This crate is the server: [`config`] (typed, layered settings), [`serving`] (the accept
+//! loop and connection driver behind every listener), [`server`] (builders, shutdown),
+//! [`layer`] (per-request middleware), [`metrics`] and the admin listener. It is also the
+//! facade over Keel's other crates, as `tonic` is over its parts; depend on one of those
+//! alone to compile less:
+//!
+//! | module | crate | what |
+//! |---|---|---|
+//! | [`error`], [`code`], [`context`], [`method`] | `keel-core` | rich business errors, status codes, `grpc-timeout`, method tables |
+//! | [`client`] | `keel-client` | the channel: resolvers, balancing, retries, hedging |
+//! | [`dynamic`], [`reflect`] | `keel-dynamic` | messages from descriptors; a reflection client |
+//! | [`health`] | `keel-health` | grpc.health.v1 and readiness |
+//! | [`telemetry`], [`observe`], [`logging`] | `keel-telemetry` | metrics, logs, traces |
 
 mod admin;
-pub mod client;
 pub mod config;
-pub mod dynamic;
-pub mod error;
-pub mod health;
 pub mod layer;
-pub mod logging;
 pub mod metrics;
-pub mod observe;
-mod random;
-pub mod reflect;
 pub mod server;
 pub mod serving;
-pub mod telemetry;
 
+pub use keel_client as client;
+pub use keel_core::{code, context, error, method};
+pub use keel_dynamic as dynamic;
+pub use keel_dynamic::reflect;
+pub use keel_health as health;
+pub use keel_telemetry as telemetry;
+pub use keel_telemetry::{logging, observe};
 pub use server::{BoundServer, Server, ServerBuilder, ServerError};

@@ -811,7 +811,7 @@ struct DeadlineEcho;
 #[tonic::async_trait]
 impl Greeter for DeadlineEcho {
     async fn say_hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
-        let left = keel::observe::Deadline::current()
+        let left = keel::context::Deadline::current()
             .map(|deadline| deadline.remaining().as_micros().to_string())
             .unwrap_or_default();
         Ok(Response::new(HelloReply { message: left }))
@@ -862,7 +862,7 @@ async fn serve_greeter(greeter: impl Greeter) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observed_channels_count_calls_and_pass_a_shorter_deadline_on() {
     let echo = serve_greeter(DeadlineEcho).await;
-    let mut methods = keel::observe::MethodTable::default();
+    let mut methods = keel::method::MethodTable::default();
     methods
         .add_encoded(keel_interop::FILE_DESCRIPTOR_SET)
         .unwrap();

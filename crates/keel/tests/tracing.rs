@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use keel::Server;
 use keel::config::{PayloadConfig, ServerConfig};
-use keel::observe::{ClientObserveLayer, ClientObserver, Deadline, MethodTable};
+use keel::context::Deadline;
+use keel::method::MethodTable;
+use keel::observe::{ClientObserveLayer, ClientObserver};
 use keel_interop::otlp::{AnyValue, OtlpCollector, Span};
 use keel_interop::pb::helloworld::greeter_client::GreeterClient;
 use keel_interop::pb::helloworld::greeter_server::{Greeter, GreeterServer};

@@ -56,11 +56,9 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Usage(message) | Self::Other(message) => f.write_str(message),
-            Self::Status(code) => write!(
-                f,
-                "the call failed with {}",
-                keel::observe::code::code_name(*code)
-            ),
+            Self::Status(code) => {
+                write!(f, "the call failed with {}", keel::code::code_name(*code))
+            }
             Self::ClosedOutput => f.write_str("stdout closed"),
         }
     }

@@ -2,8 +2,8 @@
 //! every `google.rpc.Status` detail from `grpc-status-details-bin` as JSON with its `@type`.
 
 use base64::Engine as _;
+use keel::code::code_name;
 use keel::dynamic::{Detail, details};
-use keel::observe::code::code_name;
 use prost_reflect::DescriptorPool;
 use serde_json::{Value, json};
 use tonic::Status;

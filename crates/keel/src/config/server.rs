@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Validate, Violation};
-pub use crate::observe::payload::PayloadConfig;
+pub use keel_telemetry::observe::payload::PayloadConfig;
 
 /// Everything a Keel server needs to start. `Default` is the production configuration.
 ///

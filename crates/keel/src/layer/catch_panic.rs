@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::observe::current_trace_id;
+use keel_core::context::current_trace_id;
 
 /// What the caller reads instead of the panic.
 const MESSAGE: &str = "internal error";

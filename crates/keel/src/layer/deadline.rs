@@ -24,7 +24,7 @@ use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use super::status_trailers;
-use crate::observe::context::grpc_timeout;
+use keel_core::context::grpc_timeout;
 
 /// Layer producing [`EnforceDeadline`].
 #[derive(Debug, Clone, Copy, Default)]

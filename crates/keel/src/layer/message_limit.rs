@@ -18,8 +18,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::framing::Framing;
 use super::{BoxError, status_trailers};
+use keel_core::framing::Framing;
 
 /// Layer producing [`MessageLimit`].
 #[derive(Debug, Clone, Copy)]

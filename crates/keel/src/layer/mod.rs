@@ -2,19 +2,23 @@
 //!
 //! Outermost first, each layer sitting where it does for a reason:
 //! 1. [`Track`]: accounts an RPC from arrival until its response body is gone, so the
-//!    live-handler gauge and connection idleness also see RPCs refused further in;
-//! 2. [`MessageLimit`]: enforces message sizes on every service, including ones whose
+//!    live-handler gauge and connection idleness also see RPCs refused further in (put on
+//!    by the connection driver, `serving`, not by the stack below);
+//! 2. `Observe` (from `keel-telemetry`): metrics, the "finished call" log and the span,
+//!    outside everything that can end a call so that every status is observed;
+//! 3. [`EnforceDeadline`]: holds calls to their `grpc-timeout`;
+//! 4. [`MessageLimit`]: enforces message sizes on every service, including ones whose
 //!    generated code Keel does not configure (health, reflection, users' services);
-//! 3. [`LoadShed`]: refuses RPCs past the server-wide concurrency limit at once, with
-//!    RESOURCE_EXHAUSTED, instead of queueing them.
+//! 5. [`LoadShed`]: refuses RPCs past the server-wide concurrency limit at once, with
+//!    RESOURCE_EXHAUSTED, instead of queueing them;
+//! 6. [`CatchPanic`]: turns a handler's panic into INTERNAL, innermost so the permit and
+//!    the observation above it are released and reported as for any other failure.
 //!
-//! [`EnforceDeadline`] holds calls to their `grpc-timeout`; the observe layer applies it
-//! right inside itself (see [`crate::observe::ObserveLayer`]), so every status it produces is
-//! observed.
+//! `server::stack` stacks them; `tests/layer_order.rs` checks that this list, the one in
+//! docs/ARCHITECTURE.md and the stack agree.
 
 mod catch_panic;
 mod deadline;
-pub(crate) mod framing;
 mod guard;
 mod load_shed;
 mod message_limit;

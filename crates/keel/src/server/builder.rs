@@ -15,11 +15,12 @@ use super::reflection::Reflection;
 use super::shutdown::{self, ShutdownReport};
 use super::stack;
 use crate::config::ServerConfig;
-use crate::health::pb::health_server::HealthServer;
-use crate::health::{self, HealthRegistry, HealthService, ServingStatus};
 use crate::metrics::Metrics;
-use crate::observe::{MethodTable, ServerObserver};
 use crate::serving::{HttpProtocol, Listener, ListenerConfig};
+use keel_core::method::MethodTable;
+use keel_health::pb::health_server::HealthServer;
+use keel_health::{HealthRegistry, HealthService, ServingStatus};
+use keel_telemetry::observe::ServerObserver;
 
 /// Why a server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +37,7 @@ pub enum ServerError {
     },
     /// A descriptor set given for reflection and observability does not decode.
     #[error(transparent)]
-    Descriptors(#[from] crate::observe::method::DescriptorError),
+    Descriptors(#[from] keel_core::method::DescriptorError),
     /// Installing the signal handlers failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -54,7 +55,7 @@ impl Server {
             config,
             routes: Routes::default(),
             services: Vec::new(),
-            descriptor_sets: vec![health::FILE_DESCRIPTOR_SET],
+            descriptor_sets: vec![keel_health::FILE_DESCRIPTOR_SET],
             health: HealthRegistry::new(),
             metrics: Metrics::new(),
             fallback: None,

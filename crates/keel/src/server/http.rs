@@ -10,11 +10,11 @@ use tokio::sync::watch;
 use super::builder::{ServerError, bind, bind_admin};
 use super::shutdown::{self, MainListener, ShutdownReport};
 use crate::config::ServerConfig;
-use crate::health::HealthRegistry;
 use crate::metrics::Metrics;
 use crate::serving::{
     HttpProtocol, Listener, ListenerConfig, ListenerService, ResponseBody, Stage,
 };
+use keel_health::HealthRegistry;
 
 /// Entry point: `HttpServer::bind(config, name, service)`.
 #[derive(Debug, Clone, Copy)]

@@ -21,9 +21,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::config::ShutdownConfig;
-use crate::health::HealthRegistry;
 use crate::metrics::Metrics;
 use crate::serving::{Listener, ListenerReport, Stage};
+use keel_health::HealthRegistry;
 
 /// Longest the admin listener waits for its requests once the main listener is done.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);

@@ -11,10 +11,10 @@ use tower::util::BoxCloneSyncService;
 use super::fallback::{MakeFallback, Split};
 use super::shutdown::MainListener;
 use crate::config::ServerConfig;
-use crate::layer::{CatchPanicLayer, LoadShedLayer, MessageLimitLayer};
+use crate::layer::{CatchPanicLayer, DeadlineLayer, LoadShedLayer, MessageLimitLayer};
 use crate::metrics::Metrics;
-use crate::observe::{ObserveLayer, ServerObserver};
 use crate::serving::{Listener, Stage};
+use keel_telemetry::observe::{ObserveLayer, ServerObserver};
 
 /// Starts serving `routes` behind Keel's layers on `listener`, in a task of its own.
 pub(super) fn spawn(
@@ -34,8 +34,11 @@ pub(super) fn spawn(
         ObserveLayer::disabled()
     };
     let catch_panic = CatchPanicLayer::new(metrics.panics.clone());
+    // The deadline right inside observation, so every status it produces is observed;
+    // enforced whether or not calls are observed.
     let layers = ServiceBuilder::new()
         .layer(observe)
+        .layer(DeadlineLayer)
         .layer(limits)
         .layer(load_shed)
         .layer(catch_panic);
