@@ -4,12 +4,16 @@
 //! number, well-known types in their JSON form).
 //!
 //! Everything is gathered into one JSON object and read once by prost-reflect's proto3
-//! JSON reader, so that path and query values follow exactly the JSON mapping (quoted
-//! 64-bit integers, `"1.5s"` durations, RFC 3339 timestamps, comma-separated field masks).
+//! JSON reader, so that path and query values follow the JSON mapping (quoted 64-bit
+//! integers, `"1.5s"` durations, RFC 3339 timestamps, comma-separated field masks). Scalars
+//! reach it in canonical form, read first by [`crate::json`] as Go's `protojson` reads them:
+//! the body's by its message's descriptor, from the digits the client wrote; a path or
+//! query value as the JSON string holding it.
 
 use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value};
 
+use crate::json::{self, BodyError, Token};
 use crate::percent::query_pairs;
 use crate::rules::{Binding, BodyRule, is_scalar_like, resolve};
 
@@ -61,21 +65,26 @@ pub fn request_message(
 ) -> Result<DynamicMessage, BindError> {
     let input = binding.method.input();
     let mut root = Map::new();
-    let body_json = || -> Result<Value, BindError> {
-        serde_json::from_slice(body).map_err(|error| BindError::Syntax(error.to_string()))
-    };
     match &binding.body {
-        BodyRule::Whole if !body.is_empty() => match body_json()? {
-            Value::Object(object) => root = object,
-            other => {
+        BodyRule::Whole if !body.is_empty() => {
+            if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+                let other: Value = serde_json::from_slice(body)
+                    .map_err(|error| BindError::Syntax(error.to_string()))?;
                 return Err(BindError::Shape {
                     message: input.full_name().to_owned(),
                     reason: format!("the body must be a JSON object, not {}", kind_of(&other)),
                 });
             }
-        },
+            if let Value::Object(object) =
+                json::read_message(&input, body).map_err(|error| body_error(error, None))?
+            {
+                root = object;
+            }
+        }
         BodyRule::Field(field) if !body.is_empty() => {
-            root.insert(field.name().to_owned(), body_json()?);
+            let value = json::read_field(field, body)
+                .map_err(|error| body_error(error, Some(field.name())))?;
+            root.insert(field.name().to_owned(), value);
         }
         _ => {}
     }
@@ -122,6 +131,22 @@ pub fn request_message(
             },
         }
     })
+}
+
+/// The error of a body that cannot be read; `field` is the field it is the value of, if any.
+fn body_error(error: BodyError, field: Option<&str>) -> BindError {
+    match error {
+        BodyError::Syntax(reason) => BindError::Syntax(reason),
+        BodyError::Value { at, reason } => BindError::Value {
+            field: match (field, at.as_str()) {
+                (Some(field), ".") => field.to_owned(),
+                (Some(field), at) if at.starts_with('[') => format!("{field}{at}"),
+                (Some(field), at) => format!("{field}.{at}"),
+                (None, at) => at.to_owned(),
+            },
+            reason,
+        },
+    }
 }
 
 /// True when two field paths name the same field (one may use JSON names).
@@ -187,7 +212,9 @@ fn insert(
     Ok(())
 }
 
-/// The JSON a path or query string stands for, for a field of this kind.
+/// The JSON a path or query string stands for, for a field of this kind: the string as the
+/// JSON string holding it, except that booleans also take `1` and `0`, enums a bare number,
+/// and scalar-like well-known types (Timestamp, Duration, FieldMask) their JSON string.
 fn scalar_json(field: &FieldDescriptor, raw: &str) -> Result<Value, String> {
     let boolean = |raw: &str| match raw {
         "true" | "1" => Ok(Value::Bool(true)),
@@ -208,16 +235,16 @@ fn scalar_json(field: &FieldDescriptor, raw: &str) -> Result<Value, String> {
                 ))
             }
         },
-        Kind::Message(message) if message.full_name() == "google.protobuf.BoolValue" => {
-            boolean(raw)
-        }
-        Kind::Message(message) if !is_scalar_like(&message) => Err(format!(
-            "a {} cannot be given as a path or query value",
-            message.full_name()
-        )),
-        // Strings, bytes (base64), numbers (quoted numbers are valid proto3 JSON) and the
-        // well-known types whose JSON form is a string.
-        _ => Ok(Value::String(raw.to_owned())),
+        Kind::Message(message) => match json::wrapped(&message) {
+            Some(Kind::Bool) => boolean(raw),
+            Some(kind) => json::scalar(&kind, Token::String(raw)),
+            None if is_scalar_like(&message) => Ok(Value::String(raw.to_owned())),
+            None => Err(format!(
+                "a {} cannot be given as a path or query value",
+                message.full_name()
+            )),
+        },
+        kind => json::scalar(&kind, Token::String(raw)),
     }
 }
 
@@ -381,6 +408,42 @@ mod tests {
         for (method, path, body, strict, hint) in cases {
             let error = bind(method, path, body, strict).unwrap_err().to_string();
             assert!(error.contains(hint), "{method} {path} {body}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_float_written_as_f32_max_is_f32_max() {
+        // 3.4028235e38 is a little over f32::MAX and rounds to it; it is how prost-reflect and
+        // Go write f32::MAX, and it used to be refused as out of range.
+        for weight in ["3.4028235e38", "\"3.4028235e+38\"", "-3.4028235e38"] {
+            let body = format!(r#"{{"extras":{{"weight":{weight}}}}}"#);
+            let bound = bind("POST", "/v1/shelves/s/books", &body, false).unwrap();
+            let sign = if weight.starts_with('-') { "-" } else { "" };
+            assert!(
+                bound.contains(&format!(r#""weight":{sign}3.4028235e+38"#)),
+                "{weight}: {bound}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_value_that_does_not_fit_names_its_field() {
+        let cases = [
+            (
+                "/v1/shelves/s/books",
+                r#"{"extras":{"isbn":18446744073709551616}}"#,
+                "book.extras.isbn: 18446744073709551616 is not a valid uint64: out of range",
+            ),
+            (
+                "/v1/books/b:archive",
+                r#"{"permanent":1}"#,
+                "permanent: 1 is not a valid bool: expected true or false",
+            ),
+        ];
+        for (path, body, message) in cases {
+            let error = bind("POST", path, body, false).unwrap_err();
+            assert!(matches!(&error, BindError::Value { .. }), "{error:?}");
+            assert!(error.to_string().starts_with(message), "{body}: {error}");
         }
     }
 

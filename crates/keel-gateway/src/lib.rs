@@ -1,26 +1,45 @@
 //! REST/JSON transcoding and gRPC-Web for Keel services: one `.proto` contract, driven by
 //! its `google.api.http` annotations at run time, without generated gateway code.
 //!
-//! So far: [`template`] parses the rules' path templates, [`router`] matches request paths
-//! against them with grpc-gateway's precedence, [`rules`] reads every method's rules from a
-//! descriptor pool, [`binding`] turns a matched request (path, query, body) into the
-//! method's request message, and [`status`] maps gRPC codes to HTTP statuses as
-//! grpc-gateway does.
+//! [`Gateway`] is a tower service in front of any gRPC transport (a Keel `Channel`, or a
+//! server's own gRPC stack in-process): it answers REST/JSON by the rules of a descriptor
+//! pool ([`Rules`]), passes plain gRPC through and translates gRPC-Web, with CORS when
+//! [`GatewayOptions::cors`] asks for it, and serves the routes' OpenAPI 3.1 document
+//! ([`openapi()`]) at `GET /openapi.json`. [`ReloadableGateway`] swaps a gateway's routes
+//! while it serves. The crate has no listener of its own: serve a gateway on a Keel server's
+//! port (`keel::ServerBuilder::http_fallback`) or on `keel::server::HttpServer`.
+//!
+//! Inside, one module per step: `template` parses the rules' path templates, `router`
+//! matches request paths against them with grpc-gateway's precedence, `rules` reads every
+//! method's rules from the pool, `request` reads the body and headers, `binding` turns a
+//! matched request (path, query, body) into the method's request message (its scalars read
+//! by `json` as Go's `protojson` reads them, at every type's extremes), `response` writes
+//! the answer as JSON, NDJSON or SSE, `failure` turns what went wrong into an HTTP status and
+//! a `google.rpc.Status` body (`status` maps gRPC codes as grpc-gateway does), and `web` holds
+//! the gRPC, gRPC-Web and CORS faces.
 
-pub mod binding;
-pub mod gateway;
-pub mod openapi;
-pub mod percent;
-pub mod reloadable;
-pub mod router;
-pub mod rules;
-pub mod status;
-pub mod template;
-pub mod web;
+mod binding;
+mod failure;
+mod gateway;
+mod json;
+mod openapi;
+mod percent;
+mod reloadable;
+mod request;
+mod response;
+mod router;
+mod rules;
+mod status;
+mod template;
+mod web;
 
+pub use binding::JsonOptions;
 pub use gateway::{Gateway, GatewayOptions};
 pub use openapi::{ApiInfo, openapi};
 pub use reloadable::ReloadableGateway;
+pub use router::RouteConflict;
+pub use rules::{RuleError, Rules};
+pub use template::TemplateError;
 pub use web::CorsOptions;
 
 #[cfg(test)]

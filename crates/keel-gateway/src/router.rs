@@ -51,8 +51,6 @@ pub struct RouteConflict {
 pub struct Matched<'a, T> {
     /// The route's value.
     pub value: &'a T,
-    /// The route's template.
-    pub template: &'a Template,
     /// Each variable's field path and decoded value, in template order.
     pub bindings: Vec<(&'a [String], String)>,
 }
@@ -191,7 +189,6 @@ impl<T> Router<T> {
         }
         Ok(Some(Matched {
             value: &route.value,
-            template: &route.template,
             bindings,
         }))
     }

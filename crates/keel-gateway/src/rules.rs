@@ -66,13 +66,13 @@ pub enum BodyRule {
     Field(FieldDescriptor),
 }
 
-/// Every route of a pool.
+/// Every route of a pool: what a [`Gateway`](crate::Gateway) serves.
 #[derive(Debug, Default)]
 pub struct Rules {
     /// The routes.
-    pub router: Router<Arc<Binding>>,
+    pub(crate) router: Router<Arc<Binding>>,
     /// Services of the pool that have no HTTP rule at all.
-    pub services_without_rules: Vec<String>,
+    services_without_rules: Vec<String>,
 }
 
 /// A rule that cannot be served, naming the method.
@@ -142,6 +142,22 @@ impl Rules {
             }
         }
         Ok(rules)
+    }
+
+    /// How many routes there are (a rule and each of its `additional_bindings` are one each).
+    pub fn len(&self) -> usize {
+        self.router.len()
+    }
+
+    /// True when no method has a rule.
+    pub fn is_empty(&self) -> bool {
+        self.router.is_empty()
+    }
+
+    /// The services of the pool that have no HTTP rule at all, so nothing of theirs is
+    /// served over REST.
+    pub fn services_without_rules(&self) -> &[String] {
+        &self.services_without_rules
     }
 
     fn add(

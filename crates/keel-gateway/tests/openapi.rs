@@ -2,49 +2,22 @@
 //! `openapi-spec-validator`), not only by our own reading of it, and the gateway serves it at
 //! `GET /openapi.json`.
 
+mod common;
+
 use std::convert::Infallible;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
-use http::Method;
 use http_body_util::BodyExt as _;
-use keel_gateway::binding::JsonOptions;
-use keel_gateway::rules::{Binding, BodyRule, Rules};
-use keel_gateway::template::Template;
-use keel_gateway::{ApiInfo, Gateway, GatewayOptions, openapi};
+use keel_gateway::{ApiInfo, Gateway, GatewayOptions, JsonOptions, Rules, openapi};
 use prost_reflect::DescriptorPool;
 use serde_json::Value;
 
+use crate::common::{compile, python};
+
 /// The bookstore contract of `testdata/`.
 fn bookstore() -> DescriptorPool {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let mut compiler =
-        protox::Compiler::new([format!("{root}/testdata"), format!("{root}/../../proto")])
-            .expect("include paths");
-    compiler.include_imports(true);
-    compiler
-        .open_file("bookstore.proto")
-        .expect("bookstore.proto compiles");
-    compiler.descriptor_pool()
-}
-
-/// The Python that has `tests/python/requirements.txt` installed: `$KEEL_TEST_PYTHON` if set,
-/// else `<workspace>/.venv/bin/python` (as `crates/keel-cli/tests/common/python.rs` finds it).
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("KEEL_TEST_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(python);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let venv = root.join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python for openapi-spec-validator: KEEL_TEST_PYTHON is unset and {} does not exist; \
-         run scripts/test.sh (it creates .venv with tests/python/requirements.txt)",
-        venv.display()
-    );
-    venv
+    compile(&["bookstore.proto"])
 }
 
 /// Panics with the validator's reason unless `document` is valid OpenAPI 3.1.
@@ -90,51 +63,23 @@ fn the_bookstore_document_is_valid_openapi_3_1() {
 
 #[test]
 fn odd_templates_make_a_valid_document_too() {
-    let pool = bookstore();
-    let mut rules = Rules::load(&pool, &[]).unwrap();
-    let service = pool.get_service_by_name("bookstore.v1.Bookstore").unwrap();
-    let method = |name: &str| service.methods().find(|m| m.name() == name).unwrap();
-    for (http_method, template, grpc, body) in [
-        // The OpenAPI path of GET /v1/{name=shelves/*/books/*} again.
-        (
-            Method::GET,
-            "/v1/{name=shelves/*}",
-            "GetBook",
-            BodyRule::None,
-        ),
-        (
-            Method::GET,
-            "/v2/*/files/{name=**}",
-            "GetBook",
-            BodyRule::None,
-        ),
-        (Method::HEAD, "/v2/{name}", "GetBook", BodyRule::None),
-        (
-            Method::PUT,
-            "/v2/{name}:archive",
-            "Archive",
-            BodyRule::Whole,
-        ),
+    let rules = Rules::load(&compile(&["bookstore.proto", "odd_templates.proto"]), &[]).unwrap();
+    assert_eq!(rules.len(), 7 + 4);
+    let document = openapi(&rules, &ApiInfo::default(), JsonOptions::default());
+    let paths = &document["paths"];
+    for (path, method) in [
+        // A second shape of `/v1/{name}`, and a variable for the `*` segment.
+        ("/v1/{name_2}", "get"),
+        ("/v2/{wildcard1}/files/{name}", "get"),
+        ("/v2/{name}", "head"),
+        ("/v2/{name}:archive", "put"),
     ] {
-        let template = Template::parse(template).unwrap();
-        let binding = Binding::new(
-            method(grpc),
-            http_method.clone(),
-            template.clone(),
-            body,
-            None,
-        )
-        .unwrap();
-        rules
-            .router
-            .insert(http_method, template, Arc::new(binding))
-            .unwrap();
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path}: {paths:#}"
+        );
     }
-    assert_valid(&openapi(
-        &rules,
-        &ApiInfo::default(),
-        JsonOptions::default(),
-    ));
+    assert_valid(&document);
 }
 
 /// An upstream that answers every call UNIMPLEMENTED (HTTP 501), so that a request the

@@ -4,8 +4,7 @@
 //! gRPC ones).
 
 use keel::server::{GrpcStack, HttpService};
-use keel_gateway::rules::{RuleError, Rules};
-use keel_gateway::{Gateway, GatewayOptions};
+use keel_gateway::{Gateway, GatewayOptions, RuleError, Rules};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use http::HeaderName;
-use keel_gateway::GatewayOptions;
-use keel_gateway::binding::JsonOptions;
+use keel_gateway::{GatewayOptions, JsonOptions};
 
 /// Serves the `google.api.http` rules of a gRPC service as REST/JSON, forwarding every call
 /// to the service over gRPC. Descriptors come from the service's reflection (or a

@@ -148,7 +148,7 @@ fn no_service(place: &str, name: &str, services: &[String]) -> Failure {
 
 #[cfg(test)]
 mod tests {
-    use keel_gateway::rules::Rules;
+    use keel_gateway::Rules;
 
     use super::*;
 
@@ -166,7 +166,7 @@ mod tests {
             .services()
             .filter(|s| {
                 !rules
-                    .services_without_rules
+                    .services_without_rules()
                     .contains(&s.full_name().to_owned())
             })
             .map(|s| s.full_name().to_owned())
@@ -195,10 +195,9 @@ mod tests {
                 .is_some()
         );
         assert_eq!(
-            Rules::load(&narrowed, &[]).unwrap().router.len(),
+            Rules::load(&narrowed, &[]).unwrap().len(),
             Rules::load(&pool, &["payments.v1.PaymentService".to_owned()])
                 .unwrap()
-                .router
                 .len()
         );
     }

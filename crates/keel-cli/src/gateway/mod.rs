@@ -18,8 +18,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use keel::client::Channel;
 use keel::server::HttpServer;
-use keel_gateway::rules::RuleError;
-use keel_gateway::{Gateway, GatewayOptions, ReloadableGateway};
+use keel_gateway::{Gateway, GatewayOptions, ReloadableGateway, RuleError};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_stream::wrappers::SignalStream;
@@ -98,7 +97,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), Failure> {
         options: args.options(),
     };
     let gateway = builder.build().await?;
-    for service in &gateway.rules().services_without_rules {
+    for service in gateway.rules().services_without_rules() {
         warn_unserved(service);
         eprintln!(
             "keel gateway: warning: {service} has no google.api.http rules; \
@@ -106,7 +105,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), Failure> {
         );
     }
 
-    let routes = gateway.rules().router.len();
+    let routes = gateway.rules().len();
     let gateway = ReloadableGateway::new(gateway);
     let server = HttpServer::bind(config, "gateway", gateway.clone())
         .await
@@ -172,7 +171,7 @@ impl Builder {
                 )));
             }
         };
-        if gateway.rules().router.is_empty() {
+        if gateway.rules().is_empty() {
             return Err(nothing());
         }
         Ok(gateway)
@@ -200,16 +199,12 @@ async fn reload(
         match builder.build().await {
             Ok(next) => {
                 let before = gateway.current();
-                for service in &next.rules().services_without_rules {
-                    if !before.rules().services_without_rules.contains(service) {
+                for service in next.rules().services_without_rules() {
+                    if !before.rules().services_without_rules().contains(service) {
                         warn_unserved(service);
                     }
                 }
-                tracing::info!(
-                    trigger,
-                    routes = next.rules().router.len(),
-                    "descriptors reloaded"
-                );
+                tracing::info!(trigger, routes = next.rules().len(), "descriptors reloaded");
                 gateway.replace(next);
             }
             Err(failure) => tracing::warn!(
