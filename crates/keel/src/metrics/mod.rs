@@ -105,7 +105,7 @@ impl Metrics {
             Format::PrometheusText => {
                 let families =
                     prometheus_client::encoding::prometheus_protobuf::encode(&self.registry)
-                        .expect("Keel's metrics encode into the data model");
+                        .expect("the registry's metrics encode into the data model");
                 text::encode(&mut out, &families);
             }
         }
