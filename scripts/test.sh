@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's single test command, for developers and CI (.ci/run) alike:
-#   1. local services the tests use are up (installed and started if need be);
-#   2. .venv has tests/python/requirements.txt (the Python grpcio peer);
+#   1. local services the tests use are up (installed and started if need be), and Prometheus's
+#      promtool and server binaries are installed;
+#   2. .venv has tests/python/requirements.txt (the Python grpcio peer, the reference metrics parsers);
 #   3. cargo fmt --check, buf lint of proto/, 4. clippy -D warnings, 5. tests (nextest if installed), 6. doctests,
 #   7. cargo doc with warnings denied, 8. README.md's commands as written, against release builds.
 # Runs as root on a fresh Debian machine in CI; fast when everything is already in place.
@@ -105,6 +106,29 @@ ensure_services() {
     ensure_service RabbitMQ 5672 rabbitmq-server rabbitmq-server 120 start_rabbitmq
 }
 
+# The tests check deploy/prometheus and /metrics with promtool, and scrape a Keel server with
+# a real Prometheus. The package's install script would also start a Prometheus server on
+# :9090, the admin port of Keel's defaults and of the README's examples; a policy-rc.d that
+# refuses (Debian's mechanism; Docker images ship one) keeps it from starting.
+ensure_prometheus() {
+    if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+        echo "prometheus: $(promtool --version 2>&1 | head -n 1)"
+        return
+    fi
+    echo "prometheus: not installed; installing Debian package prometheus"
+    local guard=/usr/sbin/policy-rc.d
+    if [[ -e $guard ]]; then
+        apt_install --no-install-recommends prometheus
+        return
+    fi
+    printf '#!/bin/sh\nexit 101\n' >"$guard"
+    chmod +x "$guard"
+    local status=0
+    apt_install --no-install-recommends prometheus || status=$?
+    rm -f "$guard"
+    return "$status"
+}
+
 # --------------------------------------------------------------------------- python
 
 VENV="$ROOT/.venv"
@@ -117,7 +141,7 @@ ensure_venv() {
     local want
     want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
     if [[ -x $VENV/bin/python && -f $STAMP && "$(cat "$STAMP")" == "$want" ]] &&
-        "$VENV/bin/python" -c 'import grpc, grpc_tools, grpc_health, grpc_reflection, prometheus_client, openapi_spec_validator' 2>/dev/null; then
+        "$VENV/bin/python" -c 'import grpc, grpc_tools, grpc_health, grpc_reflection, prometheus_client, yaml, openapi_spec_validator' 2>/dev/null; then
         echo "venv: up to date ($VENV)"
         return
     fi
@@ -139,6 +163,9 @@ ensure_venv() {
 
 step "services"
 ensure_services
+
+step "prometheus tools"
+ensure_prometheus
 
 step "python venv"
 ensure_venv

@@ -1,128 +1,58 @@
-//! The manifests in `deploy/` stay true to what Keel exposes.
+//! The manifests in `deploy/` stay true to what Keel exposes, checked with the real tools
+//! against live processes.
 //!
-//! Every PromQL expression in the Grafana dashboard (`deploy/grafana/keel-grpc.json`) and in
-//! the Prometheus alerts (`deploy/prometheus/alerts.yml`) may only name metrics listed in
-//! [`KNOWN_METRICS`], with labels those metrics carry and label values they take (gRPC codes
-//! spelled as grpc-go spells them), and the dashboard only Grafana variables it defines. The
-//! dashboard's panels have unique ids, titles and targets and query through the
-//! `${datasource}` variable; the alerts only match scrape jobs that `prometheus.yml` defines,
-//! and `prometheus.yml` loads them. Files only: no server, Prometheus or Grafana runs.
+//! - promtool checks `prometheus.yml` (and the rule files it loads) and `alerts.yml`, runs
+//!   the alerts' unit tests (`alerts_test.yml`), and parses every query of the Grafana
+//!   dashboard (`keel-grpc.json`), with Grafana's variables replaced as Grafana would.
+//! - Every metric, label and label value that the dashboard, the alerts and the alerts' unit
+//!   tests name is in a live scrape: `keel serve` and `payments` run on ephemeral ports and
+//!   answer calls ending with every gRPC code, and a Keel client channel counts its calls
+//!   (`grpc_client_*`: neither binary makes client calls); prometheus_client's OpenMetrics
+//!   parser reads the expositions. Renaming a metric or a label in the code fails here.
+//!   Only `job` and `instance` (Prometheus's target labels, `job` checked against the
+//!   scrape jobs) and `up` come from Prometheus rather than the scrape.
+//! - The dashboard's own structure: unique panel ids, titles and targets, every query
+//!   through the `${datasource}` variable, filters by job, service and method, and only
+//!   variables it defines.
 //!
-//! The dashboard is read with serde_json; the workspace has no YAML crate, so the YAML files
-//! are read line by line, relying on the plain layout they are written in.
+//! PyYAML reads the YAML (`tests/python/yaml_to_json.py`; the workspace has no YAML crate)
+//! and serde_json the dashboard. What promtool cannot tell is which series a query selects:
+//! `common/promql.rs` reads that from the PromQL promtool has accepted.
 
-use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+mod common;
+#[path = "common/promql.rs"]
+mod promql;
+#[path = "common/python.rs"]
+mod python;
+#[path = "common/tools.rs"]
+mod tools;
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::process::Command;
+
+use common::KeelServe;
+use common::payments::{Payments, TempDir};
+use keel_interop::pb::grpc_testing::test_service_client::TestServiceClient;
+use keel_interop::pb::grpc_testing::{EchoStatus, SimpleRequest};
+use promql::{Matcher, grafana_query, interpolate, undefined_variables, uses};
 use serde_json::Value;
-
-/// What a metric is, which decides the series names it has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Counter,
-    Gauge,
-    /// Queried only as `<name>_bucket` (with `le`), `<name>_sum` or `<name>_count`.
-    Histogram,
-}
-
-/// A metric Keel exposes, and the labels of its series besides [`TARGET_LABELS`].
-struct Metric {
-    name: &'static str,
-    kind: Kind,
-    labels: &'static [&'static str],
-}
-
-const fn metric(name: &'static str, kind: Kind, labels: &'static [&'static str]) -> Metric {
-    Metric { name, kind, labels }
-}
-
-const RPC: &[&str] = &["grpc_type", "grpc_service", "grpc_method"];
-const RPC_CODE: &[&str] = &["grpc_type", "grpc_service", "grpc_method", "grpc_code"];
-
-/// Every metric the dashboard and the alerts may query: go-grpc-middleware's Prometheus
-/// provider names and labels (so existing dashboards work), and Keel's own.
-const KNOWN_METRICS: &[Metric] = &[
-    metric("grpc_server_started_total", Kind::Counter, RPC),
-    metric("grpc_server_handled_total", Kind::Counter, RPC_CODE),
-    metric("grpc_server_msg_received_total", Kind::Counter, RPC),
-    metric("grpc_server_msg_sent_total", Kind::Counter, RPC),
-    metric("grpc_server_handling_seconds", Kind::Histogram, RPC),
-    metric("grpc_client_started_total", Kind::Counter, RPC),
-    metric("grpc_client_handled_total", Kind::Counter, RPC_CODE),
-    metric("grpc_client_msg_received_total", Kind::Counter, RPC),
-    metric("grpc_client_msg_sent_total", Kind::Counter, RPC),
-    metric("grpc_client_handling_seconds", Kind::Histogram, RPC),
-    metric("keel_server_inflight_rpcs", Kind::Gauge, &["listener"]),
-    metric("keel_server_shed_rpcs_total", Kind::Counter, &[]),
-    metric("keel_server_connections", Kind::Gauge, &["listener"]),
-    metric("keel_server_panics_total", Kind::Counter, &[]),
-    metric(
-        "keel_server_goaways_total",
-        Kind::Counter,
-        &["listener", "reason"],
-    ),
-];
-
-/// Labels Prometheus adds to every scraped series.
-const TARGET_LABELS: &[&str] = &["job", "instance"];
-
-/// The values a label can take, where they are a closed set.
-const LABEL_VALUES: &[(&str, &[&str])] = &[
-    (
-        "grpc_code",
-        &[
-            "OK",
-            "Canceled",
-            "Unknown",
-            "InvalidArgument",
-            "DeadlineExceeded",
-            "NotFound",
-            "AlreadyExists",
-            "PermissionDenied",
-            "ResourceExhausted",
-            "FailedPrecondition",
-            "Aborted",
-            "OutOfRange",
-            "Unimplemented",
-            "Internal",
-            "Unavailable",
-            "DataLoss",
-            "Unauthenticated",
-        ],
-    ),
-    (
-        "grpc_type",
-        &["unary", "client_stream", "server_stream", "bidi_stream"],
-    ),
-    ("reason", &["max_age", "max_idle", "shutdown"]),
-];
-
-/// PromQL keywords followed by a parenthesised list of label names.
-const GROUPING_KEYWORDS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
 
 const DASHBOARD: &str = "deploy/grafana/keel-grpc.json";
 const ALERTS: &str = "deploy/prometheus/alerts.yml";
+const ALERTS_TEST: &str = "deploy/prometheus/alerts_test.yml";
 const PROMETHEUS: &str = "deploy/prometheus/prometheus.yml";
 const DATASOURCE_VARIABLE: &str = "${datasource}";
+/// Labels Prometheus gives every series of a target.
+const TARGET_LABELS: &[&str] = &["job", "instance"];
+/// Series Prometheus writes itself for every target, and their labels.
+const SYNTHETIC: &[&str] = &["up"];
 
 // ---------------------------------------------------------------------------------------
 // Reading the files
 
-fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(relative)
-}
-
 fn read(relative: &str) -> String {
-    let path = repo_path(relative);
+    let path = python::workspace_root().join(relative);
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {relative} ({}): {e}", path.display()))
 }
@@ -132,31 +62,40 @@ fn dashboard() -> Value {
         .unwrap_or_else(|e| panic!("{DASHBOARD} is not valid JSON: {e}"))
 }
 
-/// One PromQL expression and where it was found, for messages.
+/// A query of the manifests and where it is, for messages.
 struct Query {
     place: String,
+    /// PromQL, or Grafana's `label_values(selector, label)`.
     expr: String,
+    /// Whether its `job` matchers must name scrape jobs (not in the unit tests' inputs,
+    /// which include a job the alerts must ignore).
+    scraped_jobs_only: bool,
 }
 
 /// Every panel, rows included, with the panels of collapsed rows.
 fn panels(dashboard: &Value) -> Vec<&Value> {
     let mut all = Vec::new();
-    for panel in dashboard
-        .get("panels")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
+    for panel in array(dashboard, "panels") {
         all.push(panel);
-        if let Some(nested) = panel.get("panels").and_then(Value::as_array) {
-            all.extend(nested);
-        }
+        all.extend(array(panel, "panels"));
     }
     all
 }
 
+fn array<'a>(value: &'a Value, key: &str) -> &'a [Value] {
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+fn text<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
+    value.get(key).and_then(Value::as_str)
+}
+
 fn is_row(panel: &Value) -> bool {
-    panel.get("type").and_then(Value::as_str) == Some("row")
+    text(panel, "type") == Some("row")
 }
 
 fn describe_panel(index: usize, panel: &Value) -> String {
@@ -164,516 +103,336 @@ fn describe_panel(index: usize, panel: &Value) -> String {
         .get("id")
         .and_then(Value::as_i64)
         .map_or_else(|| "without id".to_owned(), |id| format!("id {id}"));
-    let title = panel.get("title").and_then(Value::as_str).unwrap_or("");
+    let title = text(panel, "title").unwrap_or("");
     format!("{DASHBOARD} panel #{index} ({id}, \"{title}\")")
-}
-
-fn targets(panel: &Value) -> &[Value] {
-    panel
-        .get("targets")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
 }
 
 fn template_variables(dashboard: &Value) -> &[Value] {
     dashboard
         .get("templating")
-        .and_then(|t| t.get("list"))
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
+        .map(|t| array(t, "list"))
         .unwrap_or_default()
 }
 
 /// A query variable's query: a string, or since Grafana 10 an object with a `query` field.
 fn variable_query(variable: &Value) -> Option<&str> {
     let query = variable.get("query")?;
-    query
-        .as_str()
-        .or_else(|| query.get("query").and_then(Value::as_str))
+    query.as_str().or_else(|| text(query, "query"))
 }
 
-fn panel_queries(dashboard: &Value) -> Vec<Query> {
+/// The dashboard's query variables' queries and its panels' queries.
+fn dashboard_queries(dashboard: &Value) -> Vec<Query> {
     let mut queries = Vec::new();
+    for variable in template_variables(dashboard) {
+        if text(variable, "type") == Some("query") {
+            queries.push(Query {
+                place: format!(
+                    "{DASHBOARD} variable `{}`",
+                    text(variable, "name").unwrap_or("?")
+                ),
+                expr: variable_query(variable).unwrap_or_default().to_owned(),
+                scraped_jobs_only: true,
+            });
+        }
+    }
     for (index, panel) in panels(dashboard).into_iter().enumerate() {
-        for target in targets(panel) {
-            let ref_id = target.get("refId").and_then(Value::as_str).unwrap_or("?");
+        for target in array(panel, "targets") {
+            let ref_id = text(target, "refId").unwrap_or("?");
             queries.push(Query {
                 place: format!("{} target {ref_id}", describe_panel(index, panel)),
-                expr: target
-                    .get("expr")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
+                expr: text(target, "expr").unwrap_or_default().to_owned(),
+                scraped_jobs_only: true,
             });
         }
     }
     queries
 }
 
-/// The `expr:` of every rule in an alerts file (inline, quoted or as a `|`/`>` block), and
-/// the names of its alerts in order.
-fn alert_queries(file: &str, text: &str) -> (Vec<Query>, Vec<String>) {
-    let lines: Vec<&str> = text.lines().collect();
+/// The alerts' expressions, and the input series of their unit tests.
+fn alert_queries() -> Vec<Query> {
     let mut queries = Vec::new();
-    let mut alerts = Vec::new();
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i];
-        let trimmed = line.trim_start();
-        let indent = line.len() - trimmed.len();
-        let trimmed = trimmed.strip_prefix("- ").unwrap_or(trimmed);
-        if let Some(name) = trimmed.strip_prefix("alert:") {
-            alerts.push(unquote(name.trim()).to_owned());
-        }
-        if let Some(value) = trimmed.strip_prefix("expr:") {
-            let value = value.trim();
-            let line_number = i + 1;
-            let expr = if value.starts_with('|') || value.starts_with('>') {
-                let mut block = Vec::new();
-                while let Some(next) = lines.get(i + 1) {
-                    let next_indent = next.len() - next.trim_start().len();
-                    if !next.trim().is_empty() && next_indent <= indent {
-                        break;
-                    }
-                    block.push(next.trim());
-                    i += 1;
-                }
-                block.join("\n").trim().to_owned()
-            } else {
-                unquote(value).to_owned()
-            };
-            let alert = alerts.last().map_or("no alert", String::as_str);
+    for group in array(&tools::yaml_to_json(ALERTS), "groups") {
+        for rule in array(group, "rules") {
+            let name = text(rule, "alert").or_else(|| text(rule, "record"));
             queries.push(Query {
-                place: format!("{file} line {line_number} (alert {alert})"),
-                expr,
+                place: format!("{ALERTS} rule {}", name.unwrap_or("?")),
+                expr: text(rule, "expr").unwrap_or_default().to_owned(),
+                scraped_jobs_only: true,
             });
         }
-        i += 1;
     }
-    (queries, alerts)
-}
-
-fn unquote(value: &str) -> &str {
-    for quote in ['"', '\''] {
-        if let Some(inner) = value
-            .strip_prefix(quote)
-            .and_then(|v| v.strip_suffix(quote))
-        {
-            return inner;
-        }
-    }
-    value
-}
-
-/// The uncommented list items under a top-level key of a YAML file, with their line numbers.
-fn top_level_list(text: &str, key: &str) -> Vec<(usize, String)> {
-    let mut items = Vec::new();
-    let mut inside = false;
-    for (index, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        if !line.starts_with(' ') && !line.starts_with('-') {
-            inside = line
-                .strip_prefix(key)
-                .and_then(|l| l.strip_prefix(':'))
-                .is_some_and(|rest| rest.trim().is_empty() || rest.trim().starts_with('#'));
-            continue;
-        }
-        if inside {
-            if let Some(item) = trimmed.strip_prefix("- ") {
-                items.push((index + 1, unquote(item.trim()).to_owned()));
-            }
+    for test in array(&tools::yaml_to_json(ALERTS_TEST), "tests") {
+        for input in array(test, "input_series") {
+            queries.push(Query {
+                place: format!(
+                    "{ALERTS_TEST} test \"{}\" input series",
+                    text(test, "name").unwrap_or("?")
+                ),
+                expr: text(input, "series").unwrap_or_default().to_owned(),
+                scraped_jobs_only: false,
+            });
         }
     }
-    items
+    queries
 }
 
-/// The `job_name`s of the (uncommented) scrape configs.
-fn scrape_jobs(prometheus_yml: &str) -> BTreeSet<String> {
-    prometheus_yml
-        .lines()
-        .filter_map(|line| {
-            let trimmed = line.trim_start();
-            let trimmed = trimmed.strip_prefix("- ").unwrap_or(trimmed);
-            trimmed.strip_prefix("job_name:")
-        })
-        .map(|name| unquote(name.trim()).to_owned())
+/// The `job_name`s of the scrape configs.
+fn scrape_jobs() -> BTreeSet<String> {
+    array(&tools::yaml_to_json(PROMETHEUS), "scrape_configs")
+        .iter()
+        .filter_map(|job| text(job, "job_name").map(str::to_owned))
         .collect()
 }
 
 // ---------------------------------------------------------------------------------------
-// Checking PromQL
+// What Keel exposes
 
-/// What an expression queries, and what is wrong with it.
+/// The series of live scrapes: metric name → label → values.
 #[derive(Debug, Default)]
-struct Analysis {
-    metrics: BTreeSet<&'static str>,
-    problems: Vec<String>,
-}
+struct Exposed(BTreeMap<String, BTreeMap<String, BTreeSet<String>>>);
 
-#[derive(Debug, PartialEq)]
-enum Token<'a> {
-    Ident(&'a str),
-    Str(String),
-    Op(&'a str),
-    Punct(char),
-    /// Numbers, durations and Grafana variables.
-    Other,
-}
-
-struct Matcher {
-    label: String,
-    op: String,
-    value: String,
-}
-
-fn lex(expr: &str) -> Result<Vec<Token<'_>>, String> {
-    let bytes = expr.as_bytes();
-    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
-    let mut tokens = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        let start = i;
-        match c {
-            _ if c.is_ascii_whitespace() => i += 1,
-            b'#' => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'"' | b'\'' | b'`' => {
-                i += 1;
-                let mut value = String::new();
-                loop {
-                    match bytes.get(i) {
-                        None => return Err(format!("unterminated string at byte {start}")),
-                        Some(&b) if b == c => break,
-                        Some(b'\\') if c != b'`' && i + 1 < bytes.len() => {
-                            let next = expr[i + 1..].chars().next().unwrap_or_default();
-                            value.push(next);
-                            i += 1 + next.len_utf8();
-                        }
-                        Some(_) => {
-                            let next = expr[i..].chars().next().unwrap_or_default();
-                            value.push(next);
-                            i += next.len_utf8();
-                        }
-                    }
-                }
-                i += 1;
-                tokens.push(Token::Str(value));
-            }
-            b'$' => {
-                i += 1;
-                if bytes.get(i) == Some(&b'{') {
-                    while i < bytes.len() && bytes[i] != b'}' {
-                        i += 1;
-                    }
-                    i += 1;
-                } else {
-                    while i < bytes.len() && is_ident(bytes[i]) {
-                        i += 1;
-                    }
-                }
-                tokens.push(Token::Other);
-            }
-            b'=' | b'!' | b'<' | b'>' => {
-                i += if matches!(bytes.get(i + 1), Some(b'=' | b'~')) {
-                    2
-                } else {
-                    1
-                };
-                tokens.push(Token::Op(&expr[start..i]));
-            }
-            _ if c.is_ascii_digit() || c == b'.' => {
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.') {
-                    i += 1;
-                }
-                tokens.push(Token::Other);
-            }
-            _ if is_ident(c) => {
-                while i < bytes.len() && is_ident(bytes[i]) {
-                    i += 1;
-                }
-                tokens.push(Token::Ident(&expr[start..i]));
-            }
-            _ => {
-                let ch = expr[i..].chars().next().unwrap_or_default();
-                i += ch.len_utf8();
-                tokens.push(Token::Punct(ch));
+impl Exposed {
+    /// Adds the samples of an OpenMetrics exposition.
+    fn add(&mut self, source: &str, exposition: &str) {
+        let parsed = tools::parse_exposition("openmetrics", exposition)
+            .unwrap_or_else(|e| panic!("{source}'s /metrics: {e}"));
+        for sample in parsed["samples"].as_array().unwrap() {
+            let labels = self
+                .0
+                .entry(sample["name"].as_str().unwrap().to_owned())
+                .or_default();
+            for (label, value) in sample["labels"].as_object().unwrap() {
+                let value = value.as_str().unwrap().to_owned();
+                labels.entry(label.clone()).or_default().insert(value);
             }
         }
     }
-    Ok(tokens)
-}
 
-/// Parses `{label op "value", ...}` with `*i` at the `{`, leaving `*i` after the `}`.
-fn parse_matchers(tokens: &[Token<'_>], i: &mut usize) -> Result<Vec<Matcher>, String> {
-    let mut matchers = Vec::new();
-    *i += 1;
-    loop {
-        match tokens.get(*i) {
-            Some(Token::Punct('}')) => {
-                *i += 1;
-                return Ok(matchers);
-            }
-            Some(Token::Ident(label)) => match (tokens.get(*i + 1), tokens.get(*i + 2)) {
-                (Some(Token::Op(op)), Some(Token::Str(value)))
-                    if ["=", "!=", "=~", "!~"].contains(op) =>
-                {
-                    matchers.push(Matcher {
-                        label: (*label).to_owned(),
-                        op: (*op).to_owned(),
-                        value: value.clone(),
-                    });
-                    *i += 3;
-                    if tokens.get(*i) == Some(&Token::Punct(',')) {
-                        *i += 1;
-                    }
-                }
-                _ => return Err(format!("malformed label matcher after `{label}`")),
-            },
-            other => return Err(format!("malformed label matchers: unexpected {other:?}")),
+    /// The labels of `name`'s series, besides the target labels; `None` if no series has
+    /// that name.
+    fn labels(&self, name: &str) -> Option<BTreeSet<&str>> {
+        if SYNTHETIC.contains(&name) {
+            return Some(BTreeSet::new());
         }
-    }
-}
-
-fn is_known_label(label: &str) -> bool {
-    label == "le"
-        || TARGET_LABELS.contains(&label)
-        || KNOWN_METRICS.iter().any(|m| m.labels.contains(&label))
-}
-
-/// Whether an identifier outside matchers and groupings names a metric (and so must be
-/// known), rather than a function, keyword or label.
-fn is_metric_like(ident: &str) -> bool {
-    (ident.starts_with("grpc_") || ident.starts_with("keel_")) && !is_known_label(ident)
-}
-
-/// The metric behind a series name, and whether the series is a histogram's `_bucket`.
-fn resolve(series: &str) -> Result<(&'static Metric, bool), String> {
-    if let Some(metric) = KNOWN_METRICS.iter().find(|m| m.name == series) {
-        if metric.kind == Kind::Histogram {
-            return Err(format!(
-                "`{series}` is a histogram, which has no series of that name: query \
-                 `{series}_bucket`, `{series}_sum` or `{series}_count`"
-            ));
-        }
-        return Ok((metric, false));
-    }
-    for suffix in ["_bucket", "_sum", "_count"] {
-        if let Some(base) = series.strip_suffix(suffix) {
-            if let Some(metric) = KNOWN_METRICS
-                .iter()
-                .find(|m| m.name == base && m.kind == Kind::Histogram)
-            {
-                return Ok((metric, suffix == "_bucket"));
-            }
-        }
-    }
-    Err(format!(
-        "unknown metric `{series}` (not in KNOWN_METRICS of crates/keel-cli/tests/deploy_manifests.rs)"
-    ))
-}
-
-impl Analysis {
-    fn series(&mut self, series: &str, matchers: &[Matcher]) {
-        let (metric, bucket) = match resolve(series) {
-            Ok(found) => found,
-            Err(problem) => return self.problems.push(problem),
-        };
-        self.metrics.insert(metric.name);
-        for matcher in matchers.iter().filter(|m| m.label != "__name__") {
-            let label = matcher.label.as_str();
-            let has_label = metric.labels.contains(&label)
-                || TARGET_LABELS.contains(&label)
-                || (bucket && label == "le");
-            if !has_label {
-                self.problems.push(format!(
-                    "`{series}` has no label `{label}` (its labels: {}{})",
-                    metric.labels.join(", "),
-                    if bucket { ", le" } else { "" },
-                ));
-                continue;
-            }
-            self.label_value(series, matcher);
-        }
+        Some(self.0.get(name)?.keys().map(String::as_str).collect())
     }
 
-    /// Checks a matcher's value against the label's closed set of values, if it has one.
-    /// Regex alternatives that are plain words are checked; other regexes are let through.
-    fn label_value(&mut self, series: &str, matcher: &Matcher) {
-        let Some((_, values)) = LABEL_VALUES.iter().find(|(l, _)| *l == matcher.label) else {
-            return;
-        };
-        if matcher.value.contains('$') {
-            return;
-        }
-        let alternatives: Vec<&str> = if matcher.op.ends_with('~') {
-            matcher
-                .value
-                .split('|')
-                .filter(|a| a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-                .collect()
+    /// What a missing name may have become: the exposed names with its first two words.
+    fn similar(&self, name: &str) -> String {
+        let prefix: String = name.split('_').take(2).collect::<Vec<_>>().join("_");
+        let similar: Vec<&str> = self
+            .0
+            .keys()
+            .filter(|n| n.starts_with(&prefix))
+            .map(String::as_str)
+            .collect();
+        if similar.is_empty() {
+            "none starts like it".to_owned()
         } else {
-            vec![matcher.value.as_str()]
+            format!(
+                "exposed names starting with `{prefix}`: {}",
+                similar.join(", ")
+            )
+        }
+    }
+
+    /// What is wrong with what `query` names: metrics no scrape has, labels their series
+    /// lack, label values they never take, and jobs `prometheus.yml` does not scrape.
+    fn check(&self, query: &Query, jobs: &BTreeSet<String>) -> Vec<String> {
+        let (promql, label_argument) = grafana_query(&query.expr);
+        let uses = match uses(&interpolate(promql)) {
+            Ok(uses) => uses,
+            Err(problem) => return vec![problem],
         };
-        for value in alternatives {
-            if !values.contains(&value) {
-                self.problems.push(format!(
-                    "`{series}`: \"{value}\" is not a value of `{}` (it is one of: {})",
-                    matcher.label,
-                    values.join(", "),
+        let mut problems = Vec::new();
+        let mut all_labels: BTreeSet<&str> = TARGET_LABELS.iter().copied().collect();
+        for selector in &uses.selectors {
+            let names = selector.names();
+            if names.is_empty() {
+                problems.push("a selector without a metric name".to_owned());
+            }
+            for name in &names {
+                let Some(labels) = self.labels(name) else {
+                    problems.push(format!(
+                        "`{name}` is in no scrape of keel serve, payments or a Keel client ({})",
+                        self.similar(name)
+                    ));
+                    continue;
+                };
+                all_labels.extend(&labels);
+                for matcher in selector.matchers.iter().filter(|m| m.label != "__name__") {
+                    problems.extend(self.check_matcher(name, &labels, matcher, query, jobs));
+                }
+            }
+        }
+        let grouping = uses.grouping.iter().map(|(w, l)| (w.as_str(), l.as_str()));
+        for (word, label) in grouping.chain(label_argument.map(|l| ("label_values", l))) {
+            if !all_labels.contains(label) {
+                problems.push(format!(
+                    "`{word}` names label `{label}`, which none of the query's series has \
+                     (they have: {})",
+                    all_labels.iter().copied().collect::<Vec<_>>().join(", ")
                 ));
             }
         }
+        problems
+    }
+
+    /// A matcher's label must be on `name`'s series and its values among theirs; a `job`
+    /// must be scraped (where `query` says so); `instance` is anything.
+    fn check_matcher(
+        &self,
+        name: &str,
+        labels: &BTreeSet<&str>,
+        matcher: &Matcher,
+        query: &Query,
+        jobs: &BTreeSet<String>,
+    ) -> Vec<String> {
+        let label = matcher.label.as_str();
+        let values = matcher.values().unwrap_or_default();
+        if label == "job" && query.scraped_jobs_only {
+            return values
+                .into_iter()
+                .filter(|job| !jobs.contains(*job))
+                .map(|job| {
+                    format!("matches job \"{job}\", which {PROMETHEUS} does not scrape ({jobs:?})")
+                })
+                .collect();
+        }
+        if TARGET_LABELS.contains(&label) {
+            return Vec::new();
+        }
+        if !labels.contains(label) {
+            let labels: Vec<&str> = labels.iter().copied().collect();
+            return vec![format!(
+                "`{name}` has no label `{label}` (its labels: {})",
+                labels.join(", ")
+            )];
+        }
+        let seen = &self.0[name][label];
+        values
+            .into_iter()
+            .filter(|value| !seen.contains(*value))
+            .map(|value| {
+                let seen: Vec<&str> = seen.iter().map(String::as_str).collect();
+                format!(
+                    "`{name}`: no series has {label}=\"{value}\" (values seen: {})",
+                    seen.join(", ")
+                )
+            })
+            .collect()
     }
 }
 
-/// Checks the metrics, labels and label values an expression names.
-fn analyze(expr: &str) -> Analysis {
-    let mut analysis = Analysis::default();
-    let tokens = match lex(expr) {
-        Ok(tokens) => tokens,
-        Err(problem) => {
-            analysis.problems.push(problem);
-            return analysis;
-        }
-    };
-    let label_arguments = label_values_arguments(&tokens);
-    let mut i = 0;
-    while i < tokens.len() {
-        match &tokens[i] {
-            Token::Ident(label) if label_arguments.contains(&i) => {
-                if !is_known_label(label) {
-                    analysis
-                        .problems
-                        .push(format!("`label_values` asks for unknown label `{label}`"));
-                }
-                i += 1;
-            }
-            // A metric, or any other identifier owning a selector (`up{job="keel"}`, whose
-            // labels are not Keel's to check).
-            Token::Ident(name)
-                if is_metric_like(name) || tokens.get(i + 1) == Some(&Token::Punct('{')) =>
-            {
-                i += 1;
-                let matchers = if tokens.get(i) == Some(&Token::Punct('{')) {
-                    match parse_matchers(&tokens, &mut i) {
-                        Ok(matchers) => matchers,
-                        Err(problem) => {
-                            analysis.problems.push(problem);
-                            return analysis;
-                        }
-                    }
-                } else {
-                    Vec::new()
-                };
-                if is_metric_like(name) {
-                    analysis.series(name, &matchers);
-                }
-            }
-            Token::Punct('{') => {
-                let matchers = match parse_matchers(&tokens, &mut i) {
-                    Ok(matchers) => matchers,
-                    Err(problem) => {
-                        analysis.problems.push(problem);
-                        return analysis;
-                    }
-                };
-                let names: Vec<&str> = matchers
-                    .iter()
-                    .filter(|m| m.label == "__name__")
-                    .flat_map(|m| m.value.split('|'))
-                    .collect();
-                if names.is_empty() {
-                    analysis
-                        .problems
-                        .push("a selector without a metric name".to_owned());
-                }
-                for name in names {
-                    analysis.series(name, &matchers);
-                }
-            }
-            Token::Ident(keyword)
-                if GROUPING_KEYWORDS.contains(keyword)
-                    && tokens.get(i + 1) == Some(&Token::Punct('(')) =>
-            {
-                i += 2;
-                while let Some(token) = tokens.get(i) {
-                    i += 1;
-                    match token {
-                        Token::Punct(')') => break,
-                        Token::Ident(label) if !is_known_label(label) => analysis
-                            .problems
-                            .push(format!("`{keyword}` names unknown label `{label}`")),
-                        _ => {}
-                    }
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    analysis
-}
-
-/// The token indexes of the label arguments of Grafana's `label_values(selector, label)`.
-fn label_values_arguments(tokens: &[Token<'_>]) -> HashSet<usize> {
-    let mut arguments = HashSet::new();
-    for (start, token) in tokens.iter().enumerate() {
-        if *token != Token::Ident("label_values") {
-            continue;
-        }
-        let mut depth = 0;
-        for (i, token) in tokens.iter().enumerate().skip(start + 1) {
-            match token {
-                Token::Punct('(') => depth += 1,
-                Token::Punct(')') => {
-                    depth -= 1;
-                    if depth == 0 {
-                        if let Some(Token::Ident(_)) = tokens.get(i - 1) {
-                            arguments.insert(i - 1);
-                        }
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    arguments
-}
-
-/// The Grafana variables (`$name`, `${name}`, `${name:format}`) an expression uses.
-fn variables_in(expr: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = expr;
-    while let Some(at) = rest.find('$') {
-        rest = &rest[at + 1..];
-        let name = match rest.strip_prefix('{') {
-            Some(braced) => braced.split(['}', ':']).next().unwrap_or_default(),
-            None => {
-                let end = rest
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(rest.len());
-                &rest[..end]
-            }
+/// Calls `keel serve`'s TestService through a Keel client channel, once per gRPC code (0 to
+/// 16, each answered as asked), and returns the channel's `grpc_client_*` exposition.
+async fn call_keel_serve_with_every_code(server: &KeelServe) -> String {
+    let mut metrics = keel::metrics::Metrics::new();
+    let mut methods = keel::method::MethodTable::default();
+    methods
+        .add_encoded(keel_interop::FILE_DESCRIPTOR_SET)
+        .unwrap();
+    let observer = keel::observe::ClientObserver::new(
+        &methods,
+        metrics.registry_mut(),
+        &keel::telemetry::Traces::global(),
+    );
+    let channel = tower::ServiceBuilder::new()
+        .layer(
+            keel::observe::ClientObserveLayer::new(observer)
+                .target(&server.grpc_url().parse().unwrap()),
+        )
+        .service(keel::client::Channel::new(&format!("dns:///{}", server.grpc)).unwrap());
+    let mut client = TestServiceClient::new(channel);
+    for code in 0..=16 {
+        let request = SimpleRequest {
+            response_status: Some(EchoStatus {
+                code,
+                message: format!("asked for {code}"),
+            }),
+            ..Default::default()
         };
-        names.push(name.to_owned());
+        let answered = match client.unary_call(request).await {
+            Ok(_) => 0,
+            Err(status) => status.code() as i32,
+        };
+        assert_eq!(
+            answered, code,
+            "TestService/UnaryCall asked for code {code}"
+        );
     }
-    names
+    metrics.render_as(keel::metrics::Format::OpenMetrics)
 }
 
-/// Variables an expression uses that are neither in `defined` nor Grafana built-ins (`$__…`).
-fn undefined_variables(expr: &str, defined: &BTreeSet<String>) -> Vec<String> {
-    variables_in(expr)
-        .into_iter()
-        .filter(|v| !v.starts_with("__") && !defined.contains(v))
-        .collect()
+/// A first payment with `keel call`, as the README makes it, then a look at an account that
+/// does not exist (NOT_FOUND).
+fn call_payments(payments: &Payments) {
+    let address = payments.grpc.to_string();
+    let calls: [(&str, &[&str], &str, i32); 5] = [
+        (
+            "payments.v1.AccountService/CreateAccount",
+            &[],
+            r#"{"account_id":"alice","currency":"EUR"}"#,
+            0,
+        ),
+        (
+            "payments.v1.AccountService/CreateAccount",
+            &[],
+            r#"{"account_id":"bob","currency":"EUR"}"#,
+            0,
+        ),
+        (
+            "payments.v1.AccountService/Deposit",
+            &[],
+            r#"{"account_id":"alice","amount_minor":10000,"idempotency_key":"dep-1"}"#,
+            0,
+        ),
+        (
+            "payments.v1.PaymentService/Process",
+            &["-H", "idempotency-key: pay-1"],
+            r#"{"payer_account_id":"alice","payee_account_id":"bob","amount_minor":2500,"currency":"EUR","description":"books"}"#,
+            0,
+        ),
+        (
+            "payments.v1.AccountService/GetAccount",
+            &[],
+            r#"{"account_id":"nobody"}"#,
+            64 + 5,
+        ),
+    ];
+    for (method, headers, body, exit) in calls {
+        let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["call", &address, method])
+            .args(headers)
+            .args(["-d", body])
+            .output()
+            .expect("run keel call");
+        assert_eq!(
+            output.status.code(),
+            Some(exit),
+            "keel call {method} {body}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// The series of `keel serve`, `payments` and a Keel client after the calls above.
+async fn live_scrapes() -> Exposed {
+    let server = KeelServe::start(&[]);
+    let payments = Payments::start();
+    let client = call_keel_serve_with_every_code(&server).await;
+    call_payments(&payments);
+    // As Prometheus asks: OpenMetrics.
+    let accept = ["application/openmetrics-text; version=1.0.0"];
+    let mut exposed = Exposed::default();
+    for (source, admin) in [("keel serve", server.admin), ("payments", payments.admin)] {
+        let response = common::scrape_accepting(admin, &accept).await;
+        let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        exposed.add(source, body);
+    }
+    exposed.add("a Keel client", &client);
+    exposed
 }
 
 fn assert_no_problems(what: &str, problems: &[String]) {
@@ -685,7 +444,94 @@ fn assert_no_problems(what: &str, problems: &[String]) {
 }
 
 // ---------------------------------------------------------------------------------------
-// The dashboard
+// promtool
+
+#[test]
+fn promtool_accepts_the_config_the_alerts_and_their_unit_tests() {
+    for args in [
+        ["check", "config", PROMETHEUS],
+        ["check", "rules", ALERTS],
+        ["test", "rules", ALERTS_TEST],
+    ] {
+        let run = tools::promtool(&args, "");
+        assert!(run.success, "promtool {}:\n{}", args.join(" "), run.output);
+    }
+}
+
+#[test]
+fn promtool_parses_every_dashboard_query() {
+    // Each query (a `label_values` variable's selector) as a recording rule named after
+    // where it is, so promtool's complaint points at the panel.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (index, query) in dashboard_queries(&dashboard()).iter().enumerate() {
+        let (promql, _) = grafana_query(&query.expr);
+        let record = format!("keel_dashboard:query_{index}");
+        rules.push_str(&format!(
+            "      # {}\n      - record: {record}\n        expr: {}\n",
+            query.place,
+            serde_json::to_string(&interpolate(promql)).unwrap()
+        ));
+    }
+    let dir = TempDir::new("dashboard_rules");
+    let file = dir.path().join("dashboard.yml");
+    std::fs::write(&file, &rules).unwrap();
+    let run = tools::promtool(&["check", "rules", file.to_str().unwrap()], "");
+    assert!(
+        run.success,
+        "promtool cannot parse the dashboard's queries:\n{}\n--- as rules ---\n{rules}",
+        run.output
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Against live scrapes
+
+#[tokio::test]
+async fn dashboard_and_alerts_name_only_what_keel_exposes() {
+    let exposed = live_scrapes().await;
+    let jobs = scrape_jobs();
+    let mut queries = dashboard_queries(&dashboard());
+    queries.extend(alert_queries());
+    let mut problems = Vec::new();
+    for query in &queries {
+        if query.expr.trim().is_empty() {
+            problems.push(format!("{}: empty", query.place));
+        }
+        problems.extend(
+            exposed
+                .check(query, &jobs)
+                .into_iter()
+                .map(|p| format!("{}: {p}", query.place)),
+        );
+    }
+    assert_no_problems("the manifests query what Keel does not expose", &problems);
+}
+
+// ---------------------------------------------------------------------------------------
+// The files themselves
+
+#[test]
+fn prometheus_config_loads_the_alerts_and_scrapes_keel_and_payments() {
+    let config = tools::yaml_to_json(PROMETHEUS);
+    let rule_files: Vec<&str> = array(&config, "rule_files")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    // Relative to the configuration file's directory, as Prometheus resolves them.
+    assert!(
+        rule_files
+            .iter()
+            .any(|f| Path::new(PROMETHEUS).with_file_name(f) == Path::new(ALERTS)),
+        "{PROMETHEUS}: `rule_files` does not load {ALERTS} (it lists {rule_files:?})"
+    );
+    let jobs = scrape_jobs();
+    for job in ["keel", "payments"] {
+        assert!(
+            jobs.contains(job),
+            "{PROMETHEUS}: no scrape job `{job}` ({jobs:?})"
+        );
+    }
+}
 
 #[test]
 fn dashboard_panels_have_unique_ids_titles_and_targets() {
@@ -711,33 +557,25 @@ fn dashboard_panels_have_unique_ids_titles_and_targets() {
             }
             Some(_) => {}
         }
-        if panel
-            .get("title")
-            .and_then(Value::as_str)
-            .is_none_or(|t| t.trim().is_empty())
-        {
+        if text(panel, "title").is_none_or(|t| t.trim().is_empty()) {
             problems.push(format!("{place}: no title"));
         }
         if is_row(panel) {
             continue;
         }
-        if targets(panel).is_empty() {
+        if array(panel, "targets").is_empty() {
             problems.push(format!("{place}: no targets"));
         }
         let mut ref_ids = HashSet::new();
-        for (t, target) in targets(panel).iter().enumerate() {
-            match target.get("refId").and_then(Value::as_str) {
+        for (t, target) in array(panel, "targets").iter().enumerate() {
+            match text(target, "refId") {
                 None => problems.push(format!("{place} target #{t}: no refId")),
                 Some(r) if !ref_ids.insert(r) => {
                     problems.push(format!("{place} target {r}: refId used twice"))
                 }
                 Some(_) => {}
             }
-            if target
-                .get("expr")
-                .and_then(Value::as_str)
-                .is_none_or(|e| e.trim().is_empty())
-            {
+            if text(target, "expr").is_none_or(|e| e.trim().is_empty()) {
                 problems.push(format!("{place} target #{t}: no `expr`"));
             }
         }
@@ -746,28 +584,22 @@ fn dashboard_panels_have_unique_ids_titles_and_targets() {
 }
 
 #[test]
-fn dashboard_queries_use_known_metrics_labels_and_variables() {
+fn dashboard_uses_only_variables_it_defines() {
     let dashboard = dashboard();
     let mut problems = Vec::new();
     let mut defined = BTreeSet::new();
     for variable in template_variables(&dashboard) {
-        let name = variable.get("name").and_then(Value::as_str).unwrap_or("?");
-        if variable.get("type").and_then(Value::as_str) == Some("query") {
+        let name = text(variable, "name").unwrap_or("?");
+        if text(variable, "type") == Some("query") {
             let query = variable_query(variable).unwrap_or_default();
             let place = format!("{DASHBOARD} variable `{name}`");
-            let definition = variable.get("definition").and_then(Value::as_str);
+            let definition = text(variable, "definition");
             if definition.is_some_and(|d| d != query) {
                 problems.push(format!(
                     "{place}: `definition` ({}) differs from the query Grafana runs ({query})",
                     definition.unwrap_or_default()
                 ));
             }
-            problems.extend(
-                analyze(query)
-                    .problems
-                    .into_iter()
-                    .map(|p| format!("{place}: {p}")),
-            );
             for v in undefined_variables(query, &defined) {
                 problems.push(format!(
                     "{place}: uses `${v}`, which is not a variable defined before it"
@@ -776,26 +608,19 @@ fn dashboard_queries_use_known_metrics_labels_and_variables() {
         }
         defined.insert(name.to_owned());
     }
-    let queries = panel_queries(&dashboard);
-    for query in &queries {
-        let analysis = analyze(&query.expr);
-        if analysis.metrics.is_empty() && analysis.problems.is_empty() {
-            problems.push(format!("{}: queries no Keel metric", query.place));
-        }
-        problems.extend(
-            analysis
-                .problems
-                .into_iter()
-                .map(|p| format!("{}: {p}", query.place)),
-        );
-        for v in undefined_variables(&query.expr, &defined) {
-            problems.push(format!(
-                "{}: uses `${v}`, which is not a dashboard variable",
-                query.place
-            ));
+    for (index, panel) in panels(&dashboard).into_iter().enumerate() {
+        for target in array(panel, "targets") {
+            let expr = text(target, "expr").unwrap_or_default();
+            for v in undefined_variables(expr, &defined) {
+                problems.push(format!(
+                    "{} target {}: uses `${v}`, which is not a dashboard variable",
+                    describe_panel(index, panel),
+                    text(target, "refId").unwrap_or("?")
+                ));
+            }
         }
     }
-    assert_no_problems("the dashboard queries what Keel does not expose", &problems);
+    assert_no_problems("the dashboard uses undefined variables", &problems);
 }
 
 #[test]
@@ -805,18 +630,17 @@ fn dashboard_filters_by_job_service_and_method() {
     for name in ["job", "grpc_service", "grpc_method"] {
         let Some(variable) = template_variables(&dashboard)
             .iter()
-            .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+            .find(|v| text(v, "name") == Some(name))
         else {
             problems.push(format!("{DASHBOARD}: no template variable `{name}`"));
             continue;
         };
         let place = format!("{DASHBOARD} variable `{name}`");
-        if variable.get("type").and_then(Value::as_str) != Some("query") {
+        if text(variable, "type") != Some("query") {
             problems.push(format!("{place}: type is not `query`"));
         }
         let query = variable_query(variable).unwrap_or_default();
-        if !(query.starts_with("label_values(") && query.trim_end().ends_with(&format!("{name})")))
-        {
+        if grafana_query(query).1 != Some(name) {
             problems.push(format!(
                 "{place}: query `{query}` is not `label_values(…, {name})`"
             ));
@@ -848,13 +672,11 @@ fn dashboard_queries_through_the_datasource_variable() {
     let mut problems = Vec::new();
     let variable = template_variables(&dashboard)
         .iter()
-        .find(|v| v.get("name").and_then(Value::as_str) == Some("datasource"));
+        .find(|v| text(v, "name") == Some("datasource"));
     match variable {
         None => problems.push(format!("{DASHBOARD}: no template variable `datasource`")),
         Some(v) => {
-            if v.get("type").and_then(Value::as_str) != Some("datasource")
-                || v.get("query").and_then(Value::as_str) != Some("prometheus")
-            {
+            if text(v, "type") != Some("datasource") || text(v, "query") != Some("prometheus") {
                 problems.push(format!(
                     "{DASHBOARD} variable `datasource`: must have type `datasource` and query `prometheus`"
                 ));
@@ -864,10 +686,8 @@ fn dashboard_queries_through_the_datasource_variable() {
     let mut found = Vec::new();
     datasources(&dashboard, "$", &mut found);
     for (path, datasource) in found {
-        let uid = datasource
-            .as_str()
-            .or_else(|| datasource.get("uid").and_then(Value::as_str));
-        let kind = datasource.get("type").and_then(Value::as_str);
+        let uid = datasource.as_str().or_else(|| text(datasource, "uid"));
+        let kind = text(datasource, "type");
         if uid != Some(DATASOURCE_VARIABLE) {
             problems.push(format!(
                 "{DASHBOARD} {path}: uid is \"{}\", not \"{DATASOURCE_VARIABLE}\"",
@@ -889,18 +709,16 @@ fn dashboard_queries_through_the_datasource_variable() {
         if panel.get("datasource").is_none() {
             problems.push(format!("{place}: no `datasource`"));
         }
-        for target in targets(panel) {
+        for target in array(panel, "targets") {
             if target.get("datasource").is_none() {
-                let ref_id = target.get("refId").and_then(Value::as_str).unwrap_or("?");
+                let ref_id = text(target, "refId").unwrap_or("?");
                 problems.push(format!("{place} target {ref_id}: no `datasource`"));
             }
         }
     }
     for variable in template_variables(&dashboard) {
-        if variable.get("type").and_then(Value::as_str) == Some("query")
-            && variable.get("datasource").is_none()
-        {
-            let name = variable.get("name").and_then(Value::as_str).unwrap_or("?");
+        if text(variable, "type") == Some("query") && variable.get("datasource").is_none() {
+            let name = text(variable, "name").unwrap_or("?");
             problems.push(format!("{DASHBOARD} variable `{name}`: no `datasource`"));
         }
     }
@@ -911,124 +729,61 @@ fn dashboard_queries_through_the_datasource_variable() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Prometheus
-
-#[test]
-fn alerts_use_known_metrics_and_scraped_jobs() {
-    let (queries, alerts) = alert_queries(ALERTS, &read(ALERTS));
-    let jobs = scrape_jobs(&read(PROMETHEUS));
-    let mut problems = Vec::new();
-    if alerts.is_empty() {
-        problems.push(format!("{ALERTS}: no `alert:` rules found"));
-    }
-    if queries.len() != alerts.len() {
-        problems.push(format!(
-            "{ALERTS}: {} alerts but {} `expr:` lines; every alert needs exactly one",
-            alerts.len(),
-            queries.len()
-        ));
-    }
-    let mut names = HashSet::new();
-    for name in &alerts {
-        if !names.insert(name) {
-            problems.push(format!("{ALERTS}: alert {name} is defined twice"));
-        }
-    }
-    for query in &queries {
-        if query.expr.is_empty() {
-            problems.push(format!("{}: empty expr", query.place));
-        }
-        problems.extend(
-            analyze(&query.expr)
-                .problems
-                .into_iter()
-                .map(|p| format!("{}: {p}", query.place)),
-        );
-        if query.expr.contains('$') {
-            problems.push(format!(
-                "{}: `$` in an expr (Grafana variables such as $__rate_interval mean nothing to Prometheus)",
-                query.place
-            ));
-        }
-        let job_matchers = lex(&query.expr).unwrap_or_default();
-        for window in job_matchers.windows(3) {
-            if let [Token::Ident("job"), Token::Op(_), Token::Str(value)] = window {
-                for job in value.split('|').filter(|j| !j.contains(['.', '*', '+'])) {
-                    if !jobs.contains(job) {
-                        problems.push(format!(
-                            "{}: matches job \"{job}\", which {PROMETHEUS} does not scrape (jobs: {})",
-                            query.place,
-                            jobs.iter().cloned().collect::<Vec<_>>().join(", ")
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    assert_no_problems("the alerts query what Keel does not expose", &problems);
-}
-
-#[test]
-fn prometheus_config_loads_the_alerts() {
-    let text = read(PROMETHEUS);
-    let rule_files = top_level_list(&text, "rule_files");
-    let alerts = rule_files
-        .iter()
-        .find(|(_, file)| Path::new(file).file_name() == Some("alerts.yml".as_ref()));
-    let Some((line, file)) = alerts else {
-        panic!("{PROMETHEUS}: `rule_files:` does not list alerts.yml (it lists {rule_files:?})");
-    };
-    // Prometheus resolves rule files relative to the configuration file's directory.
-    let resolved = repo_path(PROMETHEUS).with_file_name(file);
-    assert!(
-        resolved.is_file(),
-        "{PROMETHEUS} line {line}: rule file `{file}` resolves to {}, which does not exist",
-        resolved.display()
-    );
-    let jobs = scrape_jobs(&text);
-    for job in ["keel", "payments"] {
-        assert!(
-            jobs.contains(job),
-            "{PROMETHEUS}: no scrape job `{job}` (jobs: {jobs:?})"
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // The checks themselves can fail
 
 #[test]
 fn the_checks_catch_mistakes() {
-    let good = r#"histogram_quantile(0.99, sum by (grpc_service, le) (rate(grpc_server_handling_seconds_bucket{job=~"$job", grpc_type="unary"}[$__rate_interval])))
-        / ignoring (grpc_code) group_left sum(rate(grpc_server_handled_total{grpc_code=~"Internal|Unavailable", grpc_method=~".*"}[5m]))
-        + keel_server_connections + rate(keel_server_goaways_total{reason="max_age"}[5m])"#;
-    let analysis = analyze(good);
-    assert!(analysis.problems.is_empty(), "{:?}", analysis.problems);
-    assert_eq!(
-        analysis.metrics.into_iter().collect::<Vec<_>>(),
-        [
-            "grpc_server_handled_total",
-            "grpc_server_handling_seconds",
-            "keel_server_connections",
-            "keel_server_goaways_total"
-        ]
-    );
-    assert!(
-        analyze(r#"up{job=~"keel|payments"} == 0"#)
-            .problems
-            .is_empty()
-    );
-    let labelled = r#"label_values({__name__=~"grpc_server_handled_total|keel_server_connections", job=~"$job"}, grpc_service)"#;
-    assert!(analyze(labelled).problems.is_empty());
+    let exposition = "# TYPE grpc_server_handled counter\n\
+        grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"s\",grpc_method=\"m\",grpc_code=\"OK\"} 1\n\
+        grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"s\",grpc_method=\"m\",grpc_code=\"Internal\"} 1\n\
+        # TYPE grpc_server_handling_seconds histogram\n\
+        grpc_server_handling_seconds_bucket{grpc_type=\"unary\",grpc_service=\"s\",grpc_method=\"m\",le=\"1.0\"} 1\n\
+        grpc_server_handling_seconds_bucket{grpc_type=\"unary\",grpc_service=\"s\",grpc_method=\"m\",le=\"+Inf\"} 1\n\
+        grpc_server_handling_seconds_sum{grpc_type=\"unary\",grpc_service=\"s\",grpc_method=\"m\"} 0.1\n\
+        grpc_server_handling_seconds_count{grpc_type=\"unary\",grpc_service=\"s\",grpc_method=\"m\"} 1\n\
+        # TYPE keel_server_connections gauge\n\
+        keel_server_connections{listener=\"grpc\"} 1\n\
+        # EOF\n";
+    let mut exposed = Exposed::default();
+    exposed.add("a test", exposition);
+    let jobs = BTreeSet::from(["keel".to_owned(), "payments".to_owned()]);
+    let check = |expr: &str| {
+        exposed.check(
+            &Query {
+                place: String::new(),
+                expr: expr.to_owned(),
+                scraped_jobs_only: true,
+            },
+            &jobs,
+        )
+    };
+
+    let good = [
+        r#"histogram_quantile(0.99, sum by (grpc_service, le) (rate(grpc_server_handling_seconds_bucket{job=~".*", grpc_type="unary"}[5m])))
+        / ignoring (grpc_code) group_left sum without (instance) (rate(grpc_server_handled_total{grpc_code=~"Internal|OK", grpc_method=~".*"}[5m]))
+        + on (job) keel_server_connections offset 5m > bool 0 and sum(nan) # a comment"#,
+        r#"up{job=~"keel|payments"} == 0"#,
+        r#"label_values({__name__=~"grpc_server_handled_total|keel_server_connections", job=~"$job"}, job)"#,
+        "label_values(keel_server_connections, listener)",
+        r#"grpc_server_handled_total{grpc_code!="OK", grpc_method=""}"#,
+    ];
+    for expr in good {
+        assert_eq!(check(expr), Vec::<String>::new(), "{expr}");
+    }
 
     let bad = [
-        ("rate(grpc_server_handeld_total[5m])", "unknown metric"),
-        ("rate(keel_server_shed_rpcs[5m])", "unknown metric"),
         (
-            "rate(grpc_server_handled_total_count[5m])",
-            "unknown metric",
+            "rate(grpc_server_handeld_total[5m])",
+            "`grpc_server_handeld_total` is in no scrape",
         ),
-        ("grpc_server_handling_seconds", "is a histogram"),
+        (
+            "rate(grpc_server_handled[5m])",
+            "exposed names starting with `grpc_server`: grpc_server_handled_total",
+        ),
+        (
+            "grpc_server_handling_seconds",
+            "`grpc_server_handling_seconds` is in no scrape",
+        ),
         (
             r#"rate(grpc_server_handling_seconds_bucket{grpc_code="OK"}[5m])"#,
             "no label `grpc_code`",
@@ -1038,71 +793,59 @@ fn the_checks_catch_mistakes() {
             "no label `le`",
         ),
         (
+            r#"grpc_server_handling_seconds_bucket{le="1"}"#,
+            "no series has le=\"1\"",
+        ),
+        (
             r#"rate(grpc_server_handled_total{grpc_code="Cancelled"}[5m])"#,
-            "\"Cancelled\" is not a value",
+            "no series has grpc_code=\"Cancelled\"",
         ),
         (
             r#"rate(grpc_server_handled_total{grpc_code=~"Internal|Unavilable"}[5m])"#,
-            "\"Unavilable\" is not a value",
-        ),
-        (
-            r#"grpc_server_started_total{grpc_type="stream"}"#,
-            "\"stream\" is not a value",
+            "no series has grpc_code=\"Unavilable\"",
         ),
         (
             "sum by (grpc_methd) (rate(grpc_server_handled_total[5m]))",
-            "unknown label `grpc_methd`",
+            "`by` names label `grpc_methd`",
+        ),
+        (
+            "keel_server_connections / ignoring (listner) keel_server_connections",
+            "`ignoring` names label `listner`",
         ),
         (
             r#"label_values({__name__=~"grpc_server_handled"}, job)"#,
-            "unknown metric",
+            "`grpc_server_handled` is in no scrape",
         ),
         (
             r#"label_values(grpc_server_handled_total{job=~"$job"}, grpc_services)"#,
-            "unknown label `grpc_services`",
+            "`label_values` names label `grpc_services`",
         ),
-        (
-            "label_values(keel_server_connections, jobs)",
-            "unknown label `jobs`",
-        ),
-        (
-            r#"rate(grpc_server_handled_total{grpc_code="OK"[5m])"#,
-            "malformed",
-        ),
+        (r#"{job="keel"}"#, "a selector without a metric name"),
+        (r#"up{job=~"keel|node"}"#, "matches job \"node\""),
+        (r#"up{grpc_code="OK"}"#, "`up` has no label `grpc_code`"),
         (
             r#"rate(grpc_server_handled_total{grpc_code="OK}[5m])"#,
             "unterminated string",
         ),
     ];
     for (expr, expected) in bad {
-        let problems = analyze(expr).problems;
+        let problems = check(expr);
         assert!(
             problems.iter().any(|p| p.contains(expected)),
             "`{expr}` should be reported with \"{expected}\", got {problems:?}"
         );
     }
 
+    // The unit tests' inputs may name other jobs.
+    let input = Query {
+        place: String::new(),
+        expr: r#"up{job="node", instance="a"}"#.to_owned(),
+        scraped_jobs_only: false,
+    };
+    assert_eq!(exposed.check(&input, &jobs), Vec::<String>::new());
+
     let defined = BTreeSet::from(["job".to_owned(), "grpc_method".to_owned()]);
-    assert_eq!(
-        undefined_variables(
-            r#"x{job=~"$job", m=~"${grpc_method:regex}", s=~"$grpc_servic"}[$__rate_interval]"#,
-            &defined
-        ),
-        ["grpc_servic"]
-    );
-
-    let yaml = "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: up == 0\n        for: 1m\n      - alert: B\n        expr: |\n          sum(\n            keel_server_connections\n          ) > 1\n        labels:\n          severity: warning\n";
-    let (queries, alerts) = alert_queries("test.yml", yaml);
-    assert_eq!(alerts, ["A", "B"]);
-    assert_eq!(queries.len(), 2);
-    assert_eq!(queries[0].expr, "up == 0");
-    assert_eq!(queries[1].expr, "sum(\nkeel_server_connections\n) > 1");
-    assert_eq!(queries[1].place, "test.yml line 8 (alert B)");
-
-    let config = "global:\n  scrape_interval: 15s\n# rule_files:\n#   - other.yml\nrule_files:\n  - \"alerts.yml\"\n  # - old.yml\nscrape_configs:\n  - job_name: keel\n  # - job_name: commented\n";
-    assert_eq!(
-        top_level_list(config, "rule_files"),
-        [(6, "alerts.yml".to_owned())]
-    );
-    assert_eq!(scrape_jobs(config), BTreeSet::from(["keel".to_owned()]));
+    let expr = r#"x{job=~"$job", m=~"${grpc_method:regex}", s=~"$grpc_servic"}[$__rate_interval]"#;
+    assert_eq!(undefined_variables(expr, &defined), ["grpc_servic"]);
+    assert_eq!(interpolate(expr), r#"x{job=~".*", m=~".*", s=~".*"}[5m]"#);
 }

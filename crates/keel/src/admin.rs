@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Metrics};
 use keel_health::{HealthRegistry, ReadinessStatus};
 
 #[derive(Clone)]
@@ -64,13 +64,21 @@ async fn readiness(State(admin): State<Admin>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-async fn render_metrics(State(admin): State<Admin>) -> Response {
+/// The metrics in the format the `Accept` header asks for (`metrics/format.rs`): OpenMetrics
+/// for Prometheus, text 0.0.4 for everything else.
+async fn render_metrics(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    let format = Format::negotiate((!accept.is_empty()).then(|| accept.join(",")).as_deref());
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        admin.metrics.render(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
+        admin.metrics.render_as(format),
     )
         .into_response()
 }

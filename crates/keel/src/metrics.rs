@@ -2,7 +2,11 @@
 //!
 //! One [`Metrics`] per server holds its registry and the handles the runtime updates.
 //! Process metrics (CPU, memory, descriptors, threads) and the tokio runtime's live task
-//! count are sampled at scrape time.
+//! count are sampled at scrape time. [`Format`] chooses between OpenMetrics and the
+//! Prometheus text format 0.0.4 by `Accept` (`format.rs`); `text.rs` writes the latter.
+
+mod format;
+mod text;
 
 use std::sync::Arc;
 
@@ -10,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+pub use format::Format;
 pub use keel_telemetry::process::ProcessCollector;
 
 use crate::serving::ConnectionMetrics;
@@ -79,15 +84,30 @@ impl Metrics {
         &mut self.registry
     }
 
-    /// Refreshes the sampled metrics and renders the Prometheus text format.
+    /// Refreshes the sampled metrics and renders them as OpenMetrics text.
     pub fn render(&self) -> String {
+        self.render_as(Format::OpenMetrics)
+    }
+
+    /// Refreshes the sampled metrics and renders them in `format`.
+    pub fn render_as(&self, format: Format) -> String {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             self.runtime_alive_tasks
                 .set(handle.metrics().num_alive_tasks() as i64);
         }
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        match format {
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+                    .expect("writing to a String cannot fail");
+            }
+            Format::PrometheusText => {
+                let families =
+                    prometheus_client::encoding::prometheus_protobuf::encode(&self.registry)
+                        .expect("the registry's metrics encode into the data model");
+                text::encode(&mut out, &families);
+            }
+        }
         out
     }
 }

@@ -139,13 +139,23 @@ impl Drop for KeelServe {
     }
 }
 
-/// GETs `/metrics` from the admin listener over plain HTTP/1.1.
+/// GETs `/metrics` from the admin listener over plain HTTP/1.1, with no `Accept` header
+/// (so in the Prometheus text format 0.0.4); returns the whole response.
 pub async fn scrape(admin: SocketAddr) -> String {
+    scrape_accepting(admin, &[]).await
+}
+
+/// [`scrape`] with one `Accept` header field per item of `accept`.
+pub async fn scrape_accepting(admin: SocketAddr, accept: &[&str]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(admin)
         .await
         .expect("connect admin");
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    let mut request = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n");
+    for value in accept {
+        request.push_str(&format!("Accept: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();

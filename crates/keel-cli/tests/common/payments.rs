@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub struct Payments {
     pub child: Child,
     pub grpc: SocketAddr,
+    pub admin: SocketAddr,
     _dir: TempDir,
 }
 
@@ -44,7 +45,8 @@ impl Payments {
             }
         });
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let grpc = loop {
+        let (mut grpc, mut admin) = (None, None);
+        while grpc.is_none() || admin.is_none() {
             let mut line = String::new();
             if stdout.read_line(&mut line).unwrap() == 0 {
                 panic!(
@@ -53,13 +55,16 @@ impl Payments {
                 );
             }
             if let Some(addr) = line.trim().strip_prefix("grpc listening on ") {
-                break addr.parse().unwrap();
+                grpc = Some(addr.parse().unwrap());
+            } else if let Some(addr) = line.trim().strip_prefix("admin listening on ") {
+                admin = Some(addr.parse().unwrap());
             }
-        };
+        }
         std::thread::spawn(move || for _ in stdout.lines() {});
         Self {
             child,
-            grpc,
+            grpc: grpc.unwrap(),
+            admin: admin.unwrap(),
             _dir: dir,
         }
     }
