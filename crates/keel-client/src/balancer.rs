@@ -16,6 +16,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep_until};
 
 use super::config::{ChannelConfig, Policy};
+use super::connector::Connector;
 use super::error::ConnectError;
 use super::picker::Backend;
 use super::resolver::Resolution;
@@ -68,6 +69,7 @@ pub(crate) async fn run(
     changed: Arc<Notify>,
     refresh: Arc<Notify>,
     config: Arc<ChannelConfig>,
+    connector: Arc<dyn Connector>,
 ) {
     let mut subchannels: Vec<Subchannel> = Vec::new();
     let mut resolution = Resolution::default();
@@ -78,7 +80,7 @@ pub(crate) async fn run(
             update = resolutions.changed(), if resolver_alive => match update {
                 Ok(()) => {
                     resolution = resolutions.borrow_and_update().clone();
-                    subchannels = update_subchannels(subchannels, &resolution.addresses, &config, &changed);
+                    subchannels = update_subchannels(subchannels, &resolution.addresses, &config, &connector, &changed);
                 }
                 Err(_) => resolver_alive = false,
             },
@@ -119,6 +121,7 @@ fn update_subchannels(
     old: Vec<Subchannel>,
     addresses: &[Address],
     config: &Arc<ChannelConfig>,
+    connector: &Arc<dyn Connector>,
     changed: &Arc<Notify>,
 ) -> Vec<Subchannel> {
     let mut by_address: HashMap<Address, Subchannel> = old
@@ -129,9 +132,9 @@ fn update_subchannels(
     addresses
         .iter()
         .map(|address| {
-            by_address
-                .remove(address)
-                .unwrap_or_else(|| Subchannel::new(address.clone(), config, eager, changed.clone()))
+            by_address.remove(address).unwrap_or_else(|| {
+                Subchannel::new(address.clone(), config, connector, eager, changed.clone())
+            })
         })
         .collect()
 }

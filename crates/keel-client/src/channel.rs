@@ -14,6 +14,7 @@ use tonic::Status;
 use super::attempts;
 use super::balancer::{self, Picks};
 use super::config::ChannelConfig;
+use super::connector::{Connector, Dial};
 use super::error::ConnectError;
 use super::picker::{self, Picker};
 use super::resolver::{self, Resolution, Resolver};
@@ -78,6 +79,7 @@ pub struct ChannelBuilder {
     service_config: ServiceConfig,
     picker: Option<Arc<dyn Picker>>,
     resolver: Option<Box<dyn Resolver>>,
+    connector: Arc<dyn Connector>,
 }
 
 impl std::fmt::Debug for ChannelBuilder {
@@ -135,6 +137,14 @@ impl ChannelBuilder {
         self
     }
 
+    /// Backends reached through `connector` instead of the network (the unit tests'
+    /// in-memory backends).
+    #[cfg(test)]
+    pub(crate) fn connector(mut self, connector: impl Connector) -> Self {
+        self.connector = Arc::new(connector);
+        self
+    }
+
     /// Starts resolving and connecting (in the background, on the current Tokio runtime)
     /// and returns the channel at once. Panics outside a Tokio runtime.
     pub fn build(self) -> Channel {
@@ -169,6 +179,7 @@ impl ChannelBuilder {
             Arc::new(Notify::new()),
             refresh,
             config.clone(),
+            self.connector,
         ));
         Channel {
             shared: Arc::new(Shared {
@@ -194,6 +205,7 @@ impl Channel {
             service_config: ServiceConfig::default(),
             picker: None,
             resolver: None,
+            connector: Arc::new(Dial),
         })
     }
 
@@ -233,6 +245,12 @@ impl Channel {
         }
     }
 
+    /// What calls may use now, and every change to it.
+    #[cfg(test)]
+    pub(crate) fn picks(&self) -> watch::Receiver<Arc<Picks>> {
+        self.picks.clone()
+    }
+
     /// Waits until some backend can take calls, at most `timeout`; false if none could.
     pub async fn ready(&self, timeout: Duration) -> bool {
         let mut picks = self.picks.clone();
@@ -258,5 +276,64 @@ impl tower::Service<http::Request<tonic::body::Body>> for Channel {
             self.picks.clone(),
             request,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::resolver::BoxFuture;
+    use crate::testing::{Net, Reach, say_hello};
+
+    /// A resolver that never finds anything.
+    struct Failing;
+
+    impl Resolver for Failing {
+        fn resolve(&mut self) -> BoxFuture<'_, Result<Vec<Address>, String>> {
+            Box::pin(async { Err("no such service".to_owned()) })
+        }
+
+        fn refresh_interval(&self) -> Option<Duration> {
+            Some(Duration::from_secs(60))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_says_what_failed() {
+        let net = Net::default();
+        let up = net.host(1, Duration::ZERO);
+        let refused = net.host(2, Duration::ZERO);
+        refused.set_reach(Reach::Refused);
+        let silent = net.host(3, Duration::ZERO);
+        silent.set_reach(Reach::Silent);
+        let second = Duration::from_secs(1);
+
+        assert_eq!(net.channel(&[&up], |b| b).connect(second).await, Ok(()));
+        assert_eq!(
+            net.channel(&[&up, &refused], |b| b).connect(second).await,
+            Ok(()),
+            "one backend is enough"
+        );
+        match net.channel(&[&refused], |b| b).connect(second).await {
+            Err(ConnectError::Unreachable {
+                backends: 1,
+                last_error,
+            }) => assert!(last_error.contains("refused"), "{last_error}"),
+            other => panic!("{other:?}"),
+        }
+
+        let unresolved = net.channel(&[&up], |b| b.resolver(Failing));
+        assert_eq!(
+            unresolved.connect(second).await,
+            Err(ConnectError::Resolution("no such service".to_owned()))
+        );
+        let status = say_hello(&unresolved).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().ends_with("no addresses: no such service"),
+            "{status:?}"
+        );
     }
 }

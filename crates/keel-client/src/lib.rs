@@ -29,6 +29,7 @@ mod backoff;
 mod balancer;
 mod channel;
 mod config;
+mod connector;
 mod error;
 mod health_check;
 mod outlier;
@@ -40,6 +41,8 @@ mod retry;
 pub mod service_config;
 mod subchannel;
 mod target;
+#[cfg(test)]
+mod testing;
 mod transport_error;
 
 pub use backoff::BackoffConfig;
