@@ -324,6 +324,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
 
+        // No answer at all: still connecting when the caller's time is up; failing once
+        // the attempt's own time (the minimum connect timeout, 20 s) is.
+        let blackholed = net.channel(&[&silent], |b| b);
+        assert_eq!(
+            blackholed.connect(second).await,
+            Err(ConnectError::Timeout(second))
+        );
+        match blackholed.connect(Duration::from_secs(30)).await {
+            Err(ConnectError::Unreachable { last_error, .. }) => {
+                assert!(last_error.contains("longer than 20s"), "{last_error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let status = say_hello(&blackholed).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "fails fast: {status:?}");
+
         let unresolved = net.channel(&[&up], |b| b.resolver(Failing));
         assert_eq!(
             unresolved.connect(second).await,

@@ -4,8 +4,9 @@
 //! Each of the `connections_per_backend` slots connects, serves until its connection ends,
 //! and connects again, waiting per [`Backoff`] after failures. The subchannel's state
 //! follows from its slots: READY while any connection is up; CONNECTING while none is but
-//! an attempt is under way; TRANSIENT_FAILURE when every slot's last attempt failed; IDLE
-//! before anyone asked for a connection (`pick_first` connects lazily). Calls choose among
+//! an attempt is under way; TRANSIENT_FAILURE when every slot's last attempt failed (and
+//! while it tries again: failing is sticky until a connection is made); IDLE before anyone
+//! asked for a connection (`pick_first` connects lazily). Calls choose among
 //! the live connections in turn. When the subchannel is removed, its connections close
 //! once their calls are over.
 
@@ -316,8 +317,15 @@ async fn run_slot(
         _ = stop.wait_for(|stop| *stop) => return,
     }
     let mut backoff = Backoff::new(config.connect_backoff);
+    let mut failed = false;
     loop {
-        backend.set_slot(index, Slot::Connecting);
+        // A slot whose last attempt failed stays failed while it tries again, until it
+        // connects (gRPC's sticky TRANSIENT_FAILURE, gRFC A62): a backend that cannot be
+        // reached does not flip to CONNECTING with every attempt, which made fail-fast
+        // calls wait for it instead of failing.
+        if !failed {
+            backend.set_slot(index, Slot::Connecting);
+        }
         let started = Instant::now();
         let attempt = tokio::time::timeout(
             backoff.connect_timeout(),
@@ -335,6 +343,7 @@ async fn run_slot(
                     .unwrap_or_else(PoisonError::into_inner)
                     .push((index, sender));
                 backend.set_slot(index, Slot::Ready);
+                failed = false;
                 let mut connection = std::pin::pin!(connection);
                 let ended = tokio::select! {
                     ended = &mut connection => Some(ended),
@@ -371,6 +380,7 @@ async fn run_slot(
         };
         tracing::debug!(address = %backend.address, %error, "connecting failed");
         backend.set_slot(index, Slot::Failed(error));
+        failed = true;
         let wait = backoff.next_wait();
         tokio::select! {
             () = tokio::time::sleep_until(started + wait) => {}
@@ -521,14 +531,16 @@ mod tests {
         until_state(&sub, &changed, ConnectivityState::Ready).await;
         assert_eq!(gaps(&host.attempts()), [1.0, 2.0, 4.0, 8.0]);
 
-        // The connection lives 5 s, longer than the initial wait, and is lost; the host
-        // refuses, then accepts connections only to close them at once.
+        // Virtual time: the connection lives 5 s, longer than the initial wait.
         tokio::time::sleep(Duration::from_secs(5)).await;
+        // It is lost; the host refuses, then accepts connections only to close them at once.
         let lost = Instant::now();
         host.set_reach(Reach::Refused);
         host.disconnect();
+        // Virtual time: past the first attempt after the loss.
         tokio::time::sleep(Duration::from_millis(500)).await;
         host.set_reach(Reach::Closing);
+        // Virtual time: four more attempts.
         tokio::time::sleep(Duration::from_secs(20)).await;
 
         let attempts = host.attempts();
@@ -543,5 +555,32 @@ mod tests {
         }
         let error = sub.backend.last_error().unwrap();
         assert!(error.contains("closed right after"), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_without_an_answer_ends_at_the_connect_timeout() {
+        let net = Net::default();
+        let host = net.host(1, Duration::ZERO);
+        host.set_reach(Reach::Silent);
+        let backoff = BackoffConfig {
+            initial: Duration::from_secs(1),
+            jitter: 0.0,
+            min_connect_timeout: Duration::from_secs(20),
+            ..BackoffConfig::default()
+        };
+        let (sub, changed) = subchannel(&net, &host, backoff);
+        until_state(&sub, &changed, ConnectivityState::Connecting).await;
+        until_state(&sub, &changed, ConnectivityState::TransientFailure).await;
+        let error = sub.backend.last_error().unwrap();
+        assert!(error.contains("longer than 20s"), "{error}");
+        // Virtual time. The wait after a failure counts from the attempt's start, which is
+        // long past: the next attempt goes out at once, and gets the same time.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let gaps = gaps(&host.attempts());
+        assert!(gaps.len() >= 2, "{gaps:?}");
+        assert!(
+            gaps.iter().all(|gap| (gap - 20.0).abs() <= TICK),
+            "{gaps:?}"
+        );
     }
 }
