@@ -16,6 +16,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep_until};
 
 use super::config::{ChannelConfig, Policy};
+use super::connector::Connector;
+use super::error::ConnectError;
 use super::picker::Backend;
 use super::resolver::Resolution;
 use super::subchannel::{ConnectivityState, Health, Subchannel};
@@ -29,8 +31,8 @@ pub(crate) struct Picks {
     /// The channel's state: READY if any backend is; CONNECTING while any may still be;
     /// TRANSIENT_FAILURE when all are failing (or none is known).
     pub(crate) state: ConnectivityState,
-    /// Why calls cannot be sent, when they cannot.
-    pub(crate) error: Option<String>,
+    /// Why calls cannot be sent: set exactly when the state is TRANSIENT_FAILURE.
+    pub(crate) error: Option<ConnectError>,
     /// Every subchannel's address and state, in the resolver's order.
     pub(crate) all: Vec<(Address, ConnectivityState)>,
 }
@@ -67,6 +69,7 @@ pub(crate) async fn run(
     changed: Arc<Notify>,
     refresh: Arc<Notify>,
     config: Arc<ChannelConfig>,
+    connector: Arc<dyn Connector>,
 ) {
     let mut subchannels: Vec<Subchannel> = Vec::new();
     let mut resolution = Resolution::default();
@@ -77,7 +80,7 @@ pub(crate) async fn run(
             update = resolutions.changed(), if resolver_alive => match update {
                 Ok(()) => {
                     resolution = resolutions.borrow_and_update().clone();
-                    subchannels = update_subchannels(subchannels, &resolution.addresses, &config, &changed);
+                    subchannels = update_subchannels(subchannels, &resolution.addresses, &config, &connector, &changed);
                 }
                 Err(_) => resolver_alive = false,
             },
@@ -118,6 +121,7 @@ fn update_subchannels(
     old: Vec<Subchannel>,
     addresses: &[Address],
     config: &Arc<ChannelConfig>,
+    connector: &Arc<dyn Connector>,
     changed: &Arc<Notify>,
 ) -> Vec<Subchannel> {
     let mut by_address: HashMap<Address, Subchannel> = old
@@ -128,9 +132,9 @@ fn update_subchannels(
     addresses
         .iter()
         .map(|address| {
-            by_address
-                .remove(address)
-                .unwrap_or_else(|| Subchannel::new(address.clone(), config, eager, changed.clone()))
+            by_address.remove(address).unwrap_or_else(|| {
+                Subchannel::new(address.clone(), config, connector, eager, changed.clone())
+            })
         })
         .collect()
 }
@@ -203,7 +207,7 @@ fn picks_of(subchannels: &[Subchannel], resolution: &Resolution) -> Picks {
         match &resolution.error {
             Some(error) => (
                 ConnectivityState::TransientFailure,
-                Some(format!("no addresses: {error}")),
+                Some(ConnectError::Resolution(error.clone())),
             ),
             None => (ConnectivityState::Connecting, None),
         }
@@ -220,19 +224,19 @@ fn picks_of(subchannels: &[Subchannel], resolution: &Resolution) -> Picks {
     {
         (
             ConnectivityState::TransientFailure,
-            Some("every connected backend is out of rotation (not serving, or ejected)".to_owned()),
+            Some(ConnectError::OutOfRotation),
         )
     } else {
-        let last = subchannels
+        let last_error = subchannels
             .iter()
             .find_map(|sub| sub.backend.last_error())
             .unwrap_or_else(|| "no backend is reachable".to_owned());
         (
             ConnectivityState::TransientFailure,
-            Some(format!(
-                "no backend is reachable ({} tried); last error: {last}",
-                subchannels.len()
-            )),
+            Some(ConnectError::Unreachable {
+                backends: subchannels.len(),
+                last_error,
+            }),
         )
     };
     Picks {

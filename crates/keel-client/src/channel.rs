@@ -4,28 +4,24 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
-use http_body::{Body, Frame, SizeHint};
+use http::uri::Authority;
 use tokio::sync::{Notify, watch};
-use tokio::time::{Instant, Sleep};
-use tonic::{Code, Status};
+use tonic::Status;
 
+use super::attempts;
 use super::balancer::{self, Picks};
 use super::config::ChannelConfig;
-use super::picker::{self, CallInfo, Picker};
-use super::replay::Replay;
+use super::connector::{Connector, Dial};
+use super::error::ConnectError;
+use super::picker::{self, Picker};
 use super::resolver::{self, Resolution, Resolver};
-use super::retry::{HedgingPolicy, Throttle, pushback};
-use super::service_config::{Again, ServiceConfig, ServiceConfigError};
-use super::subchannel::{Backend, ConnectivityState};
+use super::response::ResponseBody;
+use super::service_config::{ServiceConfig, ServiceConfigError};
+use super::subchannel::ConnectivityState;
 use super::target::{Address, Target, TargetError};
-use keel_core::code::status_of;
-use keel_core::context::{format_grpc_timeout, parse_grpc_timeout};
-use keel_core::status_check::{CheckedBody, check_response};
 
 /// A client channel: one target, its backends' connections shared by every clone and every
 /// call, calls spread by the configured policy.
@@ -51,14 +47,20 @@ pub struct Channel {
 }
 
 /// What every call of a channel reads.
-struct Shared {
-    target: String,
-    picker: Arc<dyn Picker>,
-    measure_latency: bool,
-    authority: Authority,
-    timeout: Option<Duration>,
-    wait_for_ready: bool,
-    service_config: ServiceConfig,
+pub(crate) struct Shared {
+    /// The target as given, for error messages.
+    pub(crate) target: String,
+    pub(crate) picker: Arc<dyn Picker>,
+    /// Whether attempts time their responses for the picker.
+    pub(crate) measure_latency: bool,
+    /// The `:authority` of every call.
+    pub(crate) authority: Authority,
+    /// The deadline of calls that set none and have no per-method one.
+    pub(crate) timeout: Option<Duration>,
+    /// Whether calls wait for a backend when all are failing.
+    pub(crate) wait_for_ready: bool,
+    /// Per-method policies.
+    pub(crate) service_config: ServiceConfig,
 }
 
 impl std::fmt::Debug for Channel {
@@ -77,6 +79,7 @@ pub struct ChannelBuilder {
     service_config: ServiceConfig,
     picker: Option<Arc<dyn Picker>>,
     resolver: Option<Box<dyn Resolver>>,
+    connector: Arc<dyn Connector>,
 }
 
 impl std::fmt::Debug for ChannelBuilder {
@@ -134,6 +137,14 @@ impl ChannelBuilder {
         self
     }
 
+    /// Backends reached through `connector` instead of the network (the unit tests'
+    /// in-memory backends).
+    #[cfg(test)]
+    pub(crate) fn connector(mut self, connector: impl Connector) -> Self {
+        self.connector = Arc::new(connector);
+        self
+    }
+
     /// Starts resolving and connecting (in the background, on the current Tokio runtime)
     /// and returns the channel at once. Panics outside a Tokio runtime.
     pub fn build(self) -> Channel {
@@ -168,6 +179,7 @@ impl ChannelBuilder {
             Arc::new(Notify::new()),
             refresh,
             config.clone(),
+            self.connector,
         ));
         Channel {
             shared: Arc::new(Shared {
@@ -193,6 +205,7 @@ impl Channel {
             service_config: ServiceConfig::default(),
             picker: None,
             resolver: None,
+            connector: Arc::new(Dial),
         })
     }
 
@@ -212,26 +225,30 @@ impl Channel {
     }
 
     /// Waits until some backend can take calls (`Ok`), or every backend has failed (`Err`
-    /// with the last connection error), at most `timeout`: for tools that should say at
-    /// once that a server cannot be reached.
-    pub async fn connect(&self, timeout: Duration) -> Result<(), String> {
+    /// saying why: the resolution failed, every backend is unreachable or out of
+    /// rotation), at most `timeout` ([`ConnectError::Timeout`]): for tools that should say
+    /// at once that a server cannot be reached.
+    pub async fn connect(&self, timeout: Duration) -> Result<(), ConnectError> {
         let mut picks = self.picks.clone();
         let settled = tokio::time::timeout(
             timeout,
-            picks.wait_for(|picks| {
-                !picks.ready.is_empty() || picks.state == ConnectivityState::TransientFailure
-            }),
+            picks.wait_for(|picks| !picks.ready.is_empty() || picks.error.is_some()),
         )
         .await;
         match settled {
-            Ok(Ok(picks)) if !picks.ready.is_empty() => Ok(()),
-            Ok(Ok(picks)) => Err(picks
-                .error
-                .clone()
-                .unwrap_or_else(|| "no backend is reachable".to_owned())),
-            Ok(Err(_)) => Err("the channel has shut down".to_owned()),
-            Err(_) => Err(format!("no backend was ready within {timeout:?}")),
+            Ok(Ok(picks)) => match &picks.error {
+                Some(error) if picks.ready.is_empty() => Err(error.clone()),
+                _ => Ok(()),
+            },
+            Ok(Err(_)) => Err(ConnectError::Shutdown),
+            Err(_) => Err(ConnectError::Timeout(timeout)),
         }
+    }
+
+    /// What calls may use now, and every change to it.
+    #[cfg(test)]
+    pub(crate) fn picks(&self) -> watch::Receiver<Arc<Picks>> {
+        self.picks.clone()
     }
 
     /// Waits until some backend can take calls, at most `timeout`; false if none could.
@@ -254,517 +271,85 @@ impl tower::Service<http::Request<tonic::body::Body>> for Channel {
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(call(self.shared.clone(), self.picks.clone(), request))
+        Box::pin(attempts::call(
+            self.shared.clone(),
+            self.picks.clone(),
+            request,
+        ))
     }
 }
 
-/// One call: its policy, its deadline around choosing backends and getting the response
-/// headers (the rest of the deadline goes with the response body), and its attempts.
-async fn call(
-    shared: Arc<Shared>,
-    picks: watch::Receiver<Arc<Picks>>,
-    mut request: http::Request<tonic::body::Body>,
-) -> Result<http::Response<ResponseBody>, Status> {
-    let mut parts = std::mem::take(request.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(shared.authority.clone());
-    if parts.path_and_query.is_none() {
-        return Err(Status::internal("a call without a path"));
-    }
-    *request.uri_mut() =
-        http::Uri::from_parts(parts).map_err(|error| Status::internal(error.to_string()))?;
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
 
-    let policy = shared.service_config.lookup(request.uri().path()).cloned();
-    let timeout = match parse_grpc_timeout(request.headers()) {
-        Some(timeout) => Some(timeout),
-        None => {
-            let timeout = policy
-                .as_ref()
-                .and_then(|policy| policy.timeout)
-                .or(shared.timeout);
-            if let Some(timeout) = timeout
-                && let Ok(value) = format_grpc_timeout(timeout).parse()
-            {
-                request.headers_mut().insert("grpc-timeout", value);
+    use super::*;
+    use crate::resolver::BoxFuture;
+    use crate::testing::{Net, Reach, say_hello};
+
+    /// A resolver that never finds anything.
+    struct Failing;
+
+    impl Resolver for Failing {
+        fn resolve(&mut self) -> BoxFuture<'_, Result<Vec<Address>, String>> {
+            Box::pin(async { Err("no such service".to_owned()) })
+        }
+
+        fn refresh_interval(&self) -> Option<Duration> {
+            Some(Duration::from_secs(60))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_says_what_failed() {
+        let net = Net::default();
+        let up = net.host(1, Duration::ZERO);
+        let refused = net.host(2, Duration::ZERO);
+        refused.set_reach(Reach::Refused);
+        let silent = net.host(3, Duration::ZERO);
+        silent.set_reach(Reach::Silent);
+        let second = Duration::from_secs(1);
+
+        assert_eq!(net.channel(&[&up], |b| b).connect(second).await, Ok(()));
+        assert_eq!(
+            net.channel(&[&up, &refused], |b| b).connect(second).await,
+            Ok(()),
+            "one backend is enough"
+        );
+        match net.channel(&[&refused], |b| b).connect(second).await {
+            Err(ConnectError::Unreachable {
+                backends: 1,
+                last_error,
+            }) => assert!(last_error.contains("refused"), "{last_error}"),
+            other => panic!("{other:?}"),
+        }
+
+        // No answer at all: still connecting when the caller's time is up; failing once
+        // the attempt's own time (the minimum connect timeout, 20 s) is.
+        let blackholed = net.channel(&[&silent], |b| b);
+        assert_eq!(
+            blackholed.connect(second).await,
+            Err(ConnectError::Timeout(second))
+        );
+        match blackholed.connect(Duration::from_secs(30)).await {
+            Err(ConnectError::Unreachable { last_error, .. }) => {
+                assert!(last_error.contains("longer than 20s"), "{last_error}");
             }
-            timeout
+            other => panic!("{other:?}"),
         }
-    };
-    let deadline = timeout.map(|timeout| Instant::now() + timeout);
-    let call = Call {
-        shared: &shared,
-        picks,
-        wait_for_ready: policy
-            .as_ref()
-            .and_then(|policy| policy.wait_for_ready)
-            .unwrap_or(shared.wait_for_ready),
-        deadline,
-    };
-    let attempts = call.run(request, policy.as_ref().and_then(|p| p.again.as_ref()));
-    match (timeout, deadline) {
-        (Some(timeout), Some(deadline)) => tokio::time::timeout_at(deadline, attempts)
-            .await
-            .unwrap_or_else(|_| Err(deadline_exceeded(timeout))),
-        _ => attempts.await,
-    }
-}
+        let status = say_hello(&blackholed).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "fails fast: {status:?}");
 
-fn deadline_exceeded(timeout: Duration) -> Status {
-    Status::deadline_exceeded(format!("the call's deadline of {timeout:?} passed"))
-}
-
-/// What a call's attempts share.
-struct Call<'a> {
-    shared: &'a Shared,
-    picks: watch::Receiver<Arc<Picks>>,
-    wait_for_ready: bool,
-    deadline: Option<Instant>,
-}
-
-/// How one attempt ended.
-enum Attempt {
-    /// Response headers arrived (a trailers-only response included), their status checked.
-    Answered(http::Response<CheckedBody<hyper::body::Incoming>>, Load),
-    /// No response: the status to report, and whether the server cannot have seen the
-    /// call (a refused stream), so that it may be sent again transparently.
-    Failed { status: Status, unseen: bool },
-}
-
-/// The status of a trailers-only response (no body; the status in the headers).
-fn trailers_only_status(
-    response: &http::Response<CheckedBody<hyper::body::Incoming>>,
-) -> Option<Code> {
-    if !response.body().is_end_stream() {
-        return None;
-    }
-    status_of(response.headers()).map(|(code, _)| code)
-}
-
-/// Calls that never reached the server are sent again this many times at most.
-const MAX_UNSEEN_RETRIES: usize = 8;
-
-impl Call<'_> {
-    /// Runs the call's attempts per its retry or hedging policy (one attempt without).
-    async fn run(
-        mut self,
-        request: http::Request<tonic::body::Body>,
-        again: Option<&Again>,
-    ) -> Result<http::Response<ResponseBody>, Status> {
-        let (parts, body) = request.into_parts();
-        let head = Head {
-            method: parts.method,
-            uri: parts.uri,
-            version: parts.version,
-            headers: parts.headers,
-        };
-        let replay = Replay::new(body, RETRY_BUFFER);
-        let throttle = self.shared.service_config.throttle.as_deref();
-        if let Some(Again::Hedge(policy)) = again {
-            return self.hedge(&head, &replay, policy, throttle).await;
-        }
-        let retry = match again {
-            Some(Again::Retry(policy)) => Some(policy),
-            _ => None,
-        };
-        let mut attempts = 0_u32;
-        let mut unseen_retries = 0;
-        loop {
-            attempts += 1;
-            let request = head.request(attempts - 1, replay.body());
-            let (code, pushback, outcome) = match self.attempt(request).await {
-                Attempt::Answered(response, load) => match trailers_only_status(&response) {
-                    None | Some(Code::Ok) => {
-                        if let Some(throttle) = throttle {
-                            throttle.success();
-                        }
-                        return Ok(self.respond(response, load));
-                    }
-                    Some(code) => {
-                        let pushback = pushback(response.headers());
-                        (code, pushback, Ok(self.respond(response, load)))
-                    }
-                },
-                Attempt::Failed { status, unseen } => {
-                    if unseen && unseen_retries < MAX_UNSEEN_RETRIES && replay.can_replay() {
-                        unseen_retries += 1;
-                        attempts -= 1;
-                        continue;
-                    }
-                    (status.code(), None, Err(status))
-                }
-            };
-            let Some(policy) = retry.filter(|policy| policy.retryable.contains(&code)) else {
-                return outcome;
-            };
-            if let Some(throttle) = throttle {
-                throttle.failure();
-            }
-            let allowed = attempts < policy.max_attempts
-                && replay.can_replay()
-                && throttle.is_none_or(Throttle::allows)
-                && pushback != Some(None);
-            if !allowed {
-                return outcome;
-            }
-            let wait = pushback
-                .flatten()
-                .unwrap_or_else(|| policy.backoff(attempts));
-            if self
-                .deadline
-                .is_some_and(|deadline| Instant::now() + wait >= deadline)
-            {
-                return outcome;
-            }
-            tokio::time::sleep(wait).await;
-        }
-    }
-
-    /// Hedging: a new attempt every `delay` until one answers with a status that is not
-    /// non-fatal; the others are cancelled.
-    async fn hedge(
-        &mut self,
-        head: &Head,
-        replay: &Replay,
-        policy: &HedgingPolicy,
-        throttle: Option<&Throttle>,
-    ) -> Result<http::Response<ResponseBody>, Status> {
-        let mut running = futures_util::stream::FuturesUnordered::new();
-        let start = |number: u32| {
-            let mut attempt = Call {
-                shared: self.shared,
-                picks: self.picks.clone(),
-                wait_for_ready: self.wait_for_ready,
-                deadline: self.deadline,
-            };
-            let request = head.request(number, replay.body());
-            async move { attempt.attempt(request).await }
-        };
-        running.push(start(0));
-        let mut sent = 1;
-        let mut last: Option<Result<http::Response<ResponseBody>, Status>> = None;
-        let mut next_at = Instant::now() + policy.delay;
-        let mut stopped = false;
-        loop {
-            let may_send = !stopped
-                && sent < policy.max_attempts
-                && replay.can_replay()
-                && throttle.is_none_or(Throttle::allows);
-            tokio::select! {
-                Some(outcome) = futures_util::StreamExt::next(&mut running) => {
-                    let (code, pushback, outcome) = match outcome {
-                        Attempt::Answered(response, load) => match trailers_only_status(&response) {
-                            None | Some(Code::Ok) => {
-                                if let Some(throttle) = throttle {
-                                    throttle.success();
-                                }
-                                return Ok(self.respond(response, load));
-                            }
-                            Some(code) => {
-                                let pushback = pushback(response.headers());
-                                (code, pushback, Ok(self.respond(response, load)))
-                            }
-                        },
-                        Attempt::Failed { status, .. } => (status.code(), None, Err(status)),
-                    };
-                    if !policy.non_fatal.contains(&code) {
-                        return outcome;
-                    }
-                    if let Some(throttle) = throttle {
-                        throttle.failure();
-                    }
-                    last = Some(outcome);
-                    match pushback {
-                        Some(None) => stopped = true,
-                        Some(Some(wait)) => next_at = Instant::now() + wait,
-                        None => next_at = Instant::now(),
-                    }
-                    if running.is_empty() && (stopped || !may_send) {
-                        return last.unwrap_or_else(|| Err(Status::unavailable("no attempt answered")));
-                    }
-                }
-                () = tokio::time::sleep_until(next_at), if may_send => {
-                    running.push(start(sent));
-                    sent += 1;
-                    next_at = Instant::now() + policy.delay;
-                }
-                else => {
-                    return last.unwrap_or_else(|| Err(Status::unavailable("no attempt answered")));
-                }
-            }
-        }
-    }
-
-    /// Wraps an answer for the caller.
-    fn respond(
-        &self,
-        response: http::Response<CheckedBody<hyper::body::Incoming>>,
-        load: Load,
-    ) -> http::Response<ResponseBody> {
-        if load.backend.detects_outliers()
-            && let Some(code) = trailers_only_status(&response)
-        {
-            load.backend.record_outcome(code);
-        }
-        let deadline = self
-            .deadline
-            .map(|at| (Box::pin(tokio::time::sleep_until(at)), at));
-        response.map(|body| ResponseBody {
-            inner: body,
-            load,
-            deadline,
-        })
-    }
-
-    /// One attempt: picks a backend and sends; waits while no backend is ready (unless
-    /// all are failing and the call is fail-fast), and sends again when a connection turns
-    /// out to be closing before the request left.
-    async fn attempt(&mut self, mut request: http::Request<tonic::body::Body>) -> Attempt {
-        let shared = self.shared;
-        let mut never_sent = 0;
-        loop {
-            let current = self.picks.borrow_and_update().clone();
-            if current.ready.is_empty() {
-                if current.state == ConnectivityState::TransientFailure && !self.wait_for_ready {
-                    return Attempt::Failed {
-                        status: Status::unavailable(format!(
-                            "{}: {}",
-                            shared.target,
-                            current.error.as_deref().unwrap_or("no backend is ready")
-                        )),
-                        unseen: false,
-                    };
-                }
-                if self.picks.changed().await.is_err() {
-                    return Attempt::Failed {
-                        status: Status::unavailable("the channel has shut down"),
-                        unseen: false,
-                    };
-                }
-                continue;
-            }
-            let index = {
-                let call = CallInfo {
-                    path: request.uri().path(),
-                    headers: request.headers(),
-                };
-                shared.picker.pick(&call, &current.ready) % current.ready.len()
-            };
-            let backend = current.ready[index].0.clone();
-            drop(current);
-            let Some(mut connection) = backend.connection() else {
-                // The connection closed after the balancer's last update; the next one is
-                // coming.
-                tokio::select! {
-                    _ = self.picks.changed() => {}
-                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
-                }
-                continue;
-            };
-            let load = Load::start(backend);
-            let sent_at = shared.measure_latency.then(Instant::now);
-            match connection.try_send_request(request).await {
-                Ok(response) => {
-                    if let Some(sent_at) = sent_at {
-                        load.backend.record_latency(sent_at.elapsed());
-                    }
-                    return Attempt::Answered(check_response(response), load);
-                }
-                Err(mut error) => match error.take_message() {
-                    // Never sent: the connection was closing. Any backend may take it.
-                    Some(unsent) if never_sent < MAX_UNSEEN_RETRIES => {
-                        never_sent += 1;
-                        request = unsent;
-                    }
-                    _ => {
-                        let error = error.into_error();
-                        load.backend.record_outcome(Code::Unavailable);
-                        return Attempt::Failed {
-                            unseen: refused(&error),
-                            status: transport_status(&error, &load.backend),
-                        };
-                    }
-                },
-            }
-        }
-    }
-}
-
-/// Bytes of request body kept per call for retries (grpc-go's per-RPC default).
-const RETRY_BUFFER: usize = 256 * 1024;
-
-/// The parts of a request every attempt repeats.
-struct Head {
-    method: http::Method,
-    uri: http::Uri,
-    version: http::Version,
-    headers: http::HeaderMap,
-}
-
-impl Head {
-    /// The request of attempt number `previous` + 1 (retries say how many came before).
-    fn request(&self, previous: u32, body: tonic::body::Body) -> http::Request<tonic::body::Body> {
-        let mut request = http::Request::new(body);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers.clone();
-        if previous > 0 {
-            request
-                .headers_mut()
-                .insert("grpc-previous-rpc-attempts", previous.into());
-        }
-        request
-    }
-}
-
-/// True when the server refused the stream (REFUSED_STREAM, or a GOAWAY that came before
-/// it): gRPC guarantees the application never saw such a call.
-fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(error) = source {
-        if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = error.source();
-    }
-    false
-}
-
-/// A call counted as outstanding on its backend until its response ends.
-struct Load {
-    backend: Arc<Backend>,
-}
-
-impl Load {
-    fn start(backend: Arc<Backend>) -> Self {
-        backend.outstanding.fetch_add(1, Ordering::Relaxed);
-        Self { backend }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.backend.outstanding.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The status a transport failure gives a call, per gRPC's HTTP/2 mapping: a stream the
-/// server refused or a connection that failed is UNAVAILABLE; a cancelled stream
-/// CANCELLED; ENHANCE_YOUR_CALM from the server is RESOURCE_EXHAUSTED; a protocol the
-/// server broke is [`broken_protocol_status`].
-fn transport_status(error: &(dyn std::error::Error + 'static), backend: &Backend) -> Status {
-    let address = &backend.address;
-    if let Some(status) = broken_protocol_status(error, backend.header_limit) {
-        return Status::internal(format!("{address}: {}", status.message()));
-    }
-    let mut source = Some(error);
-    while let Some(error) = source {
-        if let Some(h2) = error.downcast_ref::<h2::Error>()
-            && let Some(reason) = h2.reason()
-        {
-            let code = match reason {
-                h2::Reason::CANCEL => Code::Cancelled,
-                h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
-                h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
-                h2::Reason::REFUSED_STREAM | h2::Reason::NO_ERROR => Code::Unavailable,
-                _ if h2.is_go_away() || h2.is_io() => Code::Unavailable,
-                _ => Code::Internal,
-            };
-            return Status::new(code, format!("{address}: {error}"));
-        }
-        source = error.source();
-    }
-    Status::unavailable(format!("{address}: {error}"))
-}
-
-/// The status of a call whose stream or connection this client's HTTP/2 stack (h2) closed
-/// because the server broke the protocol, most often with response headers over the
-/// client's `header_limit`: INTERNAL, naming that limit. `None` for any other error.
-///
-/// [`Channel`] applies it itself; this is for errors of other transports, such as tonic's
-/// channel, whose own wording ("h2 protocol error: http2 error") says nothing of the cause.
-pub fn broken_protocol_status(
-    error: &(dyn std::error::Error + 'static),
-    header_limit: u32,
-) -> Option<Status> {
-    let mut source = Some(error);
-    while let Some(error) = source {
-        if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            let broken = h2.is_library()
-                && matches!(
-                    h2.reason(),
-                    Some(
-                        h2::Reason::PROTOCOL_ERROR
-                            | h2::Reason::COMPRESSION_ERROR
-                            | h2::Reason::ENHANCE_YOUR_CALM
-                    )
-                );
-            return broken.then(|| {
-                Status::internal(format!(
-                    "{h2}: the server's response headers were malformed or larger than this \
-                     client's limit of {header_limit} bytes (http2.max_header_list_size)"
-                ))
-            });
-        }
-        source = error.source();
-    }
-    None
-}
-
-pin_project_lite::pin_project! {
-    /// A response body from a [`Channel`]: counts its call as outstanding until it ends,
-    /// ends the call with DEADLINE_EXCEEDED when the deadline passes first, and has its
-    /// trailers checked (a malformed or missing status becomes a clear one).
-    pub struct ResponseBody {
-        #[pin]
-        inner: CheckedBody<hyper::body::Incoming>,
-        load: Load,
-        deadline: Option<(Pin<Box<Sleep>>, Instant)>,
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = bytes::Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            let backend = &this.load.backend;
-            if backend.detects_outliers() {
-                match &frame {
-                    Some(Ok(frame)) => {
-                        if let Some(code) = frame.trailers_ref().and_then(status_of) {
-                            backend.record_outcome(code.0);
-                        }
-                    }
-                    Some(Err(_)) => backend.record_outcome(Code::Unavailable),
-                    None => {}
-                }
-            }
-            return Poll::Ready(
-                frame.map(|frame| frame.map_err(|error| transport_status(&error, backend))),
-            );
-        }
-        if let Some((sleep, at)) = this.deadline {
-            ready!(sleep.as_mut().poll(cx));
-            let late = Instant::now().saturating_duration_since(*at);
-            *this.deadline = None;
-            return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                "the call's deadline passed while the response was streaming ({late:?} ago)"
-            )))));
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let unresolved = net.channel(&[&up], |b| b.resolver(Failing));
+        assert_eq!(
+            unresolved.connect(second).await,
+            Err(ConnectError::Resolution("no such service".to_owned()))
+        );
+        let status = say_hello(&unresolved).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().ends_with("no addresses: no such service"),
+            "{status:?}"
+        );
     }
 }

@@ -135,3 +135,96 @@ impl tower::Service<http::Request<tonic::body::Body>> for Connection {
         Box::pin(self.0.send_request(request))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ChannelConfig;
+    use crate::error::ConnectError;
+    use crate::subchannel::ConnectivityState;
+    use crate::testing::{HealthAnswer, Net, drive, pickable, say_hello, until_pickable};
+
+    fn watching(builder: crate::ChannelBuilder) -> crate::ChannelBuilder {
+        builder.config(ChannelConfig {
+            health_check: Some(String::new()),
+            ..ChannelConfig::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_leaves_the_pick_set_while_not_serving_and_rejoins_when_serving() {
+        let net = Net::default();
+        let (a, b) = (net.host(1, Duration::ZERO), net.host(2, Duration::ZERO));
+        a.set_health(HealthAnswer::Silent);
+        let channel = net.channel(&[&a, &b], watching);
+
+        // Connected but not yet answered: not pickable, the channel still connecting.
+        until_pickable(&channel, &[&b]).await;
+        assert_eq!(channel.backends()[0].1, ConnectivityState::Ready);
+        a.set_health(HealthAnswer::Status(ServingStatus::Serving));
+        until_pickable(&channel, &[&a, &b]).await;
+
+        a.set_health(HealthAnswer::Status(ServingStatus::NotServing));
+        until_pickable(&channel, &[&b]).await;
+        let before = a.calls();
+        assert!(drive(&channel, 20, 2).await.is_empty());
+        assert_eq!(a.calls(), before, "no call while NOT_SERVING");
+
+        a.set_health(HealthAnswer::Status(ServingStatus::Serving));
+        until_pickable(&channel, &[&a, &b]).await;
+        assert!(drive(&channel, 20, 2).await.is_empty());
+        assert!(a.calls() > before, "back in rotation");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_every_backend_not_serving_calls_fail_fast_and_say_why() {
+        let net = Net::default();
+        let (a, b) = (net.host(1, Duration::ZERO), net.host(2, Duration::ZERO));
+        let channel = net.channel(&[&a, &b], watching);
+        assert_eq!(channel.connect(Duration::from_secs(1)).await, Ok(()));
+        for host in [&a, &b] {
+            host.set_health(HealthAnswer::Status(ServingStatus::NotServing));
+        }
+        until_pickable(&channel, &[]).await;
+        assert_eq!(channel.state(), ConnectivityState::TransientFailure);
+        assert_eq!(
+            channel.connect(Duration::from_secs(1)).await,
+            Err(ConnectError::OutOfRotation)
+        );
+        let status = say_hello(&channel).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("out of rotation"), "{status:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_watch_takes_the_backend_out_until_a_new_one_says_serving() {
+        let net = Net::default();
+        let (a, b) = (net.host(1, Duration::ZERO), net.host(2, Duration::ZERO));
+        let channel = net.channel(&[&a, &b], watching);
+        until_pickable(&channel, &[&a, &b]).await;
+
+        a.set_health(HealthAnswer::Fails(Code::Internal));
+        until_pickable(&channel, &[&b]).await;
+        let broken = tokio::time::Instant::now();
+        a.set_health(HealthAnswer::Status(ServingStatus::Serving));
+        until_pickable(&channel, &[&a, &b]).await;
+        assert_eq!(
+            broken.elapsed(),
+            RETRY_AFTER,
+            "a new Watch after the retry delay"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_without_the_health_service_is_taken_as_serving() {
+        let net = Net::default();
+        let a = net.host(1, Duration::ZERO);
+        a.set_health(HealthAnswer::Fails(Code::Unimplemented));
+        let channel = net.channel(&[&a], watching);
+        until_pickable(&channel, &[&a]).await;
+        // Virtual time: it stays in rotation, with no new Watch to ask.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(pickable(&channel), [a.address()]);
+        assert!(say_hello(&channel).await.is_ok());
+    }
+}

@@ -24,27 +24,37 @@
 //! # Ok(()) }
 //! ```
 
+mod attempts;
 mod backoff;
 mod balancer;
 mod channel;
 mod config;
+mod connector;
+mod error;
 mod health_check;
 mod outlier;
 mod picker;
 mod replay;
 mod resolver;
+mod response;
 mod retry;
 pub mod service_config;
 mod subchannel;
 mod target;
+#[cfg(test)]
+mod testing;
+mod transport_error;
 
 pub use backoff::BackoffConfig;
-pub use channel::{Channel, ChannelBuilder, ResponseBody, broken_protocol_status};
+pub use channel::{Channel, ChannelBuilder};
 pub use config::{ChannelConfig, Http2Config, KeepaliveConfig, Policy};
+pub use error::ConnectError;
 pub use keel_core::status_check::{CheckStatus, CheckedBody, Checking};
 pub use outlier::OutlierConfig;
 pub use picker::{Backend, CallInfo, Picker};
 pub use resolver::{BoxFuture, DnsSettings, Resolver};
+pub use response::ResponseBody;
 pub use service_config::ServiceConfigError;
 pub use subchannel::ConnectivityState;
 pub use target::{Address, Target, TargetError};
+pub use transport_error::broken_protocol_status;

@@ -120,6 +120,8 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ChannelConfig;
+    use crate::testing::{Net, drive, pickable, say_hello, until_pickable};
 
     #[test]
     fn consecutive_failures_eject_for_longer_each_time_and_successes_reset() {
@@ -155,6 +157,86 @@ mod tests {
             record.eject(&config, now),
             now + Duration::from_secs(25),
             "capped"
+        );
+    }
+
+    fn ejecting(
+        config: OutlierConfig,
+    ) -> impl FnOnce(crate::ChannelBuilder) -> crate::ChannelBuilder {
+        move |builder| {
+            builder.config(ChannelConfig {
+                outlier: Some(config),
+                ..ChannelConfig::default()
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_backend_is_ejected_and_returns_when_its_time_is_up() {
+        let net = Net::default();
+        let good = net.host(1, Duration::from_millis(1));
+        let bad = net.host(2, Duration::from_millis(1));
+        bad.set_failure(Some(Code::Internal));
+        let config = OutlierConfig {
+            consecutive_failures: 3,
+            base_ejection_time: Duration::from_secs(30),
+            ..OutlierConfig::default()
+        };
+        let channel = net.channel(&[&good, &bad], ejecting(config));
+        until_pickable(&channel, &[&good, &bad]).await;
+
+        // Each ejection lasts longer: the base time, then twice it.
+        for (ejection, length) in [(1, 30), (2, 60)] {
+            let mut failures = 0;
+            while bad.calls() < 3 * ejection {
+                failures += usize::from(say_hello(&channel).await.is_err());
+            }
+            assert_eq!(failures, 3, "three failures in a row eject it");
+            until_pickable(&channel, &[&good]).await;
+            let ejected = Instant::now();
+
+            // Virtual time: calls all the way to the end of the ejection go elsewhere.
+            tokio::time::sleep(Duration::from_secs(length) - Duration::from_millis(100)).await;
+            assert!(drive(&channel, 10, 1).await.is_empty());
+            assert_eq!(bad.calls(), 3 * ejection, "ejected");
+
+            until_pickable(&channel, &[&good, &bad]).await;
+            assert_eq!(
+                ejected.elapsed(),
+                Duration::from_secs(length),
+                "ejection {ejection}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_than_the_configured_share_of_backends_is_ejected() {
+        let net = Net::default();
+        let hosts = [
+            net.host(1, Duration::from_millis(1)),
+            net.host(2, Duration::from_millis(1)),
+        ];
+        for host in &hosts {
+            host.set_failure(Some(Code::Unavailable));
+        }
+        let config = OutlierConfig {
+            consecutive_failures: 2,
+            max_ejection_percent: 50,
+            ..OutlierConfig::default()
+        };
+        let channel = net.channel(&[&hosts[0], &hosts[1]], ejecting(config));
+        until_pickable(&channel, &[&hosts[0], &hosts[1]]).await;
+        let failures = drive(&channel, 40, 1).await;
+        assert_eq!(
+            pickable(&channel).len(),
+            1,
+            "half of two: one is ejected, one stays"
+        );
+        assert!(
+            failures
+                .iter()
+                .all(|status| status.message() == "scripted failure"),
+            "every call reached a backend: {failures:?}"
         );
     }
 }

@@ -4,8 +4,9 @@
 //! Each of the `connections_per_backend` slots connects, serves until its connection ends,
 //! and connects again, waiting per [`Backoff`] after failures. The subchannel's state
 //! follows from its slots: READY while any connection is up; CONNECTING while none is but
-//! an attempt is under way; TRANSIENT_FAILURE when every slot's last attempt failed; IDLE
-//! before anyone asked for a connection (`pick_first` connects lazily). Calls choose among
+//! an attempt is under way; TRANSIENT_FAILURE when every slot's last attempt failed (and
+//! while it tries again: failing is sticky until a connection is made); IDLE before anyone
+//! asked for a connection (`pick_first` connects lazily). Calls choose among
 //! the live connections in turn. When the subchannel is removed, its connections close
 //! once their calls are over.
 
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::config::ChannelConfig;
+use super::connector::{Connector, Io};
 use super::outlier::{self, OutlierConfig};
 use super::target::Address;
 
@@ -247,6 +249,7 @@ impl Subchannel {
     pub(crate) fn new(
         address: Address,
         config: &Arc<ChannelConfig>,
+        connector: &Arc<dyn Connector>,
         eager: bool,
         changed: Arc<Notify>,
     ) -> Self {
@@ -286,6 +289,7 @@ impl Subchannel {
                 backend.clone(),
                 index,
                 config.clone(),
+                connector.clone(),
                 stopped.clone(),
             ));
         }
@@ -304,6 +308,7 @@ async fn run_slot(
     backend: Arc<Backend>,
     index: usize,
     config: Arc<ChannelConfig>,
+    connector: Arc<dyn Connector>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut wanted = backend.wanted.subscribe();
@@ -312,12 +317,19 @@ async fn run_slot(
         _ = stop.wait_for(|stop| *stop) => return,
     }
     let mut backoff = Backoff::new(config.connect_backoff);
+    let mut failed = false;
     loop {
-        backend.set_slot(index, Slot::Connecting);
+        // A slot whose last attempt failed stays failed while it tries again, until it
+        // connects (gRPC's sticky TRANSIENT_FAILURE, gRFC A62): a backend that cannot be
+        // reached does not flip to CONNECTING with every attempt, which made fail-fast
+        // calls wait for it instead of failing.
+        if !failed {
+            backend.set_slot(index, Slot::Connecting);
+        }
         let started = Instant::now();
         let attempt = tokio::time::timeout(
             backoff.connect_timeout(),
-            connect(&backend.address, &config),
+            connect(&backend.address, &config, &*connector),
         );
         let outcome = tokio::select! {
             outcome = attempt => outcome,
@@ -331,6 +343,7 @@ async fn run_slot(
                     .unwrap_or_else(PoisonError::into_inner)
                     .push((index, sender));
                 backend.set_slot(index, Slot::Ready);
+                failed = false;
                 let mut connection = std::pin::pin!(connection);
                 let ended = tokio::select! {
                     ended = &mut connection => Some(ended),
@@ -367,6 +380,7 @@ async fn run_slot(
         };
         tracing::debug!(address = %backend.address, %error, "connecting failed");
         backend.set_slot(index, Slot::Failed(error));
+        failed = true;
         let wait = backoff.next_wait();
         tokio::select! {
             () = tokio::time::sleep_until(started + wait) => {}
@@ -378,31 +392,16 @@ async fn run_slot(
 /// A connection's request sender, and the future that drives the connection until it ends.
 type Connected = (
     SendRequest<tonic::body::Body>,
-    hyper::client::conn::http2::Connection<TokioIo<Stream>, tonic::body::Body, TokioExecutor>,
+    hyper::client::conn::http2::Connection<TokioIo<Box<dyn Io>>, tonic::body::Body, TokioExecutor>,
 );
 
-/// A TCP or Unix socket.
-pub(crate) enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-/// Dials `address` and runs the HTTP/2 handshake with the channel's settings.
-async fn connect(address: &Address, config: &ChannelConfig) -> Result<Connected, String> {
-    let stream = match address {
-        Address::Tcp(addr) => {
-            let stream = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|error| format!("connecting to {addr}: {error}"))?;
-            let _ = stream.set_nodelay(true);
-            Stream::Tcp(stream)
-        }
-        Address::Unix(path) => Stream::Unix(
-            tokio::net::UnixStream::connect(path)
-                .await
-                .map_err(|error| format!("connecting to {}: {error}", path.display()))?,
-        ),
-    };
+/// Opens a stream to `address` and runs the HTTP/2 handshake with the channel's settings.
+async fn connect(
+    address: &Address,
+    config: &ChannelConfig,
+    connector: &dyn Connector,
+) -> Result<Connected, String> {
+    let stream = connector.connect(address).await?;
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     if let Some(interval) = config.keepalive.interval {
@@ -425,66 +424,163 @@ async fn connect(address: &Address, config: &ChannelConfig) -> Result<Connected,
         .map_err(|error| format!("HTTP/2 handshake with {address}: {error}"))
 }
 
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
-            Self::Unix(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::BackoffConfig;
+    use crate::testing::{Host, Net, Reach};
 
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => std::pin::Pin::new(stream).poll_write(cx, buf),
-            Self::Unix(stream) => std::pin::Pin::new(stream).poll_write(cx, buf),
-        }
+    /// A subchannel to `host` with `backoff`, connecting at once, and the balancer's
+    /// doorbell it rings on every change.
+    fn subchannel(net: &Net, host: &Host, backoff: BackoffConfig) -> (Subchannel, Arc<Notify>) {
+        let config = Arc::new(ChannelConfig {
+            connect_backoff: backoff,
+            ..ChannelConfig::default()
+        });
+        let connector: Arc<dyn Connector> = Arc::new(net.clone());
+        let changed = Arc::new(Notify::new());
+        let sub = Subchannel::new(host.address(), &config, &connector, true, changed.clone());
+        (sub, changed)
     }
 
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => std::pin::Pin::new(stream).poll_write_vectored(cx, bufs),
-            Self::Unix(stream) => std::pin::Pin::new(stream).poll_write_vectored(cx, bufs),
-        }
+    /// Waits, at most a virtual minute, until the subchannel is in `state`.
+    async fn until_state(sub: &Subchannel, changed: &Notify, state: ConnectivityState) {
+        let reached = tokio::time::timeout(Duration::from_secs(60), async {
+            while sub.backend.state() != state {
+                changed.notified().await;
+            }
+        })
+        .await;
+        assert!(reached.is_ok(), "still {:?}", sub.backend.state());
     }
 
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Tcp(stream) => stream.is_write_vectored(),
-            Self::Unix(stream) => stream.is_write_vectored(),
-        }
+    /// The time between one attempt and the next, in seconds.
+    fn gaps(attempts: &[Instant]) -> Vec<f64> {
+        attempts
+            .windows(2)
+            .map(|pair| (pair[1] - pair[0]).as_secs_f64())
+            .collect()
     }
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => std::pin::Pin::new(stream).poll_flush(cx),
-            Self::Unix(stream) => std::pin::Pin::new(stream).poll_flush(cx),
+    /// The timer's resolution: waits end on the next millisecond.
+    const TICK: f64 = 0.002;
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_attempts_back_off_by_the_multiplier_within_the_jitter_up_to_the_maximum() {
+        let net = Net::default();
+        let host = net.host(1, Duration::ZERO);
+        host.set_reach(Reach::Refused);
+        let backoff = BackoffConfig {
+            initial: Duration::from_secs(1),
+            multiplier: 2.0,
+            jitter: 0.2,
+            max: Duration::from_secs(10),
+            min_connect_timeout: Duration::from_secs(20),
+        };
+        let (sub, changed) = subchannel(&net, &host, backoff);
+        until_state(&sub, &changed, ConnectivityState::TransientFailure).await;
+        assert!(
+            sub.backend.last_error().unwrap().contains("refused"),
+            "{:?}",
+            sub.backend.last_error()
+        );
+
+        // Virtual time: about a dozen attempts.
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let gaps = gaps(&host.attempts());
+        assert!(gaps.len() >= 9, "{gaps:?}");
+        let mut base = 1.0_f64;
+        let mut jittered = false;
+        for gap in &gaps {
+            assert!(
+                *gap >= base * 0.8 - TICK && *gap <= base * 1.2 + TICK,
+                "a wait of {gap} s where {base} s ±20% was due: {gaps:?}"
+            );
+            jittered |= (gap - base).abs() > TICK;
+            base = (base * 2.0).min(10.0);
         }
+        assert!(jittered, "every wait was exactly the base: {gaps:?}");
+
+        // The host comes back: the next attempt, at most the maximum wait later, connects.
+        host.set_reach(Reach::Serving);
+        let last_failure = *host.attempts().last().unwrap();
+        until_state(&sub, &changed, ConnectivityState::Ready).await;
+        let waited = (Instant::now() - last_failure).as_secs_f64();
+        assert!((8.0 - TICK..=12.0 + TICK).contains(&waited), "{waited}");
+        assert!(sub.backend.connection().is_some());
+        assert_eq!(sub.backend.last_error(), None);
     }
 
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Tcp(stream) => std::pin::Pin::new(stream).poll_shutdown(cx),
-            Self::Unix(stream) => std::pin::Pin::new(stream).poll_shutdown(cx),
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_lived_resets_the_backoff_and_a_crash_loop_does_not() {
+        let net = Net::default();
+        let host = net.host(1, Duration::ZERO);
+        host.set_reach(Reach::Refused);
+        let backoff = BackoffConfig {
+            initial: Duration::from_secs(1),
+            multiplier: 2.0,
+            jitter: 0.0,
+            max: Duration::from_secs(60),
+            min_connect_timeout: Duration::from_secs(20),
+        };
+        let (sub, changed) = subchannel(&net, &host, backoff);
+
+        // Virtual time: attempts at 0, 1, 3 and 7 s fail; the one at 15 s connects.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        host.set_reach(Reach::Serving);
+        until_state(&sub, &changed, ConnectivityState::Ready).await;
+        assert_eq!(gaps(&host.attempts()), [1.0, 2.0, 4.0, 8.0]);
+
+        // Virtual time: the connection lives 5 s, longer than the initial wait.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // It is lost; the host refuses, then accepts connections only to close them at once.
+        let lost = Instant::now();
+        host.set_reach(Reach::Refused);
+        host.disconnect();
+        // Virtual time: past the first attempt after the loss.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        host.set_reach(Reach::Closing);
+        // Virtual time: four more attempts.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+
+        let attempts = host.attempts();
+        assert_eq!(attempts[5], lost, "reconnecting at once");
+        let after = gaps(&attempts[5..]);
+        assert!(after.len() >= 4, "{after:?}");
+        for (gap, expected) in after.iter().zip([1.0, 2.0, 4.0, 8.0]) {
+            assert!(
+                (gap - expected).abs() <= TICK,
+                "started over at the initial wait, then grew through the crash loop: {after:?}"
+            );
         }
+        let error = sub.backend.last_error().unwrap();
+        assert!(error.contains("closed right after"), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_without_an_answer_ends_at_the_connect_timeout() {
+        let net = Net::default();
+        let host = net.host(1, Duration::ZERO);
+        host.set_reach(Reach::Silent);
+        let backoff = BackoffConfig {
+            initial: Duration::from_secs(1),
+            jitter: 0.0,
+            min_connect_timeout: Duration::from_secs(20),
+            ..BackoffConfig::default()
+        };
+        let (sub, changed) = subchannel(&net, &host, backoff);
+        until_state(&sub, &changed, ConnectivityState::Connecting).await;
+        until_state(&sub, &changed, ConnectivityState::TransientFailure).await;
+        let error = sub.backend.last_error().unwrap();
+        assert!(error.contains("longer than 20s"), "{error}");
+        // Virtual time. The wait after a failure counts from the attempt's start, which is
+        // long past: the next attempt goes out at once, and gets the same time.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let gaps = gaps(&host.attempts());
+        assert!(gaps.len() >= 2, "{gaps:?}");
+        assert!(
+            gaps.iter().all(|gap| (gap - 20.0).abs() <= TICK),
+            "{gaps:?}"
+        );
     }
 }

@@ -1,5 +1,9 @@
 //! Keel's client Channel against real Keel servers on 127.0.0.x loopback addresses:
 //! connection reuse, policies' spread, failover, resolvers.
+//!
+//! Tests wait on events or poll for them within a bound ([`eventually`]); the exact timing
+//! of backoff, ejection and health transitions, and the quality of the load-aware
+//! policies, are pinned by keel-client's unit tests in paused time.
 
 mod common;
 
@@ -33,6 +37,7 @@ impl Greeter for Counted {
     async fn say_hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if !self.delay.is_zero() {
+            // The backend's simulated latency: what the tests run calls against.
             tokio::time::sleep(self.delay).await;
         }
         Ok(Response::new(HelloReply {
@@ -136,6 +141,39 @@ async fn drive(channel: &Channel, total: usize, concurrency: usize) -> Vec<Statu
     failures
 }
 
+/// How often a bounded poll looks again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A bounded poll: looks at `done` every [`POLL`] until it holds, and fails the test with
+/// `what` if it does not within `within`.
+async fn eventually(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let polled = tokio::time::timeout(within, async {
+        while !done() {
+            // The poll's pace; what the test waits for is `done`.
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    assert!(polled.is_ok(), "not within {within:?}: {what}");
+}
+
+/// [`eventually`] for a check that must make calls: runs `check` until it says true,
+/// pausing [`POLL`] between runs, at most `within`.
+async fn eventually_after<F: Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let polled = tokio::time::timeout(within, async {
+        while !check().await {
+            // The poll's pace; what the test waits for is `check`.
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    assert!(polled.is_ok(), "not within {within:?}: {what}");
+}
+
 fn assert_even(counts: &[u64], total: u64, tolerance: f64) {
     let even = total as f64 / counts.len() as f64;
     for count in counts {
@@ -173,23 +211,21 @@ async fn five_hundred_concurrent_calls_share_the_configured_connections() {
     );
 
     drop(channel);
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while backend
-            .metrics
-            .connection
-            .listener("grpc")
-            .connections
-            .get()
-            != 0
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
+    let connections = &backend.metrics.connection.listener("grpc").connections;
+    eventually(
+        "dropping the channel closes its connections",
+        Duration::from_secs(5),
+        || connections.get() == 0,
+    )
     .await;
-    assert!(
-        closed.is_ok(),
-        "dropping the channel closes its connections"
-    );
+}
+
+/// True when every backend of `channel` is connected.
+fn all_ready(channel: &Channel) -> bool {
+    channel
+        .backends()
+        .iter()
+        .all(|(_, state)| *state == ConnectivityState::Ready)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,19 +237,11 @@ async fn round_robin_spreads_thirty_thousand_calls_evenly() {
         .unwrap()
         .policy(Policy::RoundRobin)
         .build();
-    assert!(channel.ready(Duration::from_secs(5)).await);
-    // Wait until all three are connected, so the spread measures the policy.
-    let all_ready = tokio::time::timeout(Duration::from_secs(5), async {
-        while channel
-            .backends()
-            .iter()
-            .any(|(_, state)| *state != ConnectivityState::Ready)
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    // All three connected, so that the spread measures the policy.
+    eventually("every backend connects", Duration::from_secs(5), || {
+        all_ready(&channel)
     })
     .await;
-    assert!(all_ready.is_ok(), "{:?}", channel.backends());
     let failures = drive(&channel, 30_000, 32).await;
     assert!(failures.is_empty(), "{failures:?}");
     let counts = [a.calls(), b.calls(), c.calls()];
@@ -239,58 +267,58 @@ impl Picker for LeastLoaded {
     }
 }
 
-/// Share of calls a slowed backend gets under each load-aware policy, and the spread over
-/// equal backends.
+/// End to end, over real connections: the load-aware policies (and a user's picker) send a
+/// backend fifty times slower than the others less than its even share, and starve none of
+/// equal backends. The gap is wide so that a loaded machine, whose queueing adds to every
+/// backend's latency, cannot close it; the policies' quality is measured exactly in
+/// keel-client's unit tests (`picker.rs`), in paused time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_aware_policies_starve_a_slow_backend_and_spread_equal_ones_evenly() {
-    let fast = Duration::from_millis(2);
+async fn load_aware_policies_prefer_a_fast_backend_end_to_end() {
+    let fast = Duration::from_millis(4);
     let a = Backend::start("127.0.0.1:0", fast).await;
     let b = Backend::start("127.0.0.2:0", fast).await;
-    let slow = Backend::start("127.0.0.3:0", fast * 10).await;
+    let slow = Backend::start("127.0.0.3:0", fast * 50).await;
     let target = static_target(&[&a, &b, &slow]);
 
     type Build = fn(keel::client::ChannelBuilder) -> keel::client::ChannelBuilder;
-    // An even spread would give the slow backend a third. Choosing the less loaded of two
-    // by outstanding calls roughly halves that; latency-weighted choice does better (on a
-    // quiet machine 12% and 5%; the bounds leave room for a loaded one, where the fast
-    // backends' latency grows with the machine's queue and the 10x gap shrinks).
-    let policies: [(&str, Build, f64); 3] = [
-        ("least_request", |b| b.policy(Policy::LeastRequest), 0.22),
-        ("p2c_ewma", |b| b.policy(Policy::P2cEwma), 0.15),
-        ("custom LeastLoaded", |b| b.picker(LeastLoaded), 0.22),
+    let policies: [(&str, Build); 3] = [
+        ("least_request", |b| b.policy(Policy::LeastRequest)),
+        ("p2c_ewma", |b| b.policy(Policy::P2cEwma)),
+        ("custom LeastLoaded", |b| b.picker(LeastLoaded)),
     ];
-    for (name, build, most) in policies {
+    for (name, build) in policies {
         let before = [a.calls(), b.calls(), slow.calls()];
         let channel = build(Channel::builder(&target).unwrap()).build();
-        assert!(channel.ready(Duration::from_secs(5)).await);
-        let failures = drive(&channel, 3_000, 24).await;
+        eventually("every backend connects", Duration::from_secs(5), || {
+            all_ready(&channel)
+        })
+        .await;
+        let failures = drive(&channel, 600, 16).await;
         assert!(failures.is_empty(), "{name}: {failures:?}");
         let counts = [
             a.calls() - before[0],
             b.calls() - before[1],
             slow.calls() - before[2],
         ];
-        let share = counts[2] as f64 / 3_000.0;
-        println!(
-            "{name}: slow backend got {:.1}% of calls ({counts:?})",
-            share * 100.0
-        );
+        println!("{name}: {counts:?}");
         assert!(
-            share < most,
-            "{name}: the slow backend got {share:.3} of the calls {counts:?}"
+            counts[2] * 3 < 600,
+            "{name}: the slow backend got its even share or more: {counts:?}"
         );
     }
 
-    // Equal backends: the spread stays even.
-    let calls = Arc::new(AtomicU64::new(0));
+    // Equal backends: every one takes a good part.
     drop(slow);
-    let c = Backend::start_counting("127.0.0.3:0", fast, calls).await;
+    let c = Backend::start("127.0.0.3:0", fast).await;
     let target = static_target(&[&a, &b, &c]);
     for policy in [Policy::LeastRequest, Policy::P2cEwma] {
         let before = [a.calls(), b.calls(), c.calls()];
         let channel = Channel::builder(&target).unwrap().policy(policy).build();
-        assert!(channel.ready(Duration::from_secs(5)).await);
-        let failures = drive(&channel, 6_000, 24).await;
+        eventually("every backend connects", Duration::from_secs(5), || {
+            all_ready(&channel)
+        })
+        .await;
+        let failures = drive(&channel, 600, 16).await;
         assert!(failures.is_empty(), "{policy:?}: {failures:?}");
         let counts = [
             a.calls() - before[0],
@@ -298,7 +326,10 @@ async fn load_aware_policies_starve_a_slow_backend_and_spread_equal_ones_evenly(
             c.calls() - before[2],
         ];
         println!("{policy:?} over equal backends: {counts:?}");
-        assert_even(&counts, 6_000, 0.15);
+        assert!(
+            counts.iter().all(|count| *count >= 100),
+            "{policy:?} over equal backends: {counts:?}"
+        );
     }
 }
 
@@ -324,13 +355,12 @@ async fn a_stopped_backend_fails_over_and_its_subchannel_recovers_on_restart() {
             .find(|(address, _)| address.to_string() == addr.to_string())
             .map(|(_, state)| state)
     };
-    let failed = tokio::time::timeout(Duration::from_secs(5), async {
-        while state_of(&channel, a_addr) != Some(ConnectivityState::TransientFailure) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
+    eventually(
+        "the stopped backend's subchannel fails",
+        Duration::from_secs(5),
+        || state_of(&channel, a_addr) == Some(ConnectivityState::TransientFailure),
+    )
     .await;
-    assert!(failed.is_ok(), "{:?}", channel.backends());
     let before = b.calls();
     assert!(
         drive(&channel, 300, 4).await.is_empty(),
@@ -339,13 +369,12 @@ async fn a_stopped_backend_fails_over_and_its_subchannel_recovers_on_restart() {
     assert_eq!(b.calls() - before, 300);
 
     let a = Backend::start(&a_addr.to_string(), Duration::ZERO).await;
-    let back = tokio::time::timeout(Duration::from_secs(5), async {
-        while state_of(&channel, a_addr) != Some(ConnectivityState::Ready) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
+    eventually(
+        "the restarted backend's subchannel reconnects",
+        Duration::from_secs(5),
+        || state_of(&channel, a_addr) == Some(ConnectivityState::Ready),
+    )
     .await;
-    assert!(back.is_ok(), "{:?}", channel.backends());
     assert!(drive(&channel, 300, 4).await.is_empty());
     assert!(
         a.calls() > 100,
@@ -387,42 +416,31 @@ async fn file_resolver_follows_the_file_without_dropping_calls() {
             }
         }));
     }
-    let wait_until = |what: &'static str, done: Box<dyn Fn() -> bool + Send>| async move {
-        let waited = tokio::time::timeout(Duration::from_secs(10), async {
-            while !done() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        assert!(waited.is_ok(), "{what}");
-    };
-    let a_calls = a.calls.clone();
-    wait_until(
-        "a serves",
-        Box::new(move || a_calls.load(Ordering::Relaxed) > 50),
-    )
-    .await;
+    eventually("a serves", Duration::from_secs(10), || a.calls() > 50).await;
     assert_eq!(b.calls(), 0);
 
     write(format!("{}\n{}\n", a.addr, b.addr));
-    let b_calls = b.calls.clone();
-    wait_until(
-        "b joins",
-        Box::new(move || b_calls.load(Ordering::Relaxed) > 50),
-    )
-    .await;
+    eventually("b joins", Duration::from_secs(10), || b.calls() > 50).await;
 
     write(format!("{}\n", b.addr));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let a_before = a.calls();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(a.calls(), a_before, "a left the rotation");
-
+    let a_address = a.addr.to_string();
+    eventually("a leaves the channel", Duration::from_secs(10), || {
+        channel
+            .backends()
+            .iter()
+            .all(|(address, _)| address.to_string() != a_address)
+    })
+    .await;
+    // Calls picked before a left may still be on their way to it; once every caller has
+    // finished, none can be.
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
     }
     assert_eq!(failures.load(Ordering::Relaxed), 0, "no call failed");
+    let a_before = a.calls();
+    assert!(drive(&channel, 200, 4).await.is_empty());
+    assert_eq!(a.calls(), a_before, "a left the rotation");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -447,17 +465,11 @@ async fn pick_first_uses_one_backend_and_moves_on_when_it_goes() {
         "pick_first connects to one address at a time"
     );
     a.stop().await;
-    let moved = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let _ = drive(&channel, 1, 1).await;
-            if b.calls() > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually_after("calls move to b", Duration::from_secs(5), || async {
+        let _ = drive(&channel, 1, 1).await;
+        b.calls() > 0
     })
     .await;
-    assert!(moved.is_ok(), "{:?}", channel.backends());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -548,6 +560,7 @@ impl Greeter for Scripted {
         if number == 0
             && let Some(delay) = self.slow_first
         {
+            // A slow first attempt: what hedging is tested against.
             tokio::time::sleep(delay).await;
         }
         if number < self.fail_first {
@@ -753,7 +766,16 @@ async fn a_backend_turning_not_serving_gets_no_new_calls_within_a_second() {
     );
 
     a.health.set("", keel::health::ServingStatus::NotServing);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    eventually_after(
+        "the NOT_SERVING backend gets no new calls",
+        Duration::from_secs(1),
+        || async {
+            let before = a.calls();
+            assert!(drive(&channel, 50, 8).await.is_empty());
+            a.calls() == before
+        },
+    )
+    .await;
     let before = a.calls();
     assert!(
         drive(&channel, 400, 8).await.is_empty(),
@@ -762,13 +784,15 @@ async fn a_backend_turning_not_serving_gets_no_new_calls_within_a_second() {
     assert_eq!(a.calls(), before, "the NOT_SERVING backend got no new call");
 
     a.health.set("", keel::health::ServingStatus::Serving);
-    let back = tokio::time::timeout(Duration::from_secs(5), async {
-        while a.calls() == before {
+    eventually_after(
+        "SERVING again puts it back in rotation",
+        Duration::from_secs(5),
+        || async {
             let _ = drive(&channel, 20, 2).await;
-        }
-    })
+            a.calls() > before
+        },
+    )
     .await;
-    assert!(back.is_ok(), "SERVING again puts it back in rotation");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -790,7 +814,11 @@ async fn consecutive_failures_eject_a_backend_until_its_time_is_up() {
     };
     let target = format!("static:///{},{bad}", good.addr);
     let channel = Channel::builder(&target).unwrap().config(config).build();
-    assert!(channel.ready(Duration::from_secs(5)).await);
+    eventually("both backends connect", Duration::from_secs(5), || {
+        all_ready(&channel)
+    })
+    .await;
+    let started = std::time::Instant::now();
     let failures = drive(&channel, 200, 1).await;
     assert_eq!(
         failing.calls.load(Ordering::SeqCst),
@@ -799,9 +827,16 @@ async fn consecutive_failures_eject_a_backend_until_its_time_is_up() {
     );
     assert_eq!(failures.len(), 3);
     // Re-admitted after the ejection: it gets calls (and fails them) again.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let _ = drive(&channel, 20, 1).await;
-    assert!(failing.calls.load(Ordering::SeqCst) > 3, "re-admitted");
+    eventually_after("re-admitted", Duration::from_secs(5), || async {
+        let _ = drive(&channel, 5, 1).await;
+        failing.calls.load(Ordering::SeqCst) > 3
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "not before the ejection time: {:?}",
+        started.elapsed()
+    );
     server.abort();
 }
 
@@ -923,34 +958,42 @@ async fn keepalive_pings_replace_a_connection_whose_peer_went_silent() {
             held.push(socket);
         }
     });
-    let connections_after = |keepalive: Option<Duration>| {
-        let accepted = accepted.clone();
-        async move {
-            let before = accepted.load(Ordering::SeqCst);
-            let mut config = ChannelConfig::default();
-            config.keepalive.interval = keepalive;
-            config.keepalive.timeout = Duration::from_millis(200);
-            config.keepalive.while_idle = true;
-            config.connect_backoff.initial = Duration::from_millis(50);
-            let channel = Channel::builder(&format!("static:///{addr}"))
-                .unwrap()
-                .config(config)
-                .build();
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            drop(channel);
-            accepted.load(Ordering::SeqCst) - before
-        }
+    let channel_to_silent = |keepalive: Option<Duration>| {
+        let mut config = ChannelConfig::default();
+        config.keepalive.interval = keepalive;
+        config.keepalive.timeout = Duration::from_millis(200);
+        config.keepalive.while_idle = true;
+        config.connect_backoff.initial = Duration::from_millis(50);
+        Channel::builder(&format!("static:///{addr}"))
+            .unwrap()
+            .config(config)
+            .build()
     };
+
+    let channel = channel_to_silent(Some(Duration::from_millis(200)));
+    eventually(
+        "unanswered pings close the connection and a new one is made",
+        Duration::from_secs(5),
+        || accepted.load(Ordering::SeqCst) >= 2,
+    )
+    .await;
+    drop(channel);
+
+    let before = accepted.load(Ordering::SeqCst);
+    let channel = channel_to_silent(None);
+    eventually("the channel connects", Duration::from_secs(5), || {
+        accepted.load(Ordering::SeqCst) > before
+    })
+    .await;
+    // The behaviour under test is that nothing happens: this is several times as long as
+    // the pings above took to notice the silence.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        connections_after(None).await,
+        accepted.load(Ordering::SeqCst) - before,
         1,
         "without keepalive nothing notices"
     );
-    let with = connections_after(Some(Duration::from_millis(200))).await;
-    assert!(
-        with >= 2,
-        "unanswered pings closed the connection and a new one was made ({with} connections)"
-    );
+    drop(channel);
     silent.abort();
 }
 
@@ -1034,13 +1077,10 @@ async fn a_failing_backend_makes_the_resolver_look_again() {
     // The backend moves: the old address fails, the resolver is asked again and finds b.
     *addresses.lock().unwrap() = vec![keel::client::Address::Tcp(b.addr)];
     a.stop().await;
-    let moved = tokio::time::timeout(Duration::from_secs(5), async {
-        while b.calls() == 0 {
-            let _ = drive(&channel, 5, 1).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually_after("calls reach b", Duration::from_secs(5), || async {
+        let _ = drive(&channel, 5, 1).await;
+        b.calls() > 0
     })
     .await;
-    assert!(moved.is_ok(), "{:?}", channel.backends());
     assert!(resolutions.load(Ordering::SeqCst) >= 2);
 }
