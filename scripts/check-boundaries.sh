@@ -2,7 +2,9 @@
 # Checks the crate boundaries docs/ARCHITECTURE.md promises: a crate a user may take alone
 # (the client, the gateway, the dynamic codec, the shared vocabulary, health) compiles neither
 # Keel's server nor the OpenTelemetry SDK nor prometheus-client. Reads `cargo tree` of each
-# crate's normal dependencies, so a new `use` that drags one in fails CI here.
+# crate's normal dependencies, so a new dependency that drags one in fails CI here, and
+# checks each crate alone (`cargo check -p`), with only the features it asks for: inside
+# the workspace another crate's features can hide a missing one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,6 +21,10 @@ for crate in "${LEAVES[@]}"; do
         status=1
     else
         echo "$crate: no server, no OpenTelemetry SDK, no prometheus-client"
+    fi
+    if ! cargo check --quiet -p "$crate" --lib; then
+        echo "error: $crate does not build on its own (a tonic or hyper feature it uses is not in its Cargo.toml?)" >&2
+        status=1
     fi
 done
 exit "$status"

@@ -25,6 +25,7 @@ pub struct Protos {
     root: Option<PathBuf>,
     includes: Vec<PathBuf>,
     extern_paths: Vec<(String, String)>,
+    transport: bool,
 }
 
 impl Protos {
@@ -36,6 +37,7 @@ impl Protos {
             root: None,
             includes: Vec::new(),
             extern_paths: Vec::new(),
+            transport: true,
         }
     }
 
@@ -61,6 +63,15 @@ impl Protos {
         self
     }
 
+    /// Whether generated clients get tonic's `connect(endpoint)` convenience, which needs
+    /// tonic's `transport` feature (default true). A library crate that must build without
+    /// that feature (so its users need not compile tonic's server) turns it off.
+    #[must_use]
+    pub fn transport(mut self, enabled: bool) -> Self {
+        self.transport = enabled;
+        self
+    }
+
     /// Compiles, writes `$OUT_DIR/<name>.bin` and the generated Rust modules.
     pub fn compile(self) -> Result<(), Box<dyn Error>> {
         let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
@@ -70,7 +81,7 @@ impl Protos {
             compiler.encode_file_descriptor_set(),
         )?;
 
-        let mut builder = tonic_prost_build::configure();
+        let mut builder = tonic_prost_build::configure().build_transport(self.transport);
         for (proto, rust) in &self.extern_paths {
             builder = builder.extern_path(proto, rust);
         }
