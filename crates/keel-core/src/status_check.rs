@@ -22,7 +22,7 @@
 //! only ever sees a well-formed status. A response whose HTTP status is not 200 owes no
 //! `grpc-status`; tonic maps its HTTP status as the gRPC spec says.
 //!
-//! Keel's [`Channel`](super::Channel) checks its responses itself; [`CheckStatus`] puts the
+//! Keel's `Channel` (keel-client) checks its responses itself; [`CheckStatus`] puts the
 //! same check in front of any other transport (tonic's `Channel`, an in-process service).
 
 use std::future::Future;
