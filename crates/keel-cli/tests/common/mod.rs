@@ -116,6 +116,7 @@ impl KeelServe {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Some(status);
             }
+            // sleep: poll interval of a bounded poll on the condition
             std::thread::sleep(Duration::from_millis(20));
         }
         None
@@ -163,10 +164,4 @@ pub async fn scrape_accepting(admin: SocketAddr, accept: &[&str]) -> String {
     response
 }
 
-/// The value of `series` (name plus optional `{labels}`) in a Prometheus exposition.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.trim().parse().ok())?
-    })
-}
+pub use keel_test_support::metric;
