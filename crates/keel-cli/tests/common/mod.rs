@@ -12,6 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the fixture"
+)]
+pub use keel_test_support::metric;
+
 /// A running `keel serve`, killed on drop. Its stderr (logs) is collected in `logs`, and
 /// what it writes to stdout after announcing its addresses in `stdout`.
 pub struct KeelServe {
@@ -163,5 +169,3 @@ pub async fn scrape_accepting(admin: SocketAddr, accept: &[&str]) -> String {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }
-
-pub use keel_test_support::metric;
