@@ -3,7 +3,7 @@
 #   1. local services the tests use are up (installed and started if need be), and Prometheus's
 #      promtool and server binaries are installed;
 #   2. .venv has tests/python/requirements.txt (the Python grpcio peer, the reference metrics parsers);
-#   3. cargo fmt --check, buf lint of proto/, 4. clippy -D warnings, 5. tests (nextest if installed), 6. doctests,
+#   3. cargo fmt --check, buf lint of proto/, the crate-boundary and test-sleep checks, 4. clippy -D warnings, 5. tests (nextest if installed), 6. doctests,
 #   7. cargo doc with warnings denied, 8. README.md's commands as written, against release builds.
 # Runs as root on a fresh Debian machine in CI; fast when everything is already in place.
 set -euo pipefail
@@ -185,6 +185,9 @@ npx --yes @bufbuild/buf@1.75.0 lint proto
 
 step "crate boundaries (scripts/check-boundaries.sh)"
 scripts/check-boundaries.sh
+
+step "no sleeps ordering events in tests (scripts/check-sleeps.sh)"
+scripts/check-sleeps.sh
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -275,6 +275,7 @@ class Server:
         while not not_serving(*http_get("/readyz")):
             if time.monotonic() - signalled > 2:
                 raise CheckFailed(f"2s after SIGTERM /readyz still answers {http_get('/readyz')}")
+            # sleep: poll interval of a bounded poll on the condition
             time.sleep(0.02)
         if while_draining:
             while_draining()

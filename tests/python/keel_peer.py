@@ -274,6 +274,7 @@ class Peer:
         try:
             # Let the headers reach the server first: the spec cancels "after
             # metadata has been sent", so the server sees the stream and its RST.
+            # sleep: grpcio's future exposes no "headers sent" event to wait on
             time.sleep(0.1)
             future.cancel()
             ensure(
@@ -441,6 +442,7 @@ class Peer:
                 status == "SERVICE_UNKNOWN",
                 f"first Watch message is {status}, expected SERVICE_UNKNOWN",
             )
+            # sleep: the behaviour under test is that nothing happens: Watch stays open
             time.sleep(0.6)
             if call.done():
                 raise CheckFailed(

@@ -260,6 +260,7 @@ fn greeter_with_a_header_and_a_deadline() {
     assert_eq!(run.json(), [json!({"message": "Hello Ada"})]);
     // The header reached the server: its call record joined the caller's trace.
     let logged = (0..100).any(|_| {
+        // sleep: poll interval of a bounded poll on the condition
         std::thread::sleep(Duration::from_millis(20));
         server
             .logs()

@@ -82,6 +82,7 @@ impl Raw {
                     if send.send_data(framed.clone(), false).is_err() {
                         return;
                     }
+                    // sleep: the upload's pace: a steady client stream is the load under test
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             };
@@ -185,10 +186,23 @@ async fn ten_thousand_cancelled_streams_leave_nothing_behind() {
         channels.push(channel);
         raws.push(raw);
     }
-    // Let the warm-up streams' server tasks finish before taking the baseline.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let baseline = gauges(server.admin).await;
-    assert_eq!(baseline.0, 0.0, "handlers alive before the test");
+    // The baseline is taken once the warm-up streams' server tasks have finished: no
+    // handler alive and the task count the same in two samples running.
+    let warmed = Instant::now();
+    let mut previous = gauges(server.admin).await;
+    let baseline = loop {
+        // sleep: poll interval of a bounded poll on the condition
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let sample = gauges(server.admin).await;
+        if sample.0 == 0.0 && sample == previous {
+            break sample;
+        }
+        assert!(
+            warmed.elapsed() < Duration::from_secs(5),
+            "handlers still alive before the test: {sample:?}"
+        );
+        previous = sample;
+    };
 
     let mut rng = rand::rng();
     let plan: Vec<(u8, Duration)> = (0..STREAMS)
@@ -209,6 +223,7 @@ async fn ten_thousand_cancelled_streams_leave_nothing_behind() {
     let settled = |(live, tasks): (f64, f64)| live == 0.0 && tasks <= baseline.1;
     let mut last = gauges(server.admin).await;
     while !settled(last) && finished.elapsed() < Duration::from_secs(1) {
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(50)).await;
         last = gauges(server.admin).await;
     }

@@ -12,6 +12,7 @@ use common::KeelServe;
 use keel::client::{Channel, ChannelConfig, ConnectivityState};
 use keel_interop::pb::helloworld::HelloRequest;
 use keel_interop::pb::helloworld::greeter_client::GreeterClient;
+use keel_test_support::eventually;
 
 const RETRY: &str = r#"{
     "methodConfig": [{
@@ -29,14 +30,9 @@ fn state(channel: &Channel, addr: std::net::SocketAddr) -> Option<ConnectivitySt
         .map(|(_, state)| state)
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let waited = tokio::time::timeout(Duration::from_secs(10), async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting until {what}");
+/// Waits (bounded, 10 s) until `done` holds.
+async fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    eventually(what, Duration::from_secs(10), done).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

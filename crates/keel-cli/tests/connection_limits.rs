@@ -58,7 +58,7 @@ async fn a_flood_past_max_connections_leaves_calls_and_the_admin_port_answering(
                 let text = get(admin, "/metrics").await.expect("admin /metrics");
                 highest = highest.max(metric(&text, GRPC_CONNECTIONS));
                 scrapes += 1;
-                // Pacing: a scraper, not a second flood.
+                // sleep: pacing: a scraper, not a second flood
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             (scrapes, highest)
@@ -167,6 +167,7 @@ async fn memory_returns_after_a_flood_of_connections_closes() {
     let closed = Instant::now();
     let mut rss = rss_kib(pid);
     while rss > bound && closed.elapsed() < Duration::from_secs(15) {
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(100)).await;
         rss = rss_kib(pid);
     }
@@ -450,6 +451,7 @@ async fn wait_for_metric(admin: SocketAddr, series: &str, done: impl Fn(f64) -> 
             start.elapsed() < Duration::from_secs(15),
             "{series} stuck at {value}"
         );
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

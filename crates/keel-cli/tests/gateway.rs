@@ -368,6 +368,7 @@ impl Gateway {
                 "{part:?} never logged:\n{}",
                 self.logs()
             );
+            // sleep: poll interval of a bounded poll on the condition
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -382,6 +383,7 @@ impl Gateway {
                 break status;
             }
             assert!(start.elapsed() < Duration::from_secs(10), "still running");
+            // sleep: poll interval of a bounded poll on the condition
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success(), "{status}:\n{}", self.logs());

@@ -158,6 +158,7 @@ async fn settled_tasks(gateway: &Gateway, tasks: i64) -> Sample {
         if sample.tasks <= tasks || start.elapsed() > Duration::from_secs(5) {
             return sample;
         }
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -174,6 +175,7 @@ async fn wait_for_no_open_connections(admin: SocketAddr) {
             start.elapsed() < Duration::from_secs(15),
             "connections still open:\n{text}"
         );
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -226,6 +228,7 @@ async fn sigterm_under_rest_load_loses_no_accepted_request() {
             start.elapsed() < Duration::from_secs(30),
             "load never got going: {tally:?}"
         );
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -511,6 +514,7 @@ async fn wait_for_readyz_503(admin: SocketAddr) -> Duration {
             start.elapsed() < Duration::from_secs(5),
             "/readyz never went 503"
         );
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -553,6 +557,7 @@ async fn out_of_descriptors_the_accept_loop_backs_off_instead_of_spinning() {
     // CPU time over a 2 s window: the measurement itself, not a wait for an event.
     let window = Duration::from_secs(2);
     let (cpu_before, wall_before) = (cpu_time(pid), Instant::now());
+    // sleep: the window is the measurement
     tokio::time::sleep(window).await;
     let (cpu_after, wall) = (cpu_time(pid), wall_before.elapsed());
     let share = (cpu_after - cpu_before).as_secs_f64() / wall.as_secs_f64();
@@ -739,6 +744,7 @@ impl Gateway {
                 "{part:?} never logged:\n{}",
                 self.logs()
             );
+            // sleep: poll interval of a bounded poll on the condition
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -753,6 +759,7 @@ impl Gateway {
             if start.elapsed() > limit {
                 return None;
             }
+            // sleep: poll interval of a bounded poll on the condition
             std::thread::sleep(Duration::from_millis(20));
         }
     }

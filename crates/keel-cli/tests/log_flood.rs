@@ -88,6 +88,7 @@ async fn metrics_until(admin: SocketAddr, limit: Duration, done: impl Fn(&str) -
         if done(&text) || start.elapsed() > limit {
             return text;
         }
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -168,6 +169,7 @@ async fn cancelled_and_unknown_method_floods_write_a_few_kb_and_are_all_counted(
     while unknown_calls_accounted(&server.logs()) < CALLS / 2
         && summarized.elapsed() < Duration::from_secs(5)
     {
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let logs = server.logs();

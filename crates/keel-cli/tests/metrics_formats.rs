@@ -276,6 +276,7 @@ async fn prometheus_scrapes_openmetrics_and_stores_the_exemplar() {
         if found || Instant::now() >= deadline {
             break found;
         }
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let targets = prometheus.get("/api/v1/targets").await;

@@ -180,6 +180,7 @@ async fn a_mix_of_calls_shows_exact_counts_and_one_record_each() {
         if metric(&after, &cancelled).is_some() {
             break;
         }
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let after = grpc_series(&after);
@@ -343,6 +344,7 @@ async fn malformed_requests_log_at_info_whatever_their_code() {
         if finished("Internal") && finished("Unimplemented") {
             break;
         }
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let logs = server.logs();

@@ -48,6 +48,7 @@ async fn worker(channel: Channel, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
             Ok(response) => response.into_inner(),
             Err(_) => {
                 tally.refused.fetch_add(1, Ordering::Relaxed);
+                // sleep: a refused client's pause before retrying: load pacing
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
@@ -104,13 +105,22 @@ async fn sigterm_under_load_drains_refuses_and_exits_within_deadline() {
         .map(|i| tokio::spawn(worker(channels[i % 8].clone(), tally.clone(), stop.clone())))
         .collect();
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The load is running once more RPCs are done than there are workers.
+    let started = Instant::now();
+    while tally.accepted_ok.load(Ordering::Relaxed) <= 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "load never got going"
+        );
+        // sleep: poll interval of a bounded poll on the condition
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = tally.accepted_ok.load(Ordering::Relaxed);
-    assert!(before > 200, "load never got going: {before} RPCs done");
     let signalled = Instant::now();
     server.sigterm();
 
     // After the drain delay the listener is closed: new connections are refused.
+    // sleep: the drain delay is the behaviour under test (plus slack for it to close)
     tokio::time::sleep(drain + Duration::from_millis(500)).await;
     let connect = tokio::net::TcpStream::connect(addr).await;
     assert!(
@@ -200,6 +210,7 @@ async fn repeated_sigterm_under_32_clients_on_one_connection_fails_no_accepted_r
                 "round {round}: load never got going"
             );
             tokio::task::yield_now().await;
+            // sleep: poll interval of a bounded poll on the condition
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         server.sigterm();

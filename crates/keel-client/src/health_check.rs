@@ -222,7 +222,7 @@ mod tests {
         a.set_health(HealthAnswer::Fails(Code::Unimplemented));
         let channel = net.channel(&[&a], watching);
         until_pickable(&channel, &[&a]).await;
-        // Virtual time: it stays in rotation, with no new Watch to ask.
+        // sleep: virtual time: it stays in rotation, with no new Watch to ask
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(pickable(&channel), [a.address()]);
         assert!(say_hello(&channel).await.is_ok());

@@ -195,7 +195,7 @@ mod tests {
             until_pickable(&channel, &[&good]).await;
             let ejected = Instant::now();
 
-            // Virtual time: calls all the way to the end of the ejection go elsewhere.
+            // sleep: virtual time: calls all the way to the end of the ejection go elsewhere
             tokio::time::sleep(Duration::from_secs(length) - Duration::from_millis(100)).await;
             assert!(drive(&channel, 10, 1).await.is_empty());
             assert_eq!(bad.calls(), 3 * ejection, "ejected");

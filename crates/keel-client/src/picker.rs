@@ -249,7 +249,7 @@ mod tests {
                         let index = picker.pick(&call, &backends) % backends.len();
                         counts[index].fetch_add(1, Ordering::Relaxed);
                         let load = Load::start(backends[index].0.clone());
-                        // The backend's latency: what the policies are measured against.
+                        // sleep: the backend's latency: what the policies are measured against
                         tokio::time::sleep(latencies[index]).await;
                         if picker.measures_latency() {
                             load.backend.record_latency(latencies[index]);

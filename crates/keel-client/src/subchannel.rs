@@ -485,7 +485,7 @@ mod tests {
             sub.backend.last_error()
         );
 
-        // Virtual time: about a dozen attempts.
+        // sleep: virtual time: about a dozen attempts
         tokio::time::sleep(Duration::from_secs(100)).await;
         let gaps = gaps(&host.attempts());
         assert!(gaps.len() >= 9, "{gaps:?}");
@@ -525,22 +525,22 @@ mod tests {
         };
         let (sub, changed) = subchannel(&net, &host, backoff);
 
-        // Virtual time: attempts at 0, 1, 3 and 7 s fail; the one at 15 s connects.
+        // sleep: virtual time: attempts at 0, 1, 3 and 7 s fail; the one at 15 s connects
         tokio::time::sleep(Duration::from_secs(10)).await;
         host.set_reach(Reach::Serving);
         until_state(&sub, &changed, ConnectivityState::Ready).await;
         assert_eq!(gaps(&host.attempts()), [1.0, 2.0, 4.0, 8.0]);
 
-        // Virtual time: the connection lives 5 s, longer than the initial wait.
+        // sleep: virtual time: the connection lives 5 s, longer than the initial wait.
         tokio::time::sleep(Duration::from_secs(5)).await;
         // It is lost; the host refuses, then accepts connections only to close them at once.
         let lost = Instant::now();
         host.set_reach(Reach::Refused);
         host.disconnect();
-        // Virtual time: past the first attempt after the loss.
+        // sleep: virtual time: past the first attempt after the loss.
         tokio::time::sleep(Duration::from_millis(500)).await;
         host.set_reach(Reach::Closing);
-        // Virtual time: four more attempts.
+        // sleep: virtual time: four more attempts.
         tokio::time::sleep(Duration::from_secs(20)).await;
 
         let attempts = host.attempts();
@@ -573,7 +573,7 @@ mod tests {
         until_state(&sub, &changed, ConnectivityState::TransientFailure).await;
         let error = sub.backend.last_error().unwrap();
         assert!(error.contains("longer than 20s"), "{error}");
-        // Virtual time. The wait after a failure counts from the attempt's start, which is
+        // sleep: virtual time. The wait after a failure counts from the attempt's start, which is
         // long past: the next attempt goes out at once, and gets the same time.
         tokio::time::sleep(Duration::from_secs(30)).await;
         let gaps = gaps(&host.attempts());

@@ -200,7 +200,7 @@ impl Greeter for Host {
     async fn say_hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         self.0.calls.fetch_add(1, Ordering::SeqCst);
         let latency = *self.0.latency.lock().unwrap();
-        // The backend's simulated latency: the behaviour the tests measure (virtual time).
+        // sleep: the backend's simulated latency: the behaviour the tests measure (virtual time)
         tokio::time::sleep(latency).await;
         match *self.0.failure.lock().unwrap() {
             Some(code) => Err(Status::new(code, "scripted failure")),

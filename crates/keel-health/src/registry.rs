@@ -336,6 +336,7 @@ mod tests {
                 if Arc::strong_count(&self.alive) == 1 {
                     return;
                 }
+                // sleep: poll interval of a bounded poll on the condition
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             panic!("the check's task still runs");

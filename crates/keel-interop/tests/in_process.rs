@@ -219,6 +219,7 @@ async fn cancelled_streams_leave_no_task_behind() {
     }
     let settled = tokio::time::timeout(Duration::from_secs(10), async {
         while metrics.num_alive_tasks() > baseline {
+            // sleep: poll interval of a bounded poll on the condition
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

@@ -460,6 +460,7 @@ mod tests {
                 tokio::time::Instant::now() < deadline,
                 "the batch was not sent"
             );
+            // sleep: poll interval of a bounded poll on the condition
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let ids: Vec<Vec<u8>> = collector

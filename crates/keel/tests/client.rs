@@ -21,6 +21,7 @@ use keel::server::ShutdownReport;
 use keel_interop::pb::helloworld::greeter_client::GreeterClient;
 use keel_interop::pb::helloworld::greeter_server::{Greeter, GreeterServer};
 use keel_interop::pb::helloworld::{HelloReply, HelloRequest};
+use keel_test_support::{eventually, eventually_async};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::{Code, Request, Response, Status};
@@ -37,7 +38,7 @@ impl Greeter for Counted {
     async fn say_hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if !self.delay.is_zero() {
-            // The backend's simulated latency: what the tests run calls against.
+            // sleep: the backend's simulated latency: what the tests run calls against
             tokio::time::sleep(self.delay).await;
         }
         Ok(Response::new(HelloReply {
@@ -139,39 +140,6 @@ async fn drive(channel: &Channel, total: usize, concurrency: usize) -> Vec<Statu
         failures.extend(task.await.unwrap());
     }
     failures
-}
-
-/// How often a bounded poll looks again.
-const POLL: Duration = Duration::from_millis(10);
-
-/// A bounded poll: looks at `done` every [`POLL`] until it holds, and fails the test with
-/// `what` if it does not within `within`.
-async fn eventually(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let polled = tokio::time::timeout(within, async {
-        while !done() {
-            // The poll's pace; what the test waits for is `done`.
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await;
-    assert!(polled.is_ok(), "not within {within:?}: {what}");
-}
-
-/// [`eventually`] for a check that must make calls: runs `check` until it says true,
-/// pausing [`POLL`] between runs, at most `within`.
-async fn eventually_after<F: Future<Output = bool>>(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let polled = tokio::time::timeout(within, async {
-        while !check().await {
-            // The poll's pace; what the test waits for is `check`.
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await;
-    assert!(polled.is_ok(), "not within {within:?}: {what}");
 }
 
 fn assert_even(counts: &[u64], total: u64, tolerance: f64) {
@@ -465,7 +433,7 @@ async fn pick_first_uses_one_backend_and_moves_on_when_it_goes() {
         "pick_first connects to one address at a time"
     );
     a.stop().await;
-    eventually_after("calls move to b", Duration::from_secs(5), || async {
+    eventually_async("calls move to b", Duration::from_secs(5), || async {
         let _ = drive(&channel, 1, 1).await;
         b.calls() > 0
     })
@@ -560,7 +528,7 @@ impl Greeter for Scripted {
         if number == 0
             && let Some(delay) = self.slow_first
         {
-            // A slow first attempt: what hedging is tested against.
+            // sleep: a slow first attempt: what hedging is tested against
             tokio::time::sleep(delay).await;
         }
         if number < self.fail_first {
@@ -766,7 +734,7 @@ async fn a_backend_turning_not_serving_gets_no_new_calls_within_a_second() {
     );
 
     a.health.set("", keel::health::ServingStatus::NotServing);
-    eventually_after(
+    eventually_async(
         "the NOT_SERVING backend gets no new calls",
         Duration::from_secs(1),
         || async {
@@ -784,7 +752,7 @@ async fn a_backend_turning_not_serving_gets_no_new_calls_within_a_second() {
     assert_eq!(a.calls(), before, "the NOT_SERVING backend got no new call");
 
     a.health.set("", keel::health::ServingStatus::Serving);
-    eventually_after(
+    eventually_async(
         "SERVING again puts it back in rotation",
         Duration::from_secs(5),
         || async {
@@ -827,7 +795,7 @@ async fn consecutive_failures_eject_a_backend_until_its_time_is_up() {
     );
     assert_eq!(failures.len(), 3);
     // Re-admitted after the ejection: it gets calls (and fails them) again.
-    eventually_after("re-admitted", Duration::from_secs(5), || async {
+    eventually_async("re-admitted", Duration::from_secs(5), || async {
         let _ = drive(&channel, 5, 1).await;
         failing.calls.load(Ordering::SeqCst) > 3
     })
@@ -985,8 +953,8 @@ async fn keepalive_pings_replace_a_connection_whose_peer_went_silent() {
         accepted.load(Ordering::SeqCst) > before
     })
     .await;
-    // The behaviour under test is that nothing happens: this is several times as long as
-    // the pings above took to notice the silence.
+    // sleep: the behaviour under test is that nothing happens: this is several times as long as
+    // the pings above took to notice the silence
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         accepted.load(Ordering::SeqCst) - before,
@@ -1077,7 +1045,7 @@ async fn a_failing_backend_makes_the_resolver_look_again() {
     // The backend moves: the old address fails, the resolver is asked again and finds b.
     *addresses.lock().unwrap() = vec![keel::client::Address::Tcp(b.addr)];
     a.stop().await;
-    eventually_after("calls reach b", Duration::from_secs(5), || async {
+    eventually_async("calls reach b", Duration::from_secs(5), || async {
         let _ = drive(&channel, 5, 1).await;
         b.calls() > 0
     })

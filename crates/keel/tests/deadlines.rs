@@ -204,7 +204,7 @@ async fn handled(
     let series = format!(
         r#"grpc_server_handled_total{{grpc_type="{rpc_type}",grpc_service="{service}",grpc_method="{method}",grpc_code="{code}"}}"#
     );
-    common::parse_metric(&text, &series).unwrap_or(0.0)
+    common::metric(&text, &series).unwrap_or(0.0)
 }
 
 #[tokio::test]

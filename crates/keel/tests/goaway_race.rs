@@ -255,7 +255,7 @@ async fn frames_after_the_final_goaway_never_kill_accepted_streams() {
             "run {i}: {report:?}"
         );
         assert_eq!(report.drained, 1, "run {i}: {report:?}");
-        let ignored = common::parse_metric(
+        let ignored = common::metric(
             &metrics,
             "keel_server_late_frames_ignored_total{listener=\"grpc\"}",
         );

@@ -137,11 +137,11 @@ async fn admin_endpoints_answer_with_json_and_metrics() {
         "keel_server_shed_rpcs_total",
         "keel_runtime_alive_tasks",
     ] {
-        let value = common::parse_metric(&text, series);
+        let value = common::metric(&text, series);
         assert!(value.is_some(), "{series} missing from:\n{text}");
     }
-    assert!(common::parse_metric(&text, "process_resident_memory_bytes").unwrap() > 1e6);
-    assert!(common::parse_metric(&text, "process_open_fds").unwrap() >= 3.0);
+    assert!(common::metric(&text, "process_resident_memory_bytes").unwrap() > 1e6);
+    assert!(common::metric(&text, "process_open_fds").unwrap() >= 3.0);
 }
 
 /// A probe the test switches: down until `up` is set; counts its runs in `probes`.
@@ -173,6 +173,7 @@ async fn wait_readyz(server: &TestServer, code: u16) -> serde_json::Value {
         if last.0 == code {
             return serde_json::from_str(&last.1).expect("JSON body");
         }
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("/readyz never answered {code}; last: {last:?}");

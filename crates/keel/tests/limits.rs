@@ -196,6 +196,7 @@ async fn concurrency_limit_sheds_with_resource_exhausted() {
             served = true;
             break;
         }
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(served, "never readmitted after the streams ended");

@@ -177,6 +177,7 @@ async fn trace(
             assert_eq!(spans.len(), count, "spans of {trace_id}: {spans:#?}");
             return spans;
         }
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!(
@@ -240,6 +241,7 @@ async fn spans_link_across_hops_and_follow_the_conventions() {
         if let Some(trace_id) = found {
             break trace_id;
         }
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let spans = trace(&collector, &telemetry, &trace_id, 4).await;
@@ -357,6 +359,7 @@ async fn spans_link_across_hops_and_follow_the_conventions() {
         if let Some(span) = found {
             break span;
         }
+        // sleep: poll interval of a bounded poll on the condition
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(fresh.trace_id.len(), 16);

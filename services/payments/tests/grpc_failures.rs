@@ -144,6 +144,7 @@ async fn storage_down_is_unavailable_with_retry_info_and_recovers() {
             }
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                // sleep: poll interval of a bounded poll on the condition
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -150,6 +150,7 @@ async fn purge_forgets_old_keys(backend: Backend) {
         0,
         "nothing is an hour old"
     );
+    // sleep: time passing is the behaviour: the keys become older than the 1 ms purge age
     tokio::time::sleep(Duration::from_millis(5)).await;
     let purged = db
         .store

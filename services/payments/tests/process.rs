@@ -216,7 +216,7 @@ async fn list_payments_of_an_account_in_creation_order(db: &TestDb) {
                 .unwrap()
                 .value,
         );
-        // Distinct timestamps, so creation order is observable.
+        // sleep: time passing is the behaviour: distinct timestamps, so order is observable
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 

@@ -29,7 +29,7 @@ async fn bursts_to_the_rate_then_refuses_with_a_wait() {
         .query(&mut redis.connection())
         .unwrap();
     assert!(ttl > 0 && ttl <= 1_100, "ttl {ttl} ms");
-    // Once the wait has passed, one more fits.
+    // sleep: the limiter's window passing is the behaviour: once the wait has passed, one more fits
     tokio::time::sleep(wait + Duration::from_millis(5)).await;
     assert_eq!(limiter.admit("alice").await, Ok(()));
 }

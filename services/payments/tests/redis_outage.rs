@@ -52,6 +52,7 @@ async fn killing_redis_mid_run_changes_no_balance_and_loses_no_payment(db: &Test
         async move {
             let mut killed = 0;
             while running.load(Ordering::SeqCst) {
+                // sleep: the outage's cadence: connections are cut every 50 ms
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let redis = redis.clone();
                 killed += tokio::task::spawn_blocking(move || redis.kill_connections())

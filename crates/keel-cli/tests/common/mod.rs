@@ -12,6 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the fixture"
+)]
+pub use keel_test_support::metric;
+
 /// A running `keel serve`, killed on drop. Its stderr (logs) is collected in `logs`, and
 /// what it writes to stdout after announcing its addresses in `stdout`.
 pub struct KeelServe {
@@ -116,6 +122,7 @@ impl KeelServe {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Some(status);
             }
+            // sleep: poll interval of a bounded poll on the condition
             std::thread::sleep(Duration::from_millis(20));
         }
         None
@@ -161,12 +168,4 @@ pub async fn scrape_accepting(admin: SocketAddr, accept: &[&str]) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
-}
-
-/// The value of `series` (name plus optional `{labels}`) in a Prometheus exposition.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.trim().parse().ok())?
-    })
 }

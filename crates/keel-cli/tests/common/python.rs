@@ -99,6 +99,7 @@ pub fn run_peer(args: &[&str], limit: Duration) -> PeerRun {
             let _ = child.wait();
             break None;
         }
+        // sleep: poll interval of a bounded poll on the condition
         std::thread::sleep(Duration::from_millis(50));
     };
     PeerRun {

@@ -223,6 +223,7 @@ mod tests {
             "nothing is logged while the second lasts"
         );
 
+        // sleep: virtual time: the log window ends
         tokio::time::sleep(WINDOW).await;
         // The summary task runs when the window ends.
         tokio::task::yield_now().await;

@@ -16,6 +16,8 @@ use keel::{Server, ServerBuilder};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use keel_test_support::{http_get, metric};
+
 /// A test configuration: ephemeral ports, no drain delay, short deadline.
 pub fn config() -> ServerConfig {
     ServerConfig {
@@ -109,7 +111,7 @@ impl TestServer {
     /// The value of one sample line of /metrics (`name{labels}` exactly as rendered).
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let (_, text) = self.admin_get("/metrics").await;
-        parse_metric(&text, series)
+        metric(&text, series)
     }
 }
 
@@ -138,49 +140,4 @@ pub async fn open_watch(
         .expect("first status")
         .expect("first status");
     stream
-}
-
-/// Finds `series` (name plus optional `{labels}`) in a Prometheus text exposition.
-pub fn parse_metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
-}
-
-/// A minimal HTTP/1.1 GET over a raw socket (status code and body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect admin");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().expect("status code");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, dechunk(&body))
-}
-
-/// Decodes a chunked transfer-encoded body (or returns it unchanged if not chunked).
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let Some((size, after)) = rest.split_once("\r\n") else {
-            return body.to_owned();
-        };
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            return body.to_owned();
-        };
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
 }

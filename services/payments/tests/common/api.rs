@@ -114,6 +114,7 @@ pub async fn drive_payments(channel: &Channel, accounts: &[String], mix: Mix) ->
                                 Err(status) => status.code(),
                             };
                             if code == tonic::Code::Aborted && attempt < 20 {
+                                // sleep: backoff before retrying an aborted transaction
                                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                                 continue;
                             }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use keel_test_support::http_get;
 use payments::app::App;
 use payments::config::PaymentsConfig;
 use tokio::sync::oneshot;
@@ -82,6 +83,7 @@ impl RunningApp {
                 started.elapsed() < limit,
                 "/readyz did not get there in {limit:?}; last: {code} {body}"
             );
+            // sleep: poll interval of a bounded poll on the condition
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -99,20 +101,4 @@ impl Drop for RunningApp {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// A minimal HTTP/1.1 GET (status code and body); the admin port answers with a length.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let code = response[9..12].parse().expect("status code");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (code, body)
 }
