@@ -1,7 +1,9 @@
 //! Start-up configuration through the real binary: a bad value fails fast with a message
 //! naming the key and where it came from, and `--print-config` round-trips.
 
-use std::process::{Command, Output};
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn keel(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_keel"))
@@ -98,4 +100,72 @@ fn print_config_round_trips_through_a_file() {
         String::from_utf8_lossy(&second.stderr)
     );
     assert_eq!(String::from_utf8(second.stdout).unwrap(), text);
+}
+
+/// Runs `keel` with `args` and waits at most `limit` for it to exit; `None` (after killing
+/// it) if it is still running then, e.g. serving a setting it should have refused.
+fn exit_within(args: &[&str], limit: Duration) -> Option<(std::process::ExitStatus, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .env_remove("KEEL_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run keel");
+    let mut stderr = child.stderr.take().unwrap();
+    let (done, exited) = std::sync::mpsc::channel();
+    // stderr ends when the process exits.
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let _ = done.send(text);
+    });
+    match exited.recv_timeout(limit) {
+        Ok(text) => Some((child.wait().unwrap(), text)),
+        Err(_) => {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            None
+        }
+    }
+}
+
+/// Settings that used to start a server which then panicked or tripped an assertion (at
+/// bind, on every connection, or at shutdown): now refused at start, naming the key.
+#[test]
+fn out_of_range_settings_stop_start_up_naming_the_key() {
+    for (set, expected) in [
+        (
+            "http2.max_frame_size=1",
+            "invalid setting from --set: http2.max_frame_size = 1: must be between 16384 and \
+             16777215 bytes",
+        ),
+        (
+            "limits.concurrency_limit=2305843009213693952",
+            "invalid setting from --set: limits.concurrency_limit = 2305843009213693952: must \
+             be at most 2305843009213693951 (0: unlimited)",
+        ),
+        (
+            "http2.max_send_buffer=4294967296",
+            "invalid setting from --set: http2.max_send_buffer = 4294967296: must be between 1 \
+             and 4294967295 bytes",
+        ),
+        (
+            "connection.max_age=500000000000years",
+            "invalid setting from --set: connection.max_age = 500000000000years: must be at \
+             most 1year",
+        ),
+        (
+            "connection.max_age_jitter=nan",
+            "invalid setting from --set: connection.max_age_jitter = NaN: must be a fraction \
+             between 0 and 1",
+        ),
+    ] {
+        let args = [&["serve", "--set", set][..], &EPHEMERAL].concat();
+        let Some((status, stderr)) = exit_within(&args, Duration::from_secs(30)) else {
+            panic!("keel serve --set {set} started serving");
+        };
+        assert_eq!(status.code(), Some(1), "{set}: {stderr}");
+        assert_eq!(stderr.trim_end(), format!("keel: {expected}"), "{set}");
+    }
 }

@@ -481,11 +481,9 @@ async fn the_gateway_answers_each_with_a_json_error() {
     let server = HostileServer::start(None);
     let channel = keel::client::Channel::new(&format!("static:///{}", server.addr)).unwrap();
     let gateway = keel_gateway::Gateway::new(say_pool(), channel, Default::default()).unwrap();
-    let config = keel::config::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
+    let mut config = keel::config::ServerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
     let served = keel::server::HttpServer::bind(config, "gateway", gateway)
         .await
         .unwrap();

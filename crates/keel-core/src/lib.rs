@@ -8,7 +8,8 @@
 //! - [`status_check`]: a client-side guard that checks a peer's statuses before tonic does;
 //! - [`framing`]: the length-prefixed message framing, followed without buffering;
 //! - [`method`]: the RPCs a descriptor set declares, by path;
-//! - [`random`]: cheap per-thread random numbers for ids, jitter and load balancing.
+//! - [`random`]: cheap per-thread random numbers for ids, jitter and load balancing;
+//! - [`settings`]: settings checked before use, refused with the key, value and rule.
 
 pub mod code;
 pub mod context;
@@ -16,4 +17,5 @@ pub mod error;
 pub mod framing;
 pub mod method;
 pub mod random;
+pub mod settings;
 pub mod status_check;

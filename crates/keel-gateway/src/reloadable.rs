@@ -20,10 +20,8 @@ use crate::Gateway;
 ///
 /// let channel = keel::client::Channel::new("dns:///127.0.0.1:50051")?;
 /// let gateway = ReloadableGateway::new(Gateway::new(pool, channel.clone(), Default::default())?);
-/// let config = keel::config::ServerConfig {
-///     listen: "127.0.0.1:8080".parse()?,
-///     ..Default::default()
-/// };
+/// let mut config = keel::config::ServerConfig::default();
+/// config.listen = "127.0.0.1:8080".parse()?;
 /// let server = keel::server::HttpServer::bind(config, "gateway", gateway.clone()).await?;
 /// tokio::spawn(server.serve_until_signal());
 /// // Later, with newer descriptors:

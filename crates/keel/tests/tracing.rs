@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel::Server;
-use keel::config::{PayloadConfig, ServerConfig};
+use keel::config::ServerConfig;
 use keel::context::Deadline;
 use keel::method::MethodTable;
 use keel::observe::{ClientObserveLayer, ClientObserver};
@@ -206,12 +206,10 @@ async fn spans_link_across_hops_and_follow_the_conventions() {
 
     // The echo server puts its OK responses on its spans, with `message` redacted.
     let mut echo_config = common::config();
-    echo_config.observe.payloads = PayloadConfig {
-        enabled: true,
-        min_bytes: 0,
-        redact: vec!["message".into()],
-        ..PayloadConfig::default()
-    };
+    let payloads = &mut echo_config.observe.payloads;
+    payloads.enabled = true;
+    payloads.min_bytes = 0;
+    payloads.redact = vec!["message".into()];
     let echo_url = serve(GreeterServer::new(Echo), echo_config).await;
     let relay = Relay {
         echo: observed(

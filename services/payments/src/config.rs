@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use keel::config::{ServerConfig, Validate, Violation};
+use keel::config::{Checks, DurationText, ServerConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 /// The largest `list_max_page_size` accepted: 10,000 payments of up to about 21 KB each make
@@ -120,42 +120,31 @@ impl Default for PaymentsConfig {
 }
 
 impl Validate for PaymentsConfig {
-    fn validate(&self) -> Vec<Violation> {
-        let mut bad: Vec<Violation> = self
-            .server
-            .validate()
-            .into_iter()
-            .map(|v| Violation {
-                key: format!("server.{}", v.key),
-                message: v.message,
-            })
-            .collect();
+    fn check(&self, checks: &mut Checks) {
+        checks.nested("server", &self.server);
         let url = &self.database_url;
-        if !["sqlite://", "sqlite:", "postgres://", "postgresql://"]
-            .iter()
-            .any(|scheme| url.starts_with(scheme))
-        {
-            bad.push(Violation::new(
-                "database_url",
-                "must start with sqlite:// (embedded) or postgres:// (server)",
-            ));
-        }
-        for (key, value) in [
-            (
-                "database_max_connections",
-                self.database_max_connections as usize,
-            ),
-            ("payment_batch_size", self.payment_batch_size),
-            ("payment_committers", self.payment_committers),
-            (
-                "list_default_page_size",
-                self.list_default_page_size as usize,
-            ),
-        ] {
-            if value == 0 {
-                bad.push(Violation::new(key, "must be at least 1"));
-            }
-        }
+        checks.require(
+            ["sqlite://", "sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme)),
+            "database_url",
+            format_args!("{url:?}"),
+            "must start with sqlite:// (embedded) or postgres:// (server)",
+        );
+        checks.at_least(
+            "database_max_connections",
+            self.database_max_connections,
+            1,
+            "",
+        );
+        checks.at_least("payment_batch_size", self.payment_batch_size, 1, "");
+        checks.at_least("payment_committers", self.payment_committers, 1, "");
+        checks.at_least(
+            "list_default_page_size",
+            self.list_default_page_size,
+            1,
+            "",
+        );
         for (key, value) in [
             (
                 "database_statement_timeout",
@@ -170,46 +159,53 @@ impl Validate for PaymentsConfig {
             ("readiness_check_interval", self.readiness_check_interval),
             ("readiness_check_timeout", self.readiness_check_timeout),
         ] {
-            if value.is_zero() {
-                bad.push(Violation::new(key, "must be longer than zero"));
-            }
+            checks.positive_duration(key, value);
         }
-        if self.database_statement_timeout > self.database_transaction_timeout {
-            bad.push(Violation::new(
-                "database_statement_timeout",
-                "must not exceed database_transaction_timeout, or the database goes on with \
-                 (and holds the locks of) statements the service gave up on",
-            ));
-        }
-        if self.list_max_page_size < self.list_default_page_size {
-            bad.push(Violation::new(
-                "list_max_page_size",
-                "must be at least list_default_page_size",
-            ));
-        } else if self.list_max_page_size > MAX_PAGE_SIZE_LIMIT {
-            bad.push(Violation::new(
-                "list_max_page_size",
-                &format!("must be at most {MAX_PAGE_SIZE_LIMIT}: a page is read into memory whole"),
-            ));
-        }
-        if self.redis_url.starts_with("rediss://") {
-            bad.push(Violation::new(
+        checks.require(
+            self.database_statement_timeout <= self.database_transaction_timeout,
+            "database_statement_timeout",
+            DurationText(self.database_statement_timeout),
+            format!(
+                "must not exceed database_transaction_timeout ({}), or the database goes on \
+                 with (and holds the locks of) statements the service gave up on",
+                DurationText(self.database_transaction_timeout)
+            ),
+        );
+        let (default_page, max_page) = (self.list_default_page_size, self.list_max_page_size);
+        checks.require(
+            max_page >= default_page,
+            "list_max_page_size",
+            max_page,
+            format!("must be at least list_default_page_size ({default_page})"),
+        );
+        checks.require(
+            max_page <= MAX_PAGE_SIZE_LIMIT,
+            "list_max_page_size",
+            max_page,
+            format!("must be at most {MAX_PAGE_SIZE_LIMIT}: a page is read into memory whole"),
+        );
+        let redis = &self.redis_url;
+        if redis.starts_with("rediss://") {
+            checks.require(
+                false,
                 "redis_url",
+                format_args!("{redis:?}"),
                 "TLS (rediss://) is not built in; use redis:// on a trusted network",
-            ));
-        } else if !self.redis_url.is_empty() && !self.redis_url.starts_with("redis://") {
-            bad.push(Violation::new(
+            );
+        } else {
+            checks.require(
+                redis.is_empty() || redis.starts_with("redis://"),
                 "redis_url",
+                format_args!("{redis:?}"),
                 "must start with redis://, or be empty for no Redis",
-            ));
+            );
         }
-        if self.idempotency_retention < Duration::from_secs(24 * 3600) {
-            bad.push(Violation::new(
-                "idempotency_retention",
-                "must be at least 24h: clients retry a failed request for up to a day",
-            ));
-        }
-        bad
+        checks.require(
+            self.idempotency_retention >= Duration::from_secs(24 * 3600),
+            "idempotency_retention",
+            DurationText(self.idempotency_retention),
+            "must be at least 24h: clients retry a failed request for up to a day",
+        );
     }
 }
 
@@ -255,37 +251,87 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_keys() {
-        for (key, value, expect) in [
-            ("database_url", "mysql://x", "`database_url`"),
-            ("idempotency_retention", "1h", "`idempotency_retention`"),
-            ("payment_batch_size", "0", "`payment_batch_size`"),
-            ("list_default_page_size", "0", "`list_default_page_size`"),
-            ("list_max_page_size", "20", "`list_max_page_size`"),
-            ("list_max_page_size", "10001", "`list_max_page_size`"),
-            ("redis_url", "http://127.0.0.1:6379", "`redis_url`"),
-            ("redis_url", "rediss://127.0.0.1:6379", "TLS"),
-            ("database_commit_timeout", "0s", "`database_commit_timeout`"),
+        for (key, value, expected) in [
+            (
+                "database_url",
+                "mysql://x",
+                r#"database_url = "mysql://x": must start with sqlite:// (embedded) or postgres:// (server)"#,
+            ),
+            (
+                "idempotency_retention",
+                "1h",
+                "idempotency_retention = 1h: must be at least 24h: clients retry a failed \
+                 request for up to a day",
+            ),
+            (
+                "payment_batch_size",
+                "0",
+                "payment_batch_size = 0: must be at least 1",
+            ),
+            (
+                "redis_url",
+                "http://127.0.0.1:6379",
+                r#"redis_url = "http://127.0.0.1:6379": must start with redis://, or be empty for no Redis"#,
+            ),
+            (
+                "redis_url",
+                "rediss://127.0.0.1:6379",
+                r#"redis_url = "rediss://127.0.0.1:6379": TLS (rediss://) is not built in; use redis:// on a trusted network"#,
+            ),
+            (
+                "database_commit_timeout",
+                "0s",
+                "database_commit_timeout = 0s: must be above 0s",
+            ),
+            (
+                "list_default_page_size",
+                "0",
+                "list_default_page_size = 0: must be at least 1",
+            ),
+            (
+                "list_max_page_size",
+                "20",
+                "list_max_page_size = 20: must be at least list_default_page_size (50)",
+            ),
+            (
+                "list_max_page_size",
+                "10001",
+                "list_max_page_size = 10001: must be at most 10000: a page is read into memory \
+                 whole",
+            ),
             (
                 "database_statement_timeout",
                 "10s",
-                "database_transaction_timeout",
+                "database_statement_timeout = 10s: must not exceed database_transaction_timeout \
+                 (5s), or the database goes on with (and holds the locks of) statements the \
+                 service gave up on",
             ),
             (
                 "readiness_check_interval",
                 "0s",
-                "`readiness_check_interval`",
+                "readiness_check_interval = 0s: must be above 0s",
             ),
             (
                 "server.shutdown.drain_delay",
                 "1h",
-                "`server.shutdown.drain_delay`",
+                "server.shutdown.drain_delay = 1h: must be shorter than shutdown.timeout (30s), \
+                 or in-flight RPCs get no time to finish",
+            ),
+            (
+                "server.http2.max_frame_size",
+                "1",
+                "server.http2.max_frame_size = 1: must be between 16384 and 16777215 bytes",
             ),
         ] {
             let err = loader()
                 .set(key, value, "--set")
                 .load::<PaymentsConfig>()
                 .unwrap_err();
-            assert!(err.to_string().contains(expect), "{key}: {err}");
+            assert_eq!(
+                err.to_string(),
+                format!("invalid setting from --set: {expected}"),
+                "{key}"
+            );
         }
     }
 }

@@ -27,11 +27,9 @@ async fn start_with(options: GatewayOptions) -> (SocketAddr, TestDb) {
     keel::dynamic::add_standard(&mut pool);
     let channel = keel::client::Channel::new(&format!("dns:///{grpc}")).unwrap();
     let gateway = Gateway::new(pool, channel, options).unwrap();
-    let config = keel::config::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
+    let mut config = keel::config::ServerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
     let server = keel::server::HttpServer::bind(config, "gateway", gateway)
         .await
         .unwrap();

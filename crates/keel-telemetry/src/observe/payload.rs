@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 use tonic::Code;
 
 use keel_core::code::code_name;
+use keel_core::settings::{Checks, Validate};
 
 /// Which responses are captured, and how (`observe.payloads` in the server configuration).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PayloadConfig {
     /// Capture at all. Off by default: payloads may hold personal data, and capture costs a
     /// decode per captured call.
@@ -48,6 +50,20 @@ impl Default for PayloadConfig {
             ]
             .map(str::to_owned)
             .to_vec(),
+        }
+    }
+}
+
+impl Validate for PayloadConfig {
+    fn check(&self, checks: &mut Checks) {
+        // A misspelt code would silently capture nothing.
+        for name in &self.codes {
+            checks.require(
+                (0..=16).any(|code| code_name(Code::from_i32(code)) == name),
+                "codes",
+                format_args!("{name:?}"),
+                "must list status codes as grpc_code spells them: OK, NotFound, Unavailable, ...",
+            );
         }
     }
 }

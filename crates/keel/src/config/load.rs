@@ -10,30 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
-/// A configuration that can check its own invariants after loading.
-pub trait Validate {
-    /// Every broken rule, each naming its key; empty when the configuration is usable.
-    fn validate(&self) -> Vec<Violation>;
-}
-
-/// One broken rule: the dotted key and what is wrong with its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// Dotted key, e.g. `http2.max_frame_size`.
-    pub key: String,
-    /// What the value must be.
-    pub message: String,
-}
-
-impl Violation {
-    /// A broken rule for `key`.
-    pub fn new(key: &str, message: &str) -> Self {
-        Self {
-            key: key.to_owned(),
-            message: message.to_owned(),
-        }
-    }
-}
+use keel_core::settings::{InvalidSetting, Validate};
 
 /// Why a configuration could not be loaded. The message names the key and where its value
 /// came from (file, environment variable or flag).
@@ -73,7 +50,7 @@ pub enum ConfigError {
         /// Every key that exists, comma-separated.
         known: String,
     },
-    /// A value of the wrong type or form, or one that breaks a rule.
+    /// A value of the wrong type or form.
     #[error("invalid value for config key `{key}` (from {origin}): {message}")]
     Invalid {
         /// The dotted key.
@@ -82,6 +59,15 @@ pub enum ConfigError {
         origin: String,
         /// What is wrong.
         message: String,
+    },
+    /// A value of the right type that breaks a rule (out of range, inconsistent with
+    /// another key): the same error a server's `bind` would return.
+    #[error("invalid setting from {origin}: {setting}")]
+    Setting {
+        /// The key, its value and the rule.
+        setting: InvalidSetting,
+        /// Where the value came from (`defaults` when no layer set it).
+        origin: String,
     },
 }
 
@@ -116,6 +102,20 @@ impl Loader {
     }
 
     /// Reads this TOML file as the layer above the defaults.
+    ///
+    /// ```
+    /// use keel::config::{Loader, ServerConfig};
+    ///
+    /// let path = std::env::temp_dir().join(format!("keel-doc-{}.toml", std::process::id()));
+    /// std::fs::write(&path, "[http2]\nmax_concurrent_streams = 512\n")?;
+    /// let loaded = Loader::new("KEEL")
+    ///     .env(Vec::<(String, String)>::new())
+    ///     .file(Some(&path))
+    ///     .load::<ServerConfig>();
+    /// std::fs::remove_file(&path)?;
+    /// assert_eq!(loaded?.http2.max_concurrent_streams, 512);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn file(mut self, path: Option<impl AsRef<Path>>) -> Self {
         self.file = path.map(|p| p.as_ref().to_owned());
@@ -123,6 +123,16 @@ impl Loader {
     }
 
     /// Replaces the process environment (for tests and embedding).
+    ///
+    /// ```
+    /// use keel::config::{Loader, ServerConfig};
+    ///
+    /// let config: ServerConfig = Loader::new("KEEL")
+    ///     .env([("KEEL_HTTP2_MAX_CONCURRENT_STREAMS", "512")])
+    ///     .load()?;
+    /// assert_eq!(config.http2.max_concurrent_streams, 512);
+    /// # Ok::<(), keel::config::ConfigError>(())
+    /// ```
     #[must_use]
     pub fn env<I, K, V>(mut self, vars: I) -> Self
     where
@@ -139,6 +149,26 @@ impl Loader {
 
     /// Sets dotted `key` to `value`, above every other layer; `origin` names the source in
     /// errors, e.g. `--listen`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keel::config::{Loader, ServerConfig};
+    ///
+    /// let loader = Loader::new("KEEL").env(Vec::<(String, String)>::new());
+    /// let config: ServerConfig = loader
+    ///     .clone()
+    ///     .set("shutdown.drain_delay", "10s", "--drain-delay")
+    ///     .load()?;
+    /// assert_eq!(config.shutdown.drain_delay, Duration::from_secs(10));
+    ///
+    /// let refused = loader.set("http2.max_frame_size", 1, "--set").load::<ServerConfig>();
+    /// assert_eq!(
+    ///     refused.unwrap_err().to_string(),
+    ///     "invalid setting from --set: http2.max_frame_size = 1: must be between 16384 and \
+    ///      16777215 bytes"
+    /// );
+    /// # Ok::<(), keel::config::ConfigError>(())
+    /// ```
     #[must_use]
     pub fn set(mut self, key: &str, value: impl fmt::Display, origin: &str) -> Self {
         self.overrides
@@ -147,6 +177,19 @@ impl Loader {
     }
 
     /// Sets `KEY=VALUE` from `pair` (e.g. a `--set` flag's argument), like [`Loader::set`].
+    ///
+    /// ```
+    /// use keel::config::{Loader, ServerConfig};
+    ///
+    /// let loader = Loader::new("KEEL").env(Vec::<(String, String)>::new());
+    /// let config: ServerConfig = loader
+    ///     .clone()
+    ///     .set_pair("http2.max_concurrent_streams=256", "--set")?
+    ///     .load()?;
+    /// assert_eq!(config.http2.max_concurrent_streams, 256);
+    /// assert!(loader.set_pair("http2.max_concurrent_streams", "--set").is_err());
+    /// # Ok::<(), keel::config::ConfigError>(())
+    /// ```
     pub fn set_pair(self, pair: &str, origin: &str) -> Result<Self, ConfigError> {
         match pair.split_once('=') {
             Some((key, value)) => Ok(self.set(key.trim(), value.trim(), origin)),
@@ -246,13 +289,10 @@ impl Loader {
                 key,
             }
         })?;
-        if let Some(v) = config.validate().into_iter().next() {
-            return Err(ConfigError::Invalid {
-                origin: origin_of(&v.key),
-                key: v.key,
-                message: v.message,
-            });
-        }
+        config.validate().map_err(|setting| ConfigError::Setting {
+            origin: origin_of(&setting.key),
+            setting,
+        })?;
         Ok(config)
     }
 }
@@ -475,7 +515,11 @@ mod tests {
             .load::<ServerConfig>()
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("`shutdown.drain_delay` (from --set)"), "{msg}");
+        assert_eq!(
+            msg,
+            "invalid setting from --set: shutdown.drain_delay = 40s: must be shorter than \
+             shutdown.timeout (30s), or in-flight RPCs get no time to finish"
+        );
     }
 
     #[test]

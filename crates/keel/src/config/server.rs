@@ -5,15 +5,36 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Validate, Violation};
+use keel_core::settings::{Checks, DurationText, Validate};
 pub use keel_telemetry::observe::payload::PayloadConfig;
 
 /// Everything a Keel server needs to start. `Default` is the production configuration.
 ///
 /// Durations are written as `"30s"`, `"15m"`, `"500ms"`; a duration of `"0s"` switches the
-/// feature off where the field says so.
+/// feature off where the field says so, and none may exceed a year
+/// ([`MAX_DURATION`](super::MAX_DURATION)).
+///
+/// Every rule a field states is checked ([`Validate`]) when the configuration is loaded
+/// and again when a server is bound, so a bad value stops start-up with an
+/// [`InvalidSetting`](super::InvalidSetting) naming its key, never a panic in a connection.
+/// The structs are `#[non_exhaustive]`: start from `Default` and set fields.
+///
+/// ```
+/// use keel::config::{ServerConfig, Validate};
+///
+/// let mut config = ServerConfig::default();
+/// config.listen = "127.0.0.1:0".parse()?;
+/// config.http2.max_frame_size = 1;
+/// let error = config.validate().unwrap_err();
+/// assert_eq!(
+///     error.to_string(),
+///     "http2.max_frame_size = 1: must be between 16384 and 16777215 bytes"
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// gRPC listener. Loopback by default: exposing a port is a deliberate act.
     pub listen: SocketAddr,
@@ -55,6 +76,7 @@ impl Default for ServerConfig {
 /// HTTP/2 settings advertised to and enforced on every connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Http2Config {
     /// Server-sent PING interval (`0s`: off). 60 s finds dead peers well before the common
     /// idle-flow timeouts of NATs and cloud load balancers (350 s and up), which would
@@ -110,6 +132,7 @@ impl Default for Http2Config {
 /// How long connections live and how they are told to leave.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ConnectionConfig {
     /// Disable Nagle's algorithm. gRPC messages are small and latency-bound; with Nagle and
     /// delayed ACKs a response can wait 40 ms for nothing.
@@ -173,6 +196,7 @@ impl Default for ConnectionConfig {
 /// Limits that keep one client or one burst from taking the server down.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct LimitsConfig {
     /// Largest message accepted, in bytes; larger ones fail with RESOURCE_EXHAUSTED.
     /// 4 MiB, as every gRPC implementation, so peers agree on what fits.
@@ -201,6 +225,7 @@ impl Default for LimitsConfig {
 /// Graceful shutdown on SIGTERM or SIGINT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ShutdownConfig {
     /// Time between reporting NOT_SERVING and refusing connections, during which RPCs are
     /// still served. 5 s lets load balancers and Kubernetes endpoints notice and stop routing.
@@ -224,6 +249,7 @@ impl Default for ShutdownConfig {
 /// Observability of every call (see [`crate::observe`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ObserveConfig {
     /// Count, log and trace every call: the `grpc_server_*` metrics, the "finished call"
     /// records and server spans. On: it costs little (docs/BENCHMARKS.md) and a server
@@ -243,78 +269,115 @@ impl Default for ObserveConfig {
 }
 
 impl Validate for ServerConfig {
-    fn validate(&self) -> Vec<Violation> {
-        let mut bad = Vec::new();
-        let mut check = |ok: bool, key: &str, message: &str| {
-            if !ok {
-                bad.push(Violation::new(key, message));
-            }
-        };
-        let h2 = &self.http2;
-        check(
-            h2.keepalive_interval.is_zero() || !h2.keepalive_timeout.is_zero(),
-            "http2.keepalive_timeout",
+    fn check(&self, checks: &mut Checks) {
+        checks.nested("http2", &self.http2);
+        checks.nested("connection", &self.connection);
+        checks.nested("limits", &self.limits);
+        checks.nested("shutdown", &self.shutdown);
+        checks.nested("observe", &self.observe);
+    }
+}
+
+impl Validate for Http2Config {
+    fn check(&self, checks: &mut Checks) {
+        checks.duration("keepalive_interval", self.keepalive_interval);
+        checks.duration("keepalive_timeout", self.keepalive_timeout);
+        checks.require(
+            self.keepalive_interval.is_zero() || !self.keepalive_timeout.is_zero(),
+            "keepalive_timeout",
+            DurationText(self.keepalive_timeout),
             "must be above 0s while http2.keepalive_interval is on",
         );
-        check(
-            h2.max_concurrent_streams > 0,
-            "http2.max_concurrent_streams",
-            "must be at least 1",
+        checks.at_least("max_concurrent_streams", self.max_concurrent_streams, 1, "");
+        // RFC 9113 §6.5.2 and §6.9.2 bound these settings; h2 asserts on the upper bounds.
+        let window = 65_535..=(1 << 31) - 1;
+        checks.between(
+            "initial_stream_window",
+            self.initial_stream_window,
+            window.clone(),
+            " bytes",
         );
-        // RFC 9113 §6.5.2 and §6.9.2 bound these settings.
-        check(
-            (65_535..=(1 << 31) - 1).contains(&h2.initial_stream_window),
-            "http2.initial_stream_window",
-            "must be between 65535 and 2147483647 bytes",
+        checks.between(
+            "initial_connection_window",
+            self.initial_connection_window,
+            window,
+            " bytes",
         );
-        check(
-            (65_535..=(1 << 31) - 1).contains(&h2.initial_connection_window),
-            "http2.initial_connection_window",
-            "must be between 65535 and 2147483647 bytes",
+        checks.between(
+            "max_frame_size",
+            self.max_frame_size,
+            16_384..=16_777_215,
+            " bytes",
         );
-        check(
-            (16_384..=16_777_215).contains(&h2.max_frame_size),
-            "http2.max_frame_size",
-            "must be between 16384 and 16777215 bytes",
+        checks.at_least(
+            "max_header_list_size",
+            self.max_header_list_size,
+            1024,
+            " bytes",
         );
-        check(
-            h2.max_header_list_size >= 1024,
-            "http2.max_header_list_size",
-            "must be at least 1024 bytes",
+        checks.require(
+            self.max_pending_accept_reset_streams > 0,
+            "max_pending_accept_reset_streams",
+            self.max_pending_accept_reset_streams,
+            "must be at least 1: at 0 a client's first cancelled call closes its connection",
         );
-        let conn = &self.connection;
-        check(
-            (0.0..=1.0).contains(&conn.max_age_jitter),
-            "connection.max_age_jitter",
-            "must be a fraction between 0 and 1",
+        // hyper asserts that a send buffer fits in a u32.
+        checks.between(
+            "max_send_buffer",
+            self.max_send_buffer,
+            1..=u32::MAX as usize,
+            " bytes",
         );
-        check(
-            conn.http1_max_buffer >= 8192,
-            "connection.http1_max_buffer",
-            "must be at least 8192 bytes",
+    }
+}
+
+impl Validate for ConnectionConfig {
+    fn check(&self, checks: &mut Checks) {
+        checks.duration("max_idle", self.max_idle);
+        checks.duration("max_age", self.max_age);
+        checks.fraction("max_age_jitter", self.max_age_jitter);
+        checks.duration("max_age_grace", self.max_age_grace);
+        checks.duration("handshake_timeout", self.handshake_timeout);
+        checks.duration("body_timeout", self.body_timeout);
+        // hyper asserts that its HTTP/1.1 buffer holds at least 8 KiB.
+        checks.at_least("http1_max_buffer", self.http1_max_buffer, 8192, " bytes");
+    }
+}
+
+impl Validate for LimitsConfig {
+    fn check(&self, checks: &mut Checks) {
+        checks.at_least("max_recv_message_size", self.max_recv_message_size, 1, "");
+        checks.at_least("max_send_message_size", self.max_send_message_size, 1, "");
+        // The permits of tokio's semaphore, which panics past them.
+        let most = tokio::sync::Semaphore::MAX_PERMITS;
+        checks.require(
+            self.concurrency_limit <= most,
+            "concurrency_limit",
+            self.concurrency_limit,
+            format!("must be at most {most} (0: unlimited)"),
         );
-        check(
-            h2.max_send_buffer > 0,
-            "http2.max_send_buffer",
-            "must be at least 1 byte",
+    }
+}
+
+impl Validate for ShutdownConfig {
+    fn check(&self, checks: &mut Checks) {
+        checks.positive_duration("timeout", self.timeout);
+        checks.duration("drain_delay", self.drain_delay);
+        checks.require(
+            self.drain_delay < self.timeout,
+            "drain_delay",
+            DurationText(self.drain_delay),
+            format!(
+                "must be shorter than shutdown.timeout ({}), or in-flight RPCs get no time to \
+                 finish",
+                DurationText(self.timeout)
+            ),
         );
-        let limits = &self.limits;
-        check(
-            limits.max_recv_message_size > 0,
-            "limits.max_recv_message_size",
-            "must be at least 1 byte",
-        );
-        check(
-            limits.max_send_message_size > 0,
-            "limits.max_send_message_size",
-            "must be at least 1 byte",
-        );
-        let shutdown = &self.shutdown;
-        check(
-            shutdown.drain_delay < shutdown.timeout,
-            "shutdown.drain_delay",
-            "must be shorter than shutdown.timeout, or in-flight RPCs get no time to finish",
-        );
-        bad
+    }
+}
+
+impl Validate for ObserveConfig {
+    fn check(&self, checks: &mut Checks) {
+        checks.nested("payloads", &self.payloads);
     }
 }

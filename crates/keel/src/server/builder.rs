@@ -14,7 +14,7 @@ use super::reflection::Reflection;
 
 use super::shutdown::{self, ShutdownReport};
 use super::stack;
-use crate::config::ServerConfig;
+use crate::config::{InvalidSetting, ServerConfig, Validate};
 use crate::metrics::Metrics;
 use crate::serving::{HttpProtocol, Listener, ListenerConfig};
 use keel_core::method::MethodTable;
@@ -25,7 +25,11 @@ use keel_telemetry::observe::ServerObserver;
 
 /// Why a server could not start or run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
+    /// A setting cannot be used; nothing was bound.
+    #[error("invalid setting {0}")]
+    Config(#[from] InvalidSetting),
     /// A listener could not bind.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -90,7 +94,23 @@ impl std::fmt::Debug for ServerBuilder {
 }
 
 impl ServerBuilder {
-    /// Adds a tonic service (a generated `...Server<T>`).
+    /// Adds a tonic service (a generated `...Server<T>`), reported SERVING under its name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keel::health::ServingStatus;
+    ///
+    /// let mut config = keel::config::ServerConfig::default();
+    /// config.listen = "127.0.0.1:0".parse()?;
+    /// config.admin_listen = "127.0.0.1:0".parse()?;
+    /// let server = keel::Server::builder(config)
+    ///     .add_service(keel_interop::Greeter.into_service())
+    ///     .bind()
+    ///     .await?;
+    /// assert_eq!(server.health().get("helloworld.Greeter"), Some(ServingStatus::Serving));
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn add_service<S>(mut self, service: S) -> Self
     where
@@ -111,6 +131,33 @@ impl ServerBuilder {
     /// port then accepts HTTP/1.1 besides HTTP/2, and every request whose content type is
     /// not `application/grpc` goes to the service `make` builds from the server's own gRPC
     /// stack (for a gateway to call in-process, e.g. `keel_gateway::Gateway`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::convert::Infallible;
+    /// use tower::util::BoxCloneSyncService;
+    ///
+    /// let mut config = keel::config::ServerConfig::default();
+    /// config.listen = "127.0.0.1:0".parse()?;
+    /// config.admin_listen = "127.0.0.1:0".parse()?;
+    /// let server = keel::Server::builder(config)
+    ///     .add_service(keel_interop::Greeter.into_service())
+    ///     // A REST gateway would call `_grpc` in-process; this one answers 404 to all.
+    ///     .http_fallback(|_grpc| {
+    ///         BoxCloneSyncService::new(tower::service_fn(
+    ///             |_request: http::Request<tonic::body::Body>| async {
+    ///                 let mut response = http::Response::new(tonic::body::Body::empty());
+    ///                 *response.status_mut() = http::StatusCode::NOT_FOUND;
+    ///                 Ok::<_, Infallible>(response)
+    ///             },
+    ///         ))
+    ///     })
+    ///     .bind()
+    ///     .await?;
+    /// # let _ = server;
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn http_fallback(
         mut self,
@@ -120,7 +167,31 @@ impl ServerBuilder {
         self
     }
 
-    /// Adds an encoded `FileDescriptorSet` (with imports) to what reflection serves.
+    /// Adds an encoded `FileDescriptorSet` (with imports) to what reflection serves, and to
+    /// what metrics read RPC types from. A set that does not decode fails `bind`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut config = keel::config::ServerConfig::default();
+    /// config.listen = "127.0.0.1:0".parse()?;
+    /// config.admin_listen = "127.0.0.1:0".parse()?;
+    /// let server = keel::Server::builder(config)
+    ///     .add_service(keel_interop::Greeter.into_service())
+    ///     .file_descriptor_set(keel_interop::FILE_DESCRIPTOR_SET)
+    ///     .bind()
+    ///     .await?;
+    /// # let _ = server;
+    /// let mut config = keel::config::ServerConfig::default();
+    /// config.listen = "127.0.0.1:0".parse()?;
+    /// config.admin_listen = "127.0.0.1:0".parse()?;
+    /// let garbled = keel::Server::builder(config)
+    ///     .file_descriptor_set(b"not a descriptor set")
+    ///     .bind()
+    ///     .await;
+    /// assert!(matches!(garbled, Err(keel::ServerError::Descriptors(_))));
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn file_descriptor_set(mut self, encoded: &'static [u8]) -> Self {
         self.descriptor_sets.push(encoded);
@@ -160,8 +231,11 @@ impl ServerBuilder {
         self.metrics.registry_mut()
     }
 
-    /// Binds the gRPC and admin listeners. Nothing is served until [`BoundServer::serve`].
+    /// Checks the configuration, then binds the gRPC and admin listeners. Nothing is served
+    /// until [`BoundServer::serve`]. A setting that cannot be used is
+    /// [`ServerError::Config`], naming its key, and nothing is bound.
     pub async fn bind(self) -> Result<BoundServer, ServerError> {
+        self.config.validate()?;
         let standard = [
             <HealthServer<HealthService> as NamedService>::NAME,
             "grpc.reflection.v1.ServerReflection",

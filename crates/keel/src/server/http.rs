@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::builder::{ServerError, bind, bind_admin};
 use super::shutdown::{self, MainListener, ShutdownReport};
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, Validate};
 use crate::metrics::Metrics;
 use crate::serving::{
     HttpProtocol, Listener, ListenerConfig, ListenerService, ResponseBody, Stage,
@@ -23,12 +23,15 @@ pub struct HttpServer;
 impl HttpServer {
     /// Binds `config.listen` (HTTP/1.1 and h2c) for `service` and `config.admin_listen` for
     /// the admin endpoints. `name` labels the listener's metrics and logs (`gateway`).
-    /// Nothing is served until [`BoundHttpServer::serve`].
+    /// Nothing is served until [`BoundHttpServer::serve`]. The configuration is checked
+    /// first: a setting that cannot be used is [`ServerError::Config`], naming its key, and
+    /// nothing is bound.
     pub async fn bind<S>(
         config: ServerConfig,
         name: &'static str,
         service: S,
     ) -> Result<BoundHttpServer<S>, ServerError> {
+        config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let listener = bind(
             config.listen,

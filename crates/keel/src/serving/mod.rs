@@ -30,7 +30,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{ConnectionConfig, Http2Config};
+use crate::config::{Checks, ConnectionConfig, Http2Config, Validate};
 pub use metrics::{ConnectionMetrics, ListenerLabels, ListenerMetrics, ReasonLabels};
 pub use request_body::{BodyError, RequestBody};
 
@@ -57,8 +57,16 @@ pub enum Stage {
     Closing,
 }
 
-/// The settings of one listener.
+/// The settings of one listener, checked when it is bound ([`Validate`]).
+///
+/// ```
+/// use keel::serving::{HttpProtocol, ListenerConfig};
+///
+/// let mut config = ListenerConfig::new("grpc", HttpProtocol::Http2);
+/// config.connection.max_connections = 100;
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ListenerConfig {
     /// Its name, the `listener` label of its metrics and logs (`grpc`, `admin`, ...).
     pub name: &'static str,
@@ -68,6 +76,26 @@ pub struct ListenerConfig {
     pub http2: Http2Config,
     /// Limits and lifetime of its connections.
     pub connection: ConnectionConfig,
+}
+
+impl ListenerConfig {
+    /// A listener named `name` (the `listener` label) speaking `protocol`, with the default
+    /// HTTP/2 and connection settings.
+    pub fn new(name: &'static str, protocol: HttpProtocol) -> Self {
+        Self {
+            name,
+            protocol,
+            http2: Http2Config::default(),
+            connection: ConnectionConfig::default(),
+        }
+    }
+}
+
+impl Validate for ListenerConfig {
+    fn check(&self, checks: &mut Checks) {
+        checks.nested("http2", &self.http2);
+        checks.nested("connection", &self.connection);
+    }
 }
 
 /// How a listener's connections ended once draining began.
@@ -135,22 +163,27 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` for `config`, reporting into `metrics`.
+    /// Binds `addr` for `config`, reporting into `metrics`. A setting `config` breaks is an
+    /// [`std::io::ErrorKind::InvalidInput`] error whose inner error is the
+    /// [`crate::config::InvalidSetting`], and nothing is bound.
     pub async fn bind(
         addr: SocketAddr,
         config: ListenerConfig,
         metrics: &ConnectionMetrics,
     ) -> std::io::Result<Self> {
+        config.validate().map_err(invalid_input)?;
         let tcp = TcpListener::bind(addr).await?;
         Self::from_tcp(tcp, config, metrics)
     }
 
-    /// Serves on an already bound socket.
+    /// Serves on an already bound socket; its settings are checked as by
+    /// [`Listener::bind`].
     pub fn from_tcp(
         tcp: TcpListener,
         config: ListenerConfig,
         metrics: &ConnectionMetrics,
     ) -> std::io::Result<Self> {
+        config.validate().map_err(invalid_input)?;
         let addr = tcp.local_addr()?;
         let metrics = metrics.listener(config.name);
         Ok(Self {
@@ -181,4 +214,8 @@ impl Listener {
         ));
         accept::run(self.tcp, shared).await
     }
+}
+
+fn invalid_input(setting: crate::config::InvalidSetting) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, setting)
 }

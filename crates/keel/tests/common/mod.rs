@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::config::{ServerConfig, ShutdownConfig};
+use keel::config::ServerConfig;
 use keel::health::HealthRegistry;
 use keel::metrics::Metrics;
 use keel::server::ShutdownReport;
@@ -20,15 +20,12 @@ pub use keel_test_support::{http_get, metric};
 
 /// A test configuration: ephemeral ports, no drain delay, short deadline.
 pub fn config() -> ServerConfig {
-    ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        shutdown: ShutdownConfig {
-            drain_delay: Duration::ZERO,
-            timeout: Duration::from_secs(5),
-        },
-        ..ServerConfig::default()
-    }
+    let mut config = ServerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.shutdown.drain_delay = Duration::ZERO;
+    config.shutdown.timeout = Duration::from_secs(5);
+    config
 }
 
 /// A running server; `stop` shuts it down gracefully.

@@ -26,11 +26,9 @@ pub async fn serve_payments(service: Payments) -> Channel {
 
 /// Serves `service` on a Keel server on 127.0.0.1; returns its gRPC address.
 pub async fn serve_payments_at(service: Payments) -> std::net::SocketAddr {
-    let config = keel::config::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
+    let mut config = keel::config::ServerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
     let server = keel::Server::builder(config)
         .add_service(service.account_service())
         .add_service(service.payment_service())
@@ -248,11 +246,9 @@ pub async fn assert_balances_follow_payments(
 /// Serves `service` as `payments` does by default: gRPC, and REST/JSON with gRPC-Web on the
 /// same port, in-process. Returns the address.
 pub async fn serve_payments_with_rest(service: Payments) -> std::net::SocketAddr {
-    let config = keel::config::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
+    let mut config = keel::config::ServerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
     let server = keel::Server::builder(config)
         .add_service(service.account_service())
         .add_service(service.payment_service())
