@@ -48,7 +48,8 @@ async fn a_killed_backend_costs_no_call_and_comes_back_after_restart() {
         .config(config)
         .service_config(RETRY)
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     assert!(channel.ready(Duration::from_secs(5)).await);
 
     let stop = Arc::new(AtomicBool::new(false));

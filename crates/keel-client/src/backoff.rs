@@ -10,6 +10,7 @@ use serde::Deserialize;
 /// Backoff parameters; the defaults are the specification's.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct BackoffConfig {
     /// Wait after the first failure (1 s).
     #[serde(with = "humantime_serde")]

@@ -22,6 +22,7 @@ use super::response::ResponseBody;
 use super::service_config::{ServiceConfig, ServiceConfigError};
 use super::subchannel::ConnectivityState;
 use super::target::{Address, Target, TargetError};
+use keel_core::settings::{InvalidSetting, Validate};
 
 /// A client channel: one target, its backends' connections shared by every clone and every
 /// call, calls spread by the configured policy.
@@ -36,7 +37,7 @@ use super::target::{Address, Target, TargetError};
 /// let channel = Channel::builder("dns:///payments.internal:50051")?
 ///     .policy(Policy::LeastRequest)
 ///     .connections_per_backend(2)
-///     .build();
+///     .build()?;
 /// # let _ = channel;
 /// # Ok(()) }
 /// ```
@@ -94,44 +95,171 @@ impl std::fmt::Debug for ChannelBuilder {
 }
 
 impl ChannelBuilder {
-    /// All settings at once.
+    /// All settings at once, checked by [`ChannelBuilder::build`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use keel_client::{Channel, ChannelConfig};
+    ///
+    /// let mut config = ChannelConfig::default();
+    /// config.keepalive.interval = Some(Duration::from_secs(60));
+    /// let channel = Channel::builder("static:///127.0.0.1:50051")?
+    ///     .config(config)
+    ///     .build()?;
+    /// # let _ = channel;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
     pub fn config(mut self, config: ChannelConfig) -> Self {
         self.config = config;
         self
     }
 
-    /// The load-balancing policy.
+    /// The load-balancing policy (default [`super::Policy::RoundRobin`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keel_client::{Channel, Policy};
+    ///
+    /// let channel = Channel::builder("static:///127.0.0.1:50051,127.0.0.2:50051")?
+    ///     .policy(Policy::P2cEwma)
+    ///     .build()?;
+    /// # let _ = channel;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
     pub fn policy(mut self, policy: super::Policy) -> Self {
         self.config.policy = policy;
         self
     }
 
     /// Per-method deadlines, wait-for-ready, retry and hedging policies and retry
-    /// throttling, in gRPC's service config JSON (see [`super::service_config`]).
+    /// throttling, in gRPC's service config JSON (see [`super::service_config`]). A config
+    /// that cannot be used is refused here, naming the field.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keel_client::Channel;
+    ///
+    /// let channel = Channel::builder("static:///127.0.0.1:50051")?
+    ///     .service_config(r#"{"methodConfig": [{"name": [{}], "timeout": "2s"}]}"#)?
+    ///     .build()?;
+    /// # let _ = channel;
+    /// let refused = Channel::builder("static:///127.0.0.1:50051")?
+    ///     .service_config(r#"{"methodConfig": [{"name": [{}], "timeout": "-2s"}]}"#);
+    /// assert!(refused.unwrap_err().to_string().contains("methodConfig[0].timeout"));
+    /// # Ok(()) }
+    /// ```
     pub fn service_config(mut self, json: &str) -> Result<Self, ServiceConfigError> {
         self.service_config = ServiceConfig::parse(json)?;
         Ok(self)
     }
 
     /// A picker of your own instead of the policy's.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keel_client::{Backend, CallInfo, Channel, Picker};
+    ///
+    /// /// Always the first ready backend, in the resolver's order.
+    /// struct First;
+    ///
+    /// impl Picker for First {
+    ///     fn pick(&self, _call: &CallInfo<'_>, _ready: &[Backend]) -> usize {
+    ///         0
+    ///     }
+    /// }
+    ///
+    /// let channel = Channel::builder("static:///127.0.0.1:50051")?
+    ///     .picker(First)
+    ///     .build()?;
+    /// # let _ = channel;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
     pub fn picker(mut self, picker: impl Picker) -> Self {
         self.picker = Some(Arc::new(picker));
         self
     }
 
     /// A resolver of your own instead of the target's.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use keel_client::{Address, BoxFuture, Channel, Resolver};
+    ///
+    /// /// Backends from a registry; here, one fixed address.
+    /// struct Registry;
+    ///
+    /// impl Resolver for Registry {
+    ///     fn resolve(&mut self) -> BoxFuture<'_, Result<Vec<Address>, String>> {
+    ///         Box::pin(async { Ok(vec![Address::Tcp("127.0.0.1:50051".parse().unwrap())]) })
+    ///     }
+    ///
+    ///     fn refresh_interval(&self) -> Option<Duration> {
+    ///         Some(Duration::from_secs(10))
+    ///     }
+    /// }
+    ///
+    /// let channel = Channel::builder("dns:///payments.internal:50051")?
+    ///     .resolver(Registry)
+    ///     .build()?;
+    /// # let _ = channel;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
     pub fn resolver(mut self, resolver: impl Resolver) -> Self {
         self.resolver = Some(Box::new(resolver));
         self
     }
 
-    /// HTTP/2 connections per backend.
+    /// HTTP/2 connections per backend (default 1, at most 1024; `0` is refused by
+    /// [`ChannelBuilder::build`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keel_client::Channel;
+    ///
+    /// let channel = Channel::builder("static:///127.0.0.1:50051")?
+    ///     .connections_per_backend(4)
+    ///     .build()?;
+    /// # let _ = channel;
+    /// let refused = Channel::builder("static:///127.0.0.1:50051")?
+    ///     .connections_per_backend(0)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(refused.to_string(), "connections_per_backend = 0: must be between 1 and 1024");
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
     pub fn connections_per_backend(mut self, count: usize) -> Self {
-        self.config.connections_per_backend = count.max(1);
+        self.config.connections_per_backend = count;
         self
     }
 
-    /// The deadline of calls that set none.
+    /// The deadline of calls that set none (above zero, at most a year).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use keel_client::Channel;
+    ///
+    /// let channel = Channel::builder("static:///127.0.0.1:50051")?
+    ///     .timeout(Duration::from_secs(5))
+    ///     .build()?;
+    /// # let _ = channel;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = Some(timeout);
         self
@@ -145,9 +273,17 @@ impl ChannelBuilder {
         self
     }
 
-    /// Starts resolving and connecting (in the background, on the current Tokio runtime)
-    /// and returns the channel at once. Panics outside a Tokio runtime.
-    pub fn build(self) -> Channel {
+    /// Checks the settings, then starts resolving and connecting (in the background, on
+    /// the current Tokio runtime) and returns the channel at once. A setting that cannot be
+    /// used is an [`InvalidSetting`] naming its key (`keepalive.timeout = 0s: must be above
+    /// 0s`), and nothing is started. Panics outside a Tokio runtime.
+    pub fn build(self) -> Result<Channel, InvalidSetting> {
+        self.config.validate()?;
+        Ok(self.start())
+    }
+
+    /// Starts a channel whose settings are known to be valid.
+    fn start(self) -> Channel {
         let config = Arc::new(self.config);
         let picker = self
             .picker
@@ -209,9 +345,9 @@ impl Channel {
         })
     }
 
-    /// A channel to `target` with the default settings.
+    /// A channel to `target` with the default settings (which are valid).
     pub fn new(target: &str) -> Result<Self, TargetError> {
-        Ok(Self::builder(target)?.build())
+        Ok(Self::builder(target)?.start())
     }
 
     /// The channel's state: READY when any backend can take calls.

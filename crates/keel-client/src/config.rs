@@ -1,8 +1,9 @@
 //! Channel settings, with defaults a grpc-go user would expect; readable from TOML or JSON
-//! (serde) like the server's.
+//! (serde) like the server's, and checked when the channel is built ([`Validate`]).
 
 use std::time::Duration;
 
+use keel_core::settings::{Checks, DurationText, Validate};
 use serde::Deserialize;
 
 use super::backoff::BackoffConfig;
@@ -27,6 +28,7 @@ pub enum Policy {
 /// Client keepalive: HTTP/2 PINGs that detect a dead connection before a call does.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct KeepaliveConfig {
     /// Send a PING after this long without frames; `None` (the default, as in grpc-go)
     /// sends none. Servers reject pings more frequent than their policy allows (Keel's
@@ -54,6 +56,7 @@ impl Default for KeepaliveConfig {
 /// per connection) and the largest header block a server may send.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Http2Config {
     /// Initial stream window in bytes.
     pub initial_stream_window: Option<u32>,
@@ -85,8 +88,27 @@ impl Default for Http2Config {
 }
 
 /// Everything a [`super::Channel`] can be tuned with.
+///
+/// [`super::ChannelBuilder::build`] checks every rule a field states ([`Validate`]) and
+/// refuses a setting that cannot be used with an [`InvalidSetting`] naming its key. The
+/// structs are `#[non_exhaustive]`: start from `Default` and set fields.
+///
+/// ```
+/// use keel_client::{ChannelConfig, Validate};
+///
+/// let mut config = ChannelConfig::default();
+/// config.connect_backoff.multiplier = 0.5;
+/// let error = config.validate().unwrap_err();
+/// assert_eq!(
+///     error.to_string(),
+///     "connect_backoff.multiplier = 0.5: must be between 1 and 100"
+/// );
+/// ```
+///
+/// [`InvalidSetting`]: keel_core::settings::InvalidSetting
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ChannelConfig {
     /// The load-balancing policy (`round_robin`).
     pub policy: Policy,
@@ -135,6 +157,119 @@ impl Default for ChannelConfig {
             outlier: None,
             ewma_decay: Duration::from_secs(10),
         }
+    }
+}
+
+/// Most connections one backend may be given: a bound on the tasks and sockets a backend
+/// costs.
+const MAX_CONNECTIONS_PER_BACKEND: usize = 1024;
+
+impl Validate for ChannelConfig {
+    fn check(&self, checks: &mut Checks) {
+        checks.between(
+            "connections_per_backend",
+            self.connections_per_backend,
+            1..=MAX_CONNECTIONS_PER_BACKEND,
+            "",
+        );
+        if let Some(authority) = &self.authority {
+            checks.require(
+                authority.parse::<http::uri::Authority>().is_ok(),
+                "authority",
+                format_args!("{authority:?}"),
+                "must be a URI authority, host[:port]",
+            );
+        }
+        if let Some(timeout) = self.timeout {
+            checks.positive_duration("timeout", timeout);
+        }
+        checks.nested("connect_backoff", &self.connect_backoff);
+        checks.nested("dns", &self.dns);
+        checks.nested("keepalive", &self.keepalive);
+        checks.nested("http2", &self.http2);
+        if let Some(outlier) = &self.outlier {
+            checks.nested("outlier", outlier);
+        }
+        checks.positive_duration("ewma_decay", self.ewma_decay);
+    }
+}
+
+impl Validate for BackoffConfig {
+    fn check(&self, checks: &mut Checks) {
+        checks.positive_duration("initial", self.initial);
+        // Below 1 the waits shrink; far above it `Duration::mul_f64` overflows.
+        checks.between("multiplier", self.multiplier, 1.0..=100.0, "");
+        checks.fraction("jitter", self.jitter);
+        checks.positive_duration("max", self.max);
+        checks.require(
+            self.max >= self.initial,
+            "max",
+            DurationText(self.max),
+            format!(
+                "must be at least connect_backoff.initial ({})",
+                DurationText(self.initial)
+            ),
+        );
+        checks.positive_duration("min_connect_timeout", self.min_connect_timeout);
+    }
+}
+
+impl Validate for DnsSettings {
+    fn check(&self, checks: &mut Checks) {
+        // At 0s the resolver would query without pause.
+        checks.positive_duration("refresh_interval", self.refresh_interval);
+        checks.duration("min_interval", self.min_interval);
+    }
+}
+
+impl Validate for KeepaliveConfig {
+    fn check(&self, checks: &mut Checks) {
+        if let Some(interval) = self.interval {
+            checks.positive_duration("interval", interval);
+        }
+        checks.positive_duration("timeout", self.timeout);
+    }
+}
+
+impl Validate for Http2Config {
+    fn check(&self, checks: &mut Checks) {
+        // RFC 9113 §6.5.2 and §6.9.2; h2 asserts on the upper bound.
+        let window = 65_535..=(1 << 31) - 1;
+        if let Some(size) = self.initial_stream_window {
+            checks.between("initial_stream_window", size, window.clone(), " bytes");
+        }
+        if let Some(size) = self.initial_connection_window {
+            checks.between("initial_connection_window", size, window, " bytes");
+        }
+        checks.at_least(
+            "max_header_list_size",
+            self.max_header_list_size,
+            1024,
+            " bytes",
+        );
+    }
+}
+
+impl Validate for OutlierConfig {
+    fn check(&self, checks: &mut Checks) {
+        checks.at_least("consecutive_failures", self.consecutive_failures, 1, "");
+        checks.positive_duration("base_ejection_time", self.base_ejection_time);
+        checks.positive_duration("max_ejection_time", self.max_ejection_time);
+        checks.require(
+            self.max_ejection_time >= self.base_ejection_time,
+            "max_ejection_time",
+            DurationText(self.max_ejection_time),
+            format!(
+                "must be at least outlier.base_ejection_time ({})",
+                DurationText(self.base_ejection_time)
+            ),
+        );
+        checks.between(
+            "max_ejection_percent",
+            self.max_ejection_percent,
+            0..=100,
+            "",
+        );
     }
 }
 

@@ -49,6 +49,7 @@ pub use backoff::BackoffConfig;
 pub use channel::{Channel, ChannelBuilder};
 pub use config::{ChannelConfig, Http2Config, KeepaliveConfig, Policy};
 pub use error::ConnectError;
+pub use keel_core::settings::{InvalidSetting, Validate};
 pub use keel_core::status_check::{CheckStatus, CheckedBody, Checking};
 pub use outlier::OutlierConfig;
 pub use picker::{Backend, CallInfo, Picker};

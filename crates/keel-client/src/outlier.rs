@@ -12,6 +12,7 @@ use tonic::Code;
 /// When backends are ejected and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct OutlierConfig {
     /// Failures in a row that eject a backend (5).
     pub consecutive_failures: u32,

@@ -39,6 +39,7 @@ pub trait Resolver: Send + 'static {
 /// Re-resolution settings for DNS targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct DnsSettings {
     /// Resolve again this often (default 30 s).
     #[serde(with = "humantime_serde")]

@@ -19,6 +19,10 @@
 //!
 //! A name with a service and no method applies to the whole service; an empty name to every
 //! method. The most specific entry wins.
+//!
+//! A value that cannot be used is refused when the config is parsed, as an
+//! [`InvalidSetting`] whose key is the field's JSON path
+//! (`methodConfig[0].retryPolicy.maxAttempts = 1: must be at least 2`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -29,11 +33,19 @@ use tonic::Code;
 
 use super::retry::{HedgingPolicy, RetryPolicy, Throttle};
 use keel_core::method::PathMap;
+use keel_core::settings::{DurationText, InvalidSetting, MAX_DURATION};
 
 /// A service config that cannot be used, saying where and why.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("invalid service config: {0}")]
-pub struct ServiceConfigError(String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceConfigError {
+    /// The text is not JSON in a service config's shape (the parser's message).
+    #[error("invalid service config: {0}")]
+    Json(String),
+    /// A field's value cannot be used; its key is the field's JSON path.
+    #[error("invalid service config: {0}")]
+    Setting(#[from] InvalidSetting),
+}
 
 /// What applies to one method's calls.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,24 +76,39 @@ pub(crate) struct ServiceConfig {
 impl ServiceConfig {
     /// Parses the JSON text of a service config.
     pub(crate) fn parse(json: &str) -> Result<Self, ServiceConfigError> {
-        let raw: Raw =
-            serde_json::from_str(json).map_err(|error| ServiceConfigError(error.to_string()))?;
+        let raw: Raw = serde_json::from_str(json)
+            .map_err(|error| ServiceConfigError::Json(error.to_string()))?;
         let mut config = Self::default();
         let mut seen = HashSet::new();
         for (index, entry) in raw.method_config.into_iter().enumerate() {
-            let at = |what: &str| ServiceConfigError(format!("methodConfig[{index}]: {what}"));
-            let policy = Arc::new(entry.policy().map_err(|error| at(&error))?);
+            let at = format!("methodConfig[{index}]");
+            let policy = Arc::new(entry.policy(&at)?);
             if entry.name.is_empty() {
-                return Err(at("`name` lists no service or method"));
+                return Err(InvalidSetting::new(
+                    format!("{at}.name"),
+                    "[]",
+                    "must list a service or method, or hold one empty name for every method",
+                )
+                .into());
             }
-            for name in entry.name {
+            for (number, name) in entry.name.into_iter().enumerate() {
                 let service = name.service.unwrap_or_default();
                 let method = name.method.unwrap_or_default();
                 if service.is_empty() && !method.is_empty() {
-                    return Err(at("a name with a method needs its service"));
+                    return Err(InvalidSetting::new(
+                        format!("{at}.name[{number}].service"),
+                        format_args!("{service:?}"),
+                        format!("must name the service of method {method:?}"),
+                    )
+                    .into());
                 }
                 if !seen.insert((service.clone(), method.clone())) {
-                    return Err(at(&format!("{service}/{method} is named twice")));
+                    return Err(InvalidSetting::new(
+                        format!("{at}.name[{number}]"),
+                        format_args!("{service}/{method}"),
+                        "must not be named twice",
+                    )
+                    .into());
                 }
                 match (service.is_empty(), method.is_empty()) {
                     (true, _) => config.default = Some(policy.clone()),
@@ -97,20 +124,24 @@ impl ServiceConfig {
             }
         }
         if let Some(throttling) = raw.retry_throttling {
-            if !(throttling.max_tokens > 0.0 && throttling.max_tokens <= 1000.0) {
-                return Err(ServiceConfigError(
-                    "retryThrottling.maxTokens must be in (0, 1000]".into(),
-                ));
+            let max_tokens = throttling.max_tokens;
+            if !(max_tokens > 0.0 && max_tokens <= 1000.0) {
+                return Err(InvalidSetting::new(
+                    "retryThrottling.maxTokens",
+                    max_tokens,
+                    "must be above 0 and at most 1000",
+                )
+                .into());
             }
             if throttling.token_ratio <= 0.0 {
-                return Err(ServiceConfigError(
-                    "retryThrottling.tokenRatio must be above 0".into(),
-                ));
+                return Err(InvalidSetting::new(
+                    "retryThrottling.tokenRatio",
+                    throttling.token_ratio,
+                    "must be above 0",
+                )
+                .into());
             }
-            config.throttle = Some(Arc::new(Throttle::new(
-                throttling.max_tokens,
-                throttling.token_ratio,
-            )));
+            config.throttle = Some(Arc::new(Throttle::new(max_tokens, throttling.token_ratio)));
         }
         Ok(config)
     }
@@ -191,18 +222,25 @@ struct RawThrottling {
 const MAX_ATTEMPTS: u32 = 5;
 
 impl RawMethodConfig {
-    fn policy(&self) -> Result<MethodPolicy, String> {
+    /// The policy of the entry at JSON path `at` (`methodConfig[0]`).
+    fn policy(&self, at: &str) -> Result<MethodPolicy, InvalidSetting> {
         let timeout = self
             .timeout
             .as_deref()
-            .map(|text| duration(text, "timeout"))
+            .map(|text| positive_duration(text, &format!("{at}.timeout")))
             .transpose()?;
         let again = match (&self.retry_policy, &self.hedging_policy) {
             (Some(_), Some(_)) => {
-                return Err("retryPolicy and hedgingPolicy exclude each other".into());
+                return Err(InvalidSetting::new(
+                    format!("{at}.hedgingPolicy"),
+                    "{...}",
+                    "must be absent when retryPolicy is set: they exclude each other",
+                ));
             }
-            (Some(retry), None) => Some(Again::Retry(retry.policy()?)),
-            (None, Some(hedging)) => Some(Again::Hedge(hedging.policy()?)),
+            (Some(retry), None) => Some(Again::Retry(retry.policy(&format!("{at}.retryPolicy"))?)),
+            (None, Some(hedging)) => Some(Again::Hedge(
+                hedging.policy(&format!("{at}.hedgingPolicy"))?,
+            )),
             (None, None) => None,
         };
         Ok(MethodPolicy {
@@ -214,24 +252,32 @@ impl RawMethodConfig {
 }
 
 impl RawRetry {
-    fn policy(&self) -> Result<RetryPolicy, String> {
+    fn policy(&self, at: &str) -> Result<RetryPolicy, InvalidSetting> {
         if self.max_attempts < 2 {
-            return Err("retryPolicy.maxAttempts must be at least 2".into());
+            return Err(InvalidSetting::new(
+                format!("{at}.maxAttempts"),
+                self.max_attempts,
+                "must be at least 2",
+            ));
         }
-        let initial_backoff = duration(&self.initial_backoff, "retryPolicy.initialBackoff")?;
-        let max_backoff = duration(&self.max_backoff, "retryPolicy.maxBackoff")?;
-        if initial_backoff.is_zero() || max_backoff.is_zero() {
-            return Err("retryPolicy backoffs must be above 0".into());
-        }
+        let initial_backoff =
+            positive_duration(&self.initial_backoff, &format!("{at}.initialBackoff"))?;
+        let max_backoff = positive_duration(&self.max_backoff, &format!("{at}.maxBackoff"))?;
         if self.backoff_multiplier <= 0.0 {
-            return Err("retryPolicy.backoffMultiplier must be above 0".into());
+            return Err(InvalidSetting::new(
+                format!("{at}.backoffMultiplier"),
+                self.backoff_multiplier,
+                "must be above 0",
+            ));
         }
-        let codes = codes(
-            &self.retryable_status_codes,
-            "retryPolicy.retryableStatusCodes",
-        )?;
+        let key = format!("{at}.retryableStatusCodes");
+        let codes = codes(&self.retryable_status_codes, &key)?;
         if codes.is_empty() {
-            return Err("retryPolicy.retryableStatusCodes must name at least one code".into());
+            return Err(InvalidSetting::new(
+                key,
+                "[]",
+                "must name at least one code",
+            ));
         }
         Ok(RetryPolicy {
             max_attempts: self.max_attempts.min(MAX_ATTEMPTS),
@@ -244,14 +290,18 @@ impl RawRetry {
 }
 
 impl RawHedging {
-    fn policy(&self) -> Result<HedgingPolicy, String> {
+    fn policy(&self, at: &str) -> Result<HedgingPolicy, InvalidSetting> {
         if self.max_attempts < 2 {
-            return Err("hedgingPolicy.maxAttempts must be at least 2".into());
+            return Err(InvalidSetting::new(
+                format!("{at}.maxAttempts"),
+                self.max_attempts,
+                "must be at least 2",
+            ));
         }
         let delay = self
             .hedging_delay
             .as_deref()
-            .map(|text| duration(text, "hedgingPolicy.hedgingDelay"))
+            .map(|text| duration(text, &format!("{at}.hedgingDelay")))
             .transpose()?
             .unwrap_or_default();
         Ok(HedgingPolicy {
@@ -259,23 +309,53 @@ impl RawHedging {
             delay,
             non_fatal: codes(
                 &self.non_fatal_status_codes,
-                "hedgingPolicy.nonFatalStatusCodes",
+                &format!("{at}.nonFatalStatusCodes"),
             )?,
         })
     }
 }
 
-/// A protobuf JSON duration: decimal seconds with an `s` suffix (`"0.25s"`).
-fn duration(text: &str, field: &str) -> Result<Duration, String> {
-    text.strip_suffix('s')
+/// A protobuf JSON duration: decimal seconds with an `s` suffix (`"0.25s"`), at most
+/// [`MAX_DURATION`].
+fn duration(text: &str, key: &str) -> Result<Duration, InvalidSetting> {
+    let seconds = text
+        .strip_suffix('s')
         .and_then(|seconds| seconds.parse::<f64>().ok())
-        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{field} {text:?} is not a duration like \"0.5s\""))
+        .filter(|seconds| *seconds >= 0.0)
+        .ok_or_else(|| {
+            InvalidSetting::new(
+                key,
+                format_args!("{text:?}"),
+                "must be a duration like \"0.5s\"",
+            )
+        })?;
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(|| {
+            InvalidSetting::new(
+                key,
+                format_args!("{text:?}"),
+                format!("must be at most {}", DurationText(MAX_DURATION)),
+            )
+        })
+}
+
+/// A [`duration`] above zero.
+fn positive_duration(text: &str, key: &str) -> Result<Duration, InvalidSetting> {
+    let duration = duration(text, key)?;
+    if duration.is_zero() {
+        return Err(InvalidSetting::new(
+            key,
+            format_args!("{text:?}"),
+            "must be above 0s",
+        ));
+    }
+    Ok(duration)
 }
 
 /// Status codes by name (`"UNAVAILABLE"`) or number.
-fn codes(values: &[serde_json::Value], field: &str) -> Result<Vec<Code>, String> {
+fn codes(values: &[serde_json::Value], key: &str) -> Result<Vec<Code>, InvalidSetting> {
     values
         .iter()
         .map(|value| {
@@ -287,7 +367,9 @@ fn codes(values: &[serde_json::Value], field: &str) -> Result<Vec<Code>, String>
                 serde_json::Value::String(name) => code_named(name),
                 _ => None,
             };
-            code.ok_or_else(|| format!("{field} has {value}, not a status code name or number"))
+            code.ok_or_else(|| {
+                InvalidSetting::new(key, value, "must list status codes by name or number")
+            })
         })
         .collect()
 }
@@ -359,39 +441,148 @@ mod tests {
 
     #[test]
     fn mistakes_name_the_field() {
-        for (json, hint) in [
+        let retry = |fields: &str| {
+            format!(
+                r#"{{"methodConfig": [{{"name": [{{"service": "s"}}], "retryPolicy": {{{fields}}}}}]}}"#
+            )
+        };
+        let codes = r#""retryableStatusCodes": ["UNAVAILABLE"]"#;
+        for (json, expected) in [
             (
-                r#"{"methodConfig": [{"name": [{"method": "M"}]}]}"#,
-                "needs its service",
+                r#"{"methodConfig": [{"name": [{"method": "M"}]}]}"#.to_owned(),
+                r#"methodConfig[0].name[0].service = "": must name the service of method "M""#,
             ),
             (
-                r#"{"methodConfig": [{"name": [{"service": "s"}], "timeout": "5"}]}"#,
-                "timeout",
+                r#"{"methodConfig": [{"name": []}]}"#.to_owned(),
+                "methodConfig[0].name = []: must list a service or method, or hold one empty \
+                 name for every method",
             ),
             (
-                r#"{"methodConfig": [{"name": [{"service": "s"}], "retryPolicy": {"maxAttempts": 1,
-                   "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1,
-                   "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#,
-                "maxAttempts",
+                r#"{"methodConfig": [{"name": [{"service": "s"}], "timeout": "5"}]}"#.to_owned(),
+                r#"methodConfig[0].timeout = "5": must be a duration like "0.5s""#,
             ),
             (
-                r#"{"methodConfig": [{"name": [{"service": "s"}], "retryPolicy": {"maxAttempts": 2,
-                   "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1,
-                   "retryableStatusCodes": ["NOPE"]}}]}"#,
-                "NOPE",
+                r#"{"methodConfig": [{"name": [{"service": "s"}], "timeout": "0s"}]}"#.to_owned(),
+                r#"methodConfig[0].timeout = "0s": must be above 0s"#,
             ),
             (
-                r#"{"retryThrottling": {"maxTokens": 0, "tokenRatio": 1}}"#,
-                "maxTokens",
+                r#"{"methodConfig": [{"name": [{"service": "s"}], "timeout": "1e300s"}]}"#
+                    .to_owned(),
+                r#"methodConfig[0].timeout = "1e300s": must be at most 1year"#,
             ),
             (
-                r#"{"methodConfig": [{"name": [{"service": "s"}, {"service": "s"}]}]}"#,
-                "twice",
+                retry(&format!(
+                    r#""maxAttempts": 1, "initialBackoff": "1s", "maxBackoff": "1s",
+                       "backoffMultiplier": 1, {codes}"#
+                )),
+                "methodConfig[0].retryPolicy.maxAttempts = 1: must be at least 2",
             ),
-            ("not json", "expected"),
+            (
+                retry(&format!(
+                    r#""maxAttempts": 2, "initialBackoff": "0s", "maxBackoff": "1s",
+                       "backoffMultiplier": 1, {codes}"#
+                )),
+                r#"methodConfig[0].retryPolicy.initialBackoff = "0s": must be above 0s"#,
+            ),
+            (
+                retry(&format!(
+                    r#""maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "99999999999s",
+                       "backoffMultiplier": 1, {codes}"#
+                )),
+                r#"methodConfig[0].retryPolicy.maxBackoff = "99999999999s": must be at most 1year"#,
+            ),
+            (
+                retry(&format!(
+                    r#""maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s",
+                       "backoffMultiplier": 0, {codes}"#
+                )),
+                "methodConfig[0].retryPolicy.backoffMultiplier = 0: must be above 0",
+            ),
+            (
+                retry(
+                    r#""maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s",
+                       "backoffMultiplier": 1, "retryableStatusCodes": ["NOPE"]"#,
+                ),
+                r#"methodConfig[0].retryPolicy.retryableStatusCodes = "NOPE": must list status codes by name or number"#,
+            ),
+            (
+                retry(
+                    r#""maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s",
+                       "backoffMultiplier": 1, "retryableStatusCodes": []"#,
+                ),
+                "methodConfig[0].retryPolicy.retryableStatusCodes = []: must name at least one code",
+            ),
+            (
+                r#"{"methodConfig": [{"name": [{"service": "s"}],
+                    "hedgingPolicy": {"maxAttempts": 1}}]}"#
+                    .to_owned(),
+                "methodConfig[0].hedgingPolicy.maxAttempts = 1: must be at least 2",
+            ),
+            (
+                r#"{"methodConfig": [{"name": [{"service": "s"}],
+                    "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "-1s"}}]}"#
+                    .to_owned(),
+                r#"methodConfig[0].hedgingPolicy.hedgingDelay = "-1s": must be a duration like "0.5s""#,
+            ),
+            (
+                r#"{"methodConfig": [{"name": [{"service": "s"}],
+                    "hedgingPolicy": {"maxAttempts": 2, "nonFatalStatusCodes": [17]}}]}"#
+                    .to_owned(),
+                "methodConfig[0].hedgingPolicy.nonFatalStatusCodes = 17: must list status codes \
+                 by name or number",
+            ),
+            (
+                r#"{"methodConfig": [{"name": [{"service": "s"}], "hedgingPolicy": {"maxAttempts": 2},
+                    "retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s",
+                    "backoffMultiplier": 1, "retryableStatusCodes": [14]}}]}"#
+                    .to_owned(),
+                "methodConfig[0].hedgingPolicy = {...}: must be absent when retryPolicy is set: \
+                 they exclude each other",
+            ),
+            (
+                r#"{"retryThrottling": {"maxTokens": 0, "tokenRatio": 1}}"#.to_owned(),
+                "retryThrottling.maxTokens = 0: must be above 0 and at most 1000",
+            ),
+            (
+                r#"{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0}}"#.to_owned(),
+                "retryThrottling.tokenRatio = 0: must be above 0",
+            ),
+            (
+                r#"{"methodConfig": [{"name": [{"service": "s"}, {"service": "s"}]}]}"#.to_owned(),
+                "methodConfig[0].name[1] = s/: must not be named twice",
+            ),
         ] {
-            let error = ServiceConfig::parse(json).unwrap_err().to_string();
-            assert!(error.contains(hint), "{json}: {error}");
+            let error = ServiceConfig::parse(&json).unwrap_err();
+            let ServiceConfigError::Setting(setting) = &error else {
+                panic!("{json}: {error}")
+            };
+            assert_eq!(setting.to_string(), expected, "{json}");
+            assert_eq!(error.to_string(), format!("invalid service config: {expected}"));
         }
+        let error = ServiceConfig::parse("not json").unwrap_err();
+        assert!(
+            matches!(&error, ServiceConfigError::Json(message) if message.contains("expected")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn boundary_values_are_accepted() {
+        let config = ServiceConfig::parse(
+            r#"{"methodConfig": [{"name": [{}], "timeout": "31557600s",
+                "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.000000001s",
+                "maxBackoff": "31557600s", "backoffMultiplier": 0.001,
+                "retryableStatusCodes": [0]}}],
+                "retryThrottling": {"maxTokens": 1000, "tokenRatio": 0.001}}"#,
+        )
+        .unwrap();
+        let policy = config.lookup("/a.S/M").unwrap();
+        assert_eq!(policy.timeout, Some(MAX_DURATION));
+        let hedged = ServiceConfig::parse(
+            r#"{"methodConfig": [{"name": [{}],
+                "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0s"}}]}"#,
+        )
+        .unwrap();
+        assert!(hedged.lookup("/a.S/M").is_some());
     }
 }

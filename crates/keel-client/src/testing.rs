@@ -96,7 +96,9 @@ impl Net {
             .map(|host| host.address().to_string())
             .collect();
         let builder = Channel::builder(&format!("static:///{}", list.join(","))).unwrap();
-        configure(builder.connector(self.clone())).build()
+        configure(builder.connector(self.clone()))
+            .build()
+            .expect("the tests' settings are valid")
     }
 }
 

@@ -159,7 +159,8 @@ async fn five_hundred_concurrent_calls_share_the_configured_connections() {
     let channel = Channel::builder(&format!("dns:///{}", backend.addr))
         .unwrap()
         .connections_per_backend(2)
-        .build();
+        .build()
+        .unwrap();
     let failures = drive(&channel, 500, 500).await;
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(backend.calls(), 500);
@@ -204,7 +205,8 @@ async fn round_robin_spreads_thirty_thousand_calls_evenly() {
     let channel = Channel::builder(&static_target(&[&a, &b, &c]))
         .unwrap()
         .policy(Policy::RoundRobin)
-        .build();
+        .build()
+        .unwrap();
     // All three connected, so that the spread measures the policy.
     eventually("every backend connects", Duration::from_secs(5), || {
         all_ready(&channel)
@@ -256,7 +258,7 @@ async fn load_aware_policies_prefer_a_fast_backend_end_to_end() {
     ];
     for (name, build) in policies {
         let before = [a.calls(), b.calls(), slow.calls()];
-        let channel = build(Channel::builder(&target).unwrap()).build();
+        let channel = build(Channel::builder(&target).unwrap()).build().unwrap();
         eventually("every backend connects", Duration::from_secs(5), || {
             all_ready(&channel)
         })
@@ -281,7 +283,11 @@ async fn load_aware_policies_prefer_a_fast_backend_end_to_end() {
     let target = static_target(&[&a, &b, &c]);
     for policy in [Policy::LeastRequest, Policy::P2cEwma] {
         let before = [a.calls(), b.calls(), c.calls()];
-        let channel = Channel::builder(&target).unwrap().policy(policy).build();
+        let channel = Channel::builder(&target)
+            .unwrap()
+            .policy(policy)
+            .build()
+            .unwrap();
         eventually("every backend connects", Duration::from_secs(5), || {
             all_ready(&channel)
         })
@@ -311,7 +317,8 @@ async fn a_stopped_backend_fails_over_and_its_subchannel_recovers_on_restart() {
     let channel = Channel::builder(&static_target(&[&a, &b]))
         .unwrap()
         .config(config)
-        .build();
+        .build()
+        .unwrap();
     assert!(drive(&channel, 200, 4).await.is_empty());
     let a_addr = a.addr;
     a.stop().await;
@@ -416,15 +423,14 @@ async fn file_resolver_follows_the_file_without_dropping_calls() {
 async fn pick_first_uses_one_backend_and_moves_on_when_it_goes() {
     let a = Backend::start("127.0.0.1:0", Duration::ZERO).await;
     let b = Backend::start("127.0.0.2:0", Duration::ZERO).await;
-    let mut config = ChannelConfig {
-        policy: Policy::PickFirst,
-        ..ChannelConfig::default()
-    };
+    let mut config = ChannelConfig::default();
+    config.policy = Policy::PickFirst;
     config.connect_backoff.initial = Duration::from_millis(50);
     let channel = Channel::builder(&static_target(&[&a, &b]))
         .unwrap()
         .config(config)
-        .build();
+        .build()
+        .unwrap();
     assert!(drive(&channel, 100, 4).await.is_empty());
     assert_eq!((a.calls(), b.calls()), (100, 0));
     assert_eq!(
@@ -465,7 +471,8 @@ async fn unreachable_targets_fail_fast_and_deadlines_bound_calls() {
     let channel = Channel::builder(&format!("dns:///{}", slow.addr))
         .unwrap()
         .timeout(Duration::from_millis(200))
-        .build();
+        .build()
+        .unwrap();
     let started = std::time::Instant::now();
     let status = GreeterClient::new(channel)
         .say_hello(HelloRequest::default())
@@ -573,7 +580,8 @@ async fn serve_with_config(greeter: Scripted, json: &str) -> (Channel, JoinHandl
         .unwrap()
         .service_config(json)
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     (channel, server)
 }
 
@@ -670,7 +678,8 @@ async fn throttling_stops_retries_when_most_calls_fail() {
         .unwrap()
         .service_config(&retry_config(5, r#""UNAVAILABLE""#, throttling))
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     // Tokens 4 → 3 (retry allowed) → 2 (at half: no more retries).
     assert_eq!(
         say_hello(&channel).await.unwrap_err().code(),
@@ -717,14 +726,13 @@ async fn hedging_answers_from_the_first_fast_attempt() {
 async fn a_backend_turning_not_serving_gets_no_new_calls_within_a_second() {
     let a = Backend::start("127.0.0.1:0", Duration::from_millis(1)).await;
     let b = Backend::start("127.0.0.2:0", Duration::from_millis(1)).await;
-    let config = ChannelConfig {
-        health_check: Some(String::new()),
-        ..ChannelConfig::default()
-    };
+    let mut config = ChannelConfig::default();
+    config.health_check = Some(String::new());
     let channel = Channel::builder(&static_target(&[&a, &b]))
         .unwrap()
         .config(config)
-        .build();
+        .build()
+        .unwrap();
     assert!(drive(&channel, 400, 8).await.is_empty());
     assert!(
         a.calls() > 100 && b.calls() > 100,
@@ -772,16 +780,17 @@ async fn consecutive_failures_eject_a_backend_until_its_time_is_up() {
         ..Scripted::default()
     };
     let (bad, server) = serve_scripted(failing.clone()).await;
-    let config = ChannelConfig {
-        outlier: Some(keel::client::OutlierConfig {
-            consecutive_failures: 3,
-            base_ejection_time: Duration::from_millis(500),
-            ..keel::client::OutlierConfig::default()
-        }),
-        ..ChannelConfig::default()
-    };
+    let mut outlier = keel::client::OutlierConfig::default();
+    outlier.consecutive_failures = 3;
+    outlier.base_ejection_time = Duration::from_millis(500);
+    let mut config = ChannelConfig::default();
+    config.outlier = Some(outlier);
     let target = format!("static:///{},{bad}", good.addr);
-    let channel = Channel::builder(&target).unwrap().config(config).build();
+    let channel = Channel::builder(&target)
+        .unwrap()
+        .config(config)
+        .build()
+        .unwrap();
     eventually("both backends connect", Duration::from_secs(5), || {
         all_ready(&channel)
     })
@@ -936,6 +945,7 @@ async fn keepalive_pings_replace_a_connection_whose_peer_went_silent() {
             .unwrap()
             .config(config)
             .build()
+            .unwrap()
     };
 
     let channel = channel_to_silent(Some(Duration::from_millis(200)));
@@ -1038,7 +1048,8 @@ async fn a_failing_backend_makes_the_resolver_look_again() {
         .unwrap()
         .config(config)
         .resolver(resolver)
-        .build();
+        .build()
+        .unwrap();
     assert!(drive(&channel, 50, 2).await.is_empty());
     assert_eq!(resolutions.load(Ordering::SeqCst), 1);
 

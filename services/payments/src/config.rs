@@ -139,12 +139,7 @@ impl Validate for PaymentsConfig {
         );
         checks.at_least("payment_batch_size", self.payment_batch_size, 1, "");
         checks.at_least("payment_committers", self.payment_committers, 1, "");
-        checks.at_least(
-            "list_default_page_size",
-            self.list_default_page_size,
-            1,
-            "",
-        );
+        checks.at_least("list_default_page_size", self.list_default_page_size, 1, "");
         for (key, value) in [
             (
                 "database_statement_timeout",
