@@ -42,6 +42,13 @@ impl Protos {
     }
 
     /// Uses `root` as the import root instead of the nearest ancestor `proto/` directory.
+    ///
+    /// ```
+    /// let protos = keel_build::Protos::new("health", &["grpc/health/v1/health.proto"])
+    ///     .root("../../proto");
+    /// assert!(!protos.encoded_descriptor_set()?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn root(mut self, root: impl Into<PathBuf>) -> Self {
         self.root = Some(root.into());
@@ -49,6 +56,15 @@ impl Protos {
     }
 
     /// Adds a further import directory, searched after the root.
+    ///
+    /// ```
+    /// // helloworld/helloworld.proto is not under the root, but under the include.
+    /// let protos = keel_build::Protos::new("hello", &["helloworld/helloworld.proto"])
+    ///     .root("../../proto/grpc")
+    ///     .include("../../proto");
+    /// assert!(!protos.encoded_descriptor_set()?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn include(mut self, dir: impl Into<PathBuf>) -> Self {
         self.includes.push(dir.into());
@@ -56,6 +72,16 @@ impl Protos {
     }
 
     /// Maps a proto package to Rust types generated elsewhere (as `prost_build::Config::extern_path`).
+    /// It changes the generated code only, not the descriptor set.
+    ///
+    /// ```
+    /// // build.rs: the well-known types come from prost-types instead of being generated.
+    /// let protos = keel_build::Protos::new("health", &["grpc/health/v1/health.proto"])
+    ///     .root("../../proto")
+    ///     .extern_path(".google.protobuf", "::prost_types");
+    /// assert!(!protos.encoded_descriptor_set()?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn extern_path(mut self, proto_path: &str, rust_path: &str) -> Self {
         self.extern_paths

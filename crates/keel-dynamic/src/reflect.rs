@@ -138,6 +138,20 @@ where
     }
 
     /// Sends `metadata` (e.g. credentials) with every reflection call.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keel_dynamic::reflect::ReflectionClient;
+    /// use tonic::metadata::MetadataMap;
+    ///
+    /// let mut metadata = MetadataMap::new();
+    /// metadata.insert("authorization", "Bearer t0ken".parse()?);
+    /// let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
+    /// let reflection = ReflectionClient::new(channel).metadata(metadata);
+    /// assert_eq!(reflection.version(), None, "nothing asked yet");
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn metadata(mut self, metadata: MetadataMap) -> Self {
         self.metadata = metadata;

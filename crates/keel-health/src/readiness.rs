@@ -144,6 +144,19 @@ impl ReadinessCheck {
     }
 
     /// Makes the check [`Impact::Degraded`]: failing, it degrades the server but keeps it ready.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use keel_health::{HealthRegistry, ReadinessCheck, ReadinessStatus, ServingStatus};
+    ///
+    /// let registry = HealthRegistry::new();
+    /// registry.set("", ServingStatus::Serving);
+    /// let cache = ReadinessCheck::new("cache", || async { Err::<(), _>("connection refused") });
+    /// registry.add_check(cache.degraded()).await;
+    /// assert_eq!(registry.readiness().status, ReadinessStatus::Degraded);
+    /// # }
+    /// ```
     #[must_use]
     pub fn degraded(mut self) -> Self {
         self.impact = Impact::Degraded;
@@ -151,6 +164,21 @@ impl ReadinessCheck {
     }
 
     /// Sets how long one probe may take (default [`ReadinessCheck::DEFAULT_TIMEOUT`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use keel_health::{HealthRegistry, ReadinessCheck};
+    ///
+    /// let registry = HealthRegistry::new();
+    /// let hung = ReadinessCheck::new("database", || std::future::pending::<Result<(), String>>())
+    ///     .timeout(Duration::from_millis(10));
+    /// registry.add_check(hung).await;
+    /// let error = registry.readiness().checks[0].error.clone();
+    /// assert_eq!(error.as_deref(), Some("no answer within 10ms"));
+    /// # }
+    /// ```
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -158,6 +186,20 @@ impl ReadinessCheck {
     }
 
     /// Sets the pause between probes (default [`ReadinessCheck::DEFAULT_INTERVAL`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use keel_health::{HealthRegistry, ReadinessCheck};
+    ///
+    /// let registry = HealthRegistry::new();
+    /// let check = ReadinessCheck::new("database", || async { Ok::<(), String>(()) })
+    ///     .interval(Duration::from_secs(1));
+    /// registry.add_check(check).await; // probed now, then every second
+    /// assert_eq!(registry.readiness().checks[0].error, None);
+    /// # }
+    /// ```
     #[must_use]
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;

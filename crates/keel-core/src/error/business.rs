@@ -186,6 +186,15 @@ impl BusinessError {
     }
 
     /// Sets the domain that owns the reason, e.g. `"payments.keel.dev"` (`ErrorInfo.domain`).
+    ///
+    /// ```
+    /// use keel_core::error::{BusinessError, Details};
+    ///
+    /// let status = BusinessError::not_found("ACCOUNT_NOT_FOUND", "no account acc_1")
+    ///     .domain("payments.keel.dev")
+    ///     .into_status();
+    /// assert_eq!(Details::from_status(&status).domain(), Some("payments.keel.dev"));
+    /// ```
     pub fn domain(mut self, domain: impl Into<String>) -> Self {
         self.domain = domain.into();
         self
@@ -193,12 +202,33 @@ impl BusinessError {
 
     /// Adds a machine-readable fact to `ErrorInfo.metadata` (`account_id` → `acc_1`); a
     /// repeated key keeps the last value.
+    ///
+    /// ```
+    /// use keel_core::error::{BusinessError, Details};
+    ///
+    /// let status = BusinessError::not_found("ACCOUNT_NOT_FOUND", "no account acc_1")
+    ///     .metadata("account_id", "acc_0")
+    ///     .metadata("account_id", "acc_1")
+    ///     .into_status();
+    /// let details = Details::from_status(&status);
+    /// assert_eq!(details.metadata()["account_id"], "acc_1");
+    /// ```
     pub fn metadata(mut self, key: impl Into<String>, value: impl fmt::Display) -> Self {
         self.metadata.insert(key.into(), value.to_string());
         self
     }
 
     /// Adds a `BadRequest` field violation: `field` is a path such as `amount.units`.
+    ///
+    /// ```
+    /// use keel_core::error::{BusinessError, Details};
+    ///
+    /// let status = BusinessError::invalid_argument("INVALID_AMOUNT", "the amount is invalid")
+    ///     .field_violation("amount.units", "must be positive")
+    ///     .into_status();
+    /// let details = Details::from_status(&status);
+    /// assert_eq!(details.field_violations()[0].field, "amount.units");
+    /// ```
     pub fn field_violation(
         mut self,
         field: impl Into<String>,
@@ -211,6 +241,16 @@ impl BusinessError {
 
     /// Adds a `PreconditionFailure` violation: `kind` is an UPPER_SNAKE type of check
     /// (`BALANCE`), `subject` what failed it (`accounts/acc_1`).
+    ///
+    /// ```
+    /// use keel_core::error::{BusinessError, Details};
+    ///
+    /// let status = BusinessError::failed_precondition("INSUFFICIENT_FUNDS", "balance too low")
+    ///     .precondition_violation("BALANCE", "accounts/acc_1", "holds 10, needs 25")
+    ///     .into_status();
+    /// let details = Details::from_status(&status);
+    /// assert_eq!(details.precondition_violations()[0].subject, "accounts/acc_1");
+    /// ```
     pub fn precondition_violation(
         mut self,
         kind: impl Into<String>,
@@ -224,6 +264,16 @@ impl BusinessError {
 
     /// Sets the `ResourceInfo`: the type (`keel.payments.v1.Payment`), the name
     /// (`payments/pay_1`) and what is wrong with it; a second call replaces the first.
+    ///
+    /// ```
+    /// use keel_core::error::{BusinessError, Details};
+    ///
+    /// let status = BusinessError::not_found("PAYMENT_NOT_FOUND", "no payment pay_1")
+    ///     .resource("keel.payments.v1.Payment", "payments/pay_1", "does not exist")
+    ///     .into_status();
+    /// let details = Details::from_status(&status);
+    /// assert_eq!(details.resource().unwrap().resource_name, "payments/pay_1");
+    /// ```
     pub fn resource(
         mut self,
         resource_type: impl Into<String>,
@@ -240,6 +290,16 @@ impl BusinessError {
     }
 
     /// Adds a `QuotaFailure` violation: `subject` is whose quota (`account:acc_1`).
+    ///
+    /// ```
+    /// use keel_core::error::{BusinessError, Details};
+    ///
+    /// let status = BusinessError::resource_exhausted("RATE_LIMITED", "too many payments")
+    ///     .quota_violation("account:acc_1", "50 payments a second")
+    ///     .into_status();
+    /// let details = Details::from_status(&status);
+    /// assert_eq!(details.quota_violations()[0].subject, "account:acc_1");
+    /// ```
     pub fn quota_violation(
         mut self,
         subject: impl Into<String>,
@@ -251,12 +311,29 @@ impl BusinessError {
     }
 
     /// Makes the error retryable no sooner than after `delay` (`RetryInfo.retry_delay`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keel_core::error::BusinessError;
+    ///
+    /// let error = BusinessError::unavailable("LEDGER_UNAVAILABLE", "ledger is down")
+    ///     .retry_after(Duration::from_secs(2));
+    /// assert_eq!(error.retry_delay(), Some(Duration::from_secs(2)));
+    /// ```
     pub fn retry_after(self, delay: Duration) -> Self {
         self.retry(Retry::After(delay))
     }
 
     /// Sets retryability explicitly, e.g. [`Retry::Never`] for an UNAVAILABLE that a retry
     /// cannot fix.
+    ///
+    /// ```
+    /// use keel_core::error::{BusinessError, Retry};
+    ///
+    /// let error = BusinessError::unavailable("REGION_DISABLED", "the region is switched off")
+    ///     .retry(Retry::Never);
+    /// assert!(!error.is_retryable());
+    /// ```
     pub fn retry(mut self, retry: Retry) -> Self {
         self.retry = retry;
         self

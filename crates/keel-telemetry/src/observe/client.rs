@@ -99,6 +99,18 @@ impl ClientObserveLayer {
 
     /// Names the server the wrapped channel calls (`http://host:port`), for the
     /// `server.address`/`server.port` span attributes and the log's peer.
+    ///
+    /// ```
+    /// use keel_core::method::MethodTable;
+    /// use keel_telemetry::Traces;
+    /// use keel_telemetry::observe::{ClientObserveLayer, ClientObserver};
+    ///
+    /// let mut registry = prometheus_client::registry::Registry::default();
+    /// let observer = ClientObserver::new(&MethodTable::default(), &mut registry, &Traces::global());
+    /// let layer = ClientObserveLayer::new(observer).target(&"http://127.0.0.1:50051".parse()?);
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn target(mut self, uri: &http::Uri) -> Self {
         self.target = uri.authority().map(Target::of);

@@ -49,6 +49,21 @@ impl Payments {
 
     /// Applies `limiter` to payers instead of the one [`Payments::new`] made (if any), e.g. a
     /// [`Limiter::Redis`] shared by every instance.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use payments::limit::Limiter;
+    /// use payments::service::Payments;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("payments-doc-{}", std::process::id()));
+    /// let store = payments::store::open(&format!("sqlite://{}/p.db", dir.display())).await?;
+    /// // Ten payments a second per payer, counted here; `Limiter::Redis` shares the budget.
+    /// let service = Payments::new(store, 0).limiter(Limiter::local(10));
+    /// # drop(service);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn limiter(mut self, limiter: Limiter) -> Self {
         self.limiter = Some(Arc::new(limiter));
