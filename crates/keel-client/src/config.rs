@@ -30,12 +30,12 @@ pub enum Policy {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct KeepaliveConfig {
-    /// Send a PING after this long without frames; `None` (the default, as in grpc-go)
-    /// sends none. Servers reject pings more frequent than their policy allows (Keel's
+    /// Send a PING after this long without frames (above 0s); `None` (the default, as in
+    /// grpc-go) sends none. Servers reject pings more frequent than their policy allows (Keel's
     /// and grpc-go's default minimum is 5 minutes without calls in flight).
     #[serde(with = "humantime_serde")]
     pub interval: Option<Duration>,
-    /// Close the connection if a PING is not answered within this (20 s).
+    /// Close the connection if a PING is not answered within this (20 s; above 0s).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Also ping while no call is in flight (false).
@@ -58,9 +58,9 @@ impl Default for KeepaliveConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Http2Config {
-    /// Initial stream window in bytes.
+    /// Initial stream window in bytes (65,535 to 2^31-1).
     pub initial_stream_window: Option<u32>,
-    /// Initial connection window in bytes.
+    /// Initial connection window in bytes (65,535 to 2^31-1).
     pub initial_connection_window: Option<u32>,
     /// Grow windows with the measured bandwidth-delay product (BDP probing); off by
     /// default. It starts the connection window at 64 KiB, and h2 (0.4.20 and later)
@@ -68,10 +68,10 @@ pub struct Http2Config {
     /// allows, which ~130 concurrent small responses on one connection reach.
     pub adaptive_window: bool,
     /// The largest response header list (headers or trailers, HTTP/2's
-    /// SETTINGS_MAX_HEADER_LIST_SIZE) in bytes: 16 KiB, grpc-core's hard limit, which
-    /// bounds what one response can make the client hold. Response headers over it fail
-    /// the call with INTERNAL naming this setting; over four times it, h2 closes the
-    /// connection. Trailers over it lose the entries past the limit (h2 drops them
+    /// SETTINGS_MAX_HEADER_LIST_SIZE) in bytes (at least 1 KiB): 16 KiB, grpc-core's hard
+    /// limit, which bounds what one response can make the client hold. Response headers
+    /// over it fail the call with INTERNAL naming this setting; over four times it, h2
+    /// closes the connection. Trailers over it lose the entries past the limit (h2 drops them
     /// silently), and a call whose `grpc-status` went with them fails with UNKNOWN.
     pub max_header_list_size: u32,
 }
@@ -112,12 +112,12 @@ impl Default for Http2Config {
 pub struct ChannelConfig {
     /// The load-balancing policy (`round_robin`).
     pub policy: Policy,
-    /// HTTP/2 connections per backend (1). More spread calls over more connections (h2
+    /// HTTP/2 connections per backend (1; 1 to 1024). More spread calls over more connections (h2
     /// serializes a connection's frames behind one lock); calls never open connections.
     pub connections_per_backend: usize,
-    /// The `:authority` calls carry; the target's host:port by default.
+    /// The `:authority` calls carry (`host[:port]`); the target's host:port by default.
     pub authority: Option<String>,
-    /// The deadline of calls that set none (none by default).
+    /// The deadline of calls that set none (none by default; above 0s).
     #[serde(with = "humantime_serde")]
     pub timeout: Option<Duration>,
     /// Wait for a backend to become ready rather than fail with UNAVAILABLE when every
@@ -136,7 +136,7 @@ pub struct ChannelConfig {
     pub health_check: Option<String>,
     /// Eject backends after consecutive failures. Off by default.
     pub outlier: Option<OutlierConfig>,
-    /// Time constant of `p2c_ewma`'s latency average (10 s).
+    /// Time constant of `p2c_ewma`'s latency average (10 s; above 0s).
     #[serde(with = "humantime_serde")]
     pub ewma_decay: Duration,
 }

@@ -78,37 +78,44 @@ impl Default for ServerConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Http2Config {
-    /// Server-sent PING interval (`0s`: off). 60 s finds dead peers well before the common
-    /// idle-flow timeouts of NATs and cloud load balancers (350 s and up), which would
-    /// otherwise drop a quiet connection silently. grpc-go's 2 h default is too slow for that.
+    /// Server-sent PING interval (`0s`: off; at most a year). 60 s finds dead peers well before
+    /// the common idle-flow timeouts of NATs and cloud load balancers (350 s and up), which
+    /// would otherwise drop a quiet connection silently. grpc-go's 2 h default is too slow for
+    /// that.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
-    /// How long to wait for a PING acknowledgement before closing the connection. 20 s, as
-    /// grpc-go: long enough for a loaded peer, short enough to free a dead one.
+    /// How long to wait for a PING acknowledgement before closing the connection (above 0s
+    /// while pings are on). 20 s, as grpc-go: long enough for a loaded peer, short enough to
+    /// free a dead one.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
-    /// Concurrent streams one client may open on one connection. 1024 bounds the memory a
-    /// single connection can pin while leaving ample room for multiplexing; the server-wide
-    /// bound is `limits.concurrency_limit`.
+    /// Concurrent streams one client may open on one connection (at least 1). 1024 bounds the
+    /// memory a single connection can pin while leaving ample room for multiplexing; the
+    /// server-wide bound is `limits.concurrency_limit`.
     pub max_concurrent_streams: u32,
-    /// Initial per-stream flow-control window. 1 MiB lets a single stream fill a fast link
-    /// (the protocol's 64 KiB stalls large messages on every round trip).
+    /// Initial per-stream flow-control window (65,535 to 2^31-1 bytes, RFC 9113). 1 MiB lets a
+    /// single stream fill a fast link (the protocol's 64 KiB stalls large messages on every
+    /// round trip).
     pub initial_stream_window: u32,
-    /// Initial connection flow-control window. 4 MiB: several streams can move large
-    /// messages at once without one starving the rest, while bounding buffered data.
+    /// Initial connection flow-control window (65,535 to 2^31-1 bytes). 4 MiB: several streams
+    /// can move large messages at once without one starving the rest, while bounding buffered
+    /// data.
     pub initial_connection_window: u32,
-    /// Largest frame the server accepts. 16 KiB is the protocol default and what clients expect.
+    /// Largest frame the server accepts (16,384 to 16,777,215 bytes, RFC 9113). 16 KiB is the
+    /// protocol default and what clients expect.
     pub max_frame_size: u32,
-    /// Largest header block (metadata) accepted from a client. 16 KiB covers tokens and
-    /// trace headers; larger metadata usually means a bug, and each stream buffers it whole.
+    /// Largest header block (metadata) accepted from a client (at least 1 KiB). 16 KiB covers
+    /// tokens and trace headers; larger metadata usually means a bug, and each stream buffers
+    /// it whole.
     pub max_header_list_size: u32,
     /// Streams a client may open and reset before the server got to accept them; past it the
-    /// connection is closed with ENHANCE_YOUR_CALM. This bounds the HTTP/2 rapid-reset attack
-    /// (CVE-2023-44487). 256, not h2's 20: a busy server accepts late, and gRPC clients that
-    /// cancel in bursts (hedging, fan-out with early exit) would otherwise lose their connection.
+    /// connection is closed with ENHANCE_YOUR_CALM (at least 1). This bounds the HTTP/2
+    /// rapid-reset attack (CVE-2023-44487). 256, not h2's 20: a busy server accepts late, and
+    /// gRPC clients that cancel in bursts (hedging, fan-out with early exit) would otherwise
+    /// lose their connection.
     pub max_pending_accept_reset_streams: usize,
-    /// Response bytes one stream may buffer ahead of the client's flow-control window.
-    /// 256 KiB keeps a stream streaming at full speed; with `max_concurrent_streams` it
+    /// Response bytes one stream may buffer ahead of the client's flow-control window (1 to
+    /// 2^32-1). 256 KiB keeps a stream streaming at full speed; with `max_concurrent_streams` it
     /// bounds what one connection's responses can hold in memory.
     pub max_send_buffer: usize,
 }
@@ -172,8 +179,8 @@ pub struct ConnectionConfig {
     /// bytes holds a stream no longer. Quiet gaps between messages are not limited.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
-    /// Largest HTTP/1.1 read buffer per connection (request heads must fit). 64 KiB: four
-    /// times `http2.max_header_list_size`.
+    /// Largest HTTP/1.1 read buffer per connection (request heads must fit; at least 8 KiB,
+    /// hyper's minimum). 64 KiB: four times `http2.max_header_list_size`.
     pub http1_max_buffer: usize,
 }
 
@@ -198,16 +205,16 @@ impl Default for ConnectionConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct LimitsConfig {
-    /// Largest message accepted, in bytes; larger ones fail with RESOURCE_EXHAUSTED.
-    /// 4 MiB, as every gRPC implementation, so peers agree on what fits.
+    /// Largest message accepted, in bytes (at least 1); larger ones fail with
+    /// RESOURCE_EXHAUSTED. 4 MiB, as every gRPC implementation, so peers agree on what fits.
     pub max_recv_message_size: usize,
-    /// Largest message sent, in bytes; a larger response fails with RESOURCE_EXHAUSTED
-    /// instead of reaching a client that would reject it anyway. 4 MiB, matching the
-    /// receive default of every gRPC client.
+    /// Largest message sent, in bytes (at least 1); a larger response fails with
+    /// RESOURCE_EXHAUSTED instead of reaching a client that would reject it anyway. 4 MiB,
+    /// matching the receive default of every gRPC client.
     pub max_send_message_size: usize,
-    /// RPCs in flight across the whole server (`0`: unlimited). Past it new RPCs fail fast
-    /// with RESOURCE_EXHAUSTED instead of queueing without bound: a queue only turns
-    /// overload into timeouts and memory growth. 4096 suits a small instance; size it to
+    /// RPCs in flight across the whole server (`0`: unlimited; at most 2^61-1, tokio's
+    /// semaphore). Past it new RPCs fail fast with RESOURCE_EXHAUSTED instead of queueing
+    /// without bound: a queue only turns overload into timeouts and memory growth. 4096 suits a small instance; size it to
     /// what the service can hold in memory at once.
     pub concurrency_limit: usize,
 }
@@ -227,12 +234,13 @@ impl Default for LimitsConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ShutdownConfig {
-    /// Time between reporting NOT_SERVING and refusing connections, during which RPCs are
-    /// still served. 5 s lets load balancers and Kubernetes endpoints notice and stop routing.
+    /// Time between reporting NOT_SERVING and refusing connections, during which RPCs are still
+    /// served (shorter than `timeout`). 5 s lets load balancers and Kubernetes endpoints notice
+    /// and stop routing.
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
-    /// Total time from the signal to exit. In-flight RPCs still running then are cut off.
-    /// 30 s matches Kubernetes' default termination grace period.
+    /// Total time from the signal to exit (above 0s). In-flight RPCs still running then are
+    /// cut off. 30 s matches Kubernetes' default termination grace period.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }
