@@ -91,7 +91,17 @@ impl Protos {
 
     /// Whether generated clients get tonic's `connect(endpoint)` convenience, which needs
     /// tonic's `transport` feature (default true). A library crate that must build without
-    /// that feature (so its users need not compile tonic's server) turns it off.
+    /// that feature (so its users need not compile tonic's server) turns it off. It changes
+    /// the generated code only, not the descriptor set.
+    ///
+    /// ```
+    /// // build.rs of a library that builds without tonic's transport feature.
+    /// let protos = keel_build::Protos::new("health", &["grpc/health/v1/health.proto"])
+    ///     .root("../../proto")
+    ///     .transport(false);
+    /// assert!(!protos.encoded_descriptor_set()?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn transport(mut self, enabled: bool) -> Self {
         self.transport = enabled;

@@ -71,6 +71,21 @@ impl Payments {
     }
 
     /// Pages ListPayments by `paging` instead of [`Paging::default`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use payments::service::{Paging, Payments};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("payments-paging-{}", std::process::id()));
+    /// let store = payments::store::open(&format!("sqlite://{}/p.db", dir.display())).await?;
+    /// let mut paging = Paging::default();
+    /// paging.max_page_size = 100;
+    /// let service = Payments::new(store, 0).paging(paging);
+    /// # drop(service);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn paging(mut self, paging: Paging) -> Self {
         self.paging = paging;
