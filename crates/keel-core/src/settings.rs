@@ -1,8 +1,9 @@
 //! Settings checked before they are used. A server refuses its configuration when it is
 //! bound, a channel when it is built, a loader when the process starts, each with an
 //! [`InvalidSetting`] that names the key, the value and what the value must be; never with
-//! a panic deep in a connection task (h2 asserts on an out-of-range frame size,
-//! `Duration::mul_f64` on a jitter above 1, `Instant + Duration` on a huge timeout).
+//! a panic deep in a connection task (h2 asserts on an out-of-range window, rand on a jitter
+//! that is not a number, `Duration::mul_f64` on a huge age, `Instant + Duration` on a huge
+//! timeout).
 //!
 //! ```
 //! use keel_core::settings::{Checks, Validate};
