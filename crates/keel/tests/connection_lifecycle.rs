@@ -76,16 +76,23 @@ async fn max_age_sends_goaway_and_clients_reconnect_without_failures() {
     // request written after the server closed the socket fails with a broken pipe, which
     // the client cannot tell from a lost answer).
     let labels = r#"grpc_type="unary",grpc_service="helloworld.Greeter",grpc_method="SayHello""#;
-    let started = server
-        .metric(&format!("grpc_server_started_total{{{labels}}}"))
-        .await
-        .unwrap();
-    let answered = server
-        .metric(&format!(
-            "grpc_server_handled_total{{{labels},grpc_code=\"OK\"}}"
-        ))
-        .await
-        .unwrap();
+    let started_series = format!("grpc_server_started_total{{{labels}}}");
+    let answered_series = format!("grpc_server_handled_total{{{labels},grpc_code=\"OK\"}}");
+    // A call is counted when its status passes the observe layer, which can be a moment
+    // after the workers stopped: wait (bounded) for the counts to settle. A call the server
+    // lost never becomes an OK, and the wait fails.
+    eventually_async(
+        "every call the server accepted answered OK across GOAWAY",
+        Duration::from_secs(5),
+        || async {
+            let started = server.metric(&started_series).await.unwrap();
+            let answered = server.metric(&answered_series).await.unwrap_or(0.0);
+            answered >= started
+        },
+    )
+    .await;
+    let started = server.metric(&started_series).await.unwrap();
+    let answered = server.metric(&answered_series).await.unwrap();
     assert_eq!(started, answered, "accepted RPCs failed across GOAWAY");
     assert_eq!(
         ok.load(Ordering::Relaxed) as f64,
