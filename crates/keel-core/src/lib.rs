@@ -6,6 +6,7 @@
 //! - [`code`]: status codes as grpc-go names them, who is at fault, a finished call's code;
 //! - [`context`]: `grpc-timeout`, the deadline and trace context a call carries along;
 //! - [`status_check`]: a client-side guard that checks a peer's statuses before tonic does;
+//! - [`identity`]: who calls: the peer's certificate identity and an end user's token claims;
 //! - [`framing`]: the length-prefixed message framing, followed without buffering;
 //! - [`method`]: the RPCs a descriptor set declares, by path;
 //! - [`random`]: cheap per-thread random numbers for ids, jitter and load balancing;
@@ -15,6 +16,7 @@ pub mod code;
 pub mod context;
 pub mod error;
 pub mod framing;
+pub mod identity;
 pub mod method;
 pub mod random;
 pub mod settings;
