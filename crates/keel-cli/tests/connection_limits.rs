@@ -122,10 +122,10 @@ async fn a_flood_past_max_connections_leaves_calls_and_the_admin_port_answering(
 }
 
 /// RSS after a warm-up, at the peak of a flood of connections that each made a call, and
-/// once they closed: at least half of what the flood took must go back to the OS within
-/// 15 s. glibc malloc kept all of it (the issue saw 380 MB stay after 20k connections);
-/// jemalloc, the binary's allocator, returns most of it within its 10 s decay, keeping
-/// some dirty pages and metadata (docs/ARCHITECTURE.md, "Memory after a connection flood").
+/// once they closed: within 15 s it must be back within 20% of the baseline (issue 11).
+/// glibc malloc kept all of it (the issue saw 380 MB stay after 20k connections); jemalloc
+/// with the options `.cargo/config.toml` compiles in returns it (docs/ARCHITECTURE.md,
+/// "Memory after a connection flood").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_returns_after_a_flood_of_connections_closes() {
     const LIMIT: usize = 2000;
@@ -163,7 +163,7 @@ async fn memory_returns_after_a_flood_of_connections_closes() {
     drop(greeter);
     wait_for_metric(server.admin, GRPC_CONNECTIONS, |open| open == 0.0).await;
 
-    let bound = baseline + (peak - baseline) / 2;
+    let bound = baseline + baseline / 5;
     let closed = Instant::now();
     let mut rss = rss_kib(pid);
     while rss > bound && closed.elapsed() < Duration::from_secs(15) {
@@ -178,7 +178,7 @@ async fn memory_returns_after_a_flood_of_connections_closes() {
     );
     assert!(
         rss <= bound,
-        "RSS kept more than half of what the flood took: baseline {baseline} KiB, \
+        "RSS stayed more than 20% above its baseline: baseline {baseline} KiB, \
          peak {peak} KiB, 15 s after the last connection closed {rss} KiB"
     );
 }
@@ -464,4 +464,27 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
+}
+
+/// The jemalloc options of `.cargo/config.toml` are compiled into the binary: without them
+/// the flood's memory takes 10 s, not 1 s, to go back.
+#[test]
+fn the_binary_carries_the_workspace_jemalloc_options() {
+    let config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../.cargo/config.toml"
+    ))
+    .unwrap();
+    let options = config
+        .lines()
+        .find_map(|line| line.strip_prefix("JEMALLOC_SYS_WITH_MALLOC_CONF = "))
+        .expect("JEMALLOC_SYS_WITH_MALLOC_CONF in .cargo/config.toml")
+        .trim_matches('"');
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_keel")).unwrap();
+    assert!(
+        binary
+            .windows(options.len())
+            .any(|window| window == options.as_bytes()),
+        "the keel binary does not carry jemalloc options `{options}`"
+    );
 }

@@ -81,11 +81,7 @@ pub struct Claims {
 
 impl Claims {
     /// Claims from their parts (normally built by token verification).
-    pub fn new(
-        subject: String,
-        issuer: String,
-        values: BTreeMap<String, Vec<String>>,
-    ) -> Self {
+    pub fn new(subject: String, issuer: String, values: BTreeMap<String, Vec<String>>) -> Self {
         Self {
             subject,
             issuer,
