@@ -16,9 +16,10 @@ pub struct CertInfo {
     pub subject: String,
     /// Issuer, in the same form.
     pub issuer: String,
-    /// Subject, DER-encoded (to match against another certificate's issuer).
+    /// Subject, DER-encoded without its SEQUENCE header (as a webpki trust anchor holds
+    /// it), to match against another certificate's issuer.
     pub subject_der: Vec<u8>,
-    /// Issuer, DER-encoded.
+    /// Issuer, in the same form.
     pub issuer_der: Vec<u8>,
     /// Serial number in hex, `4f:0a:...`.
     pub serial: String,
@@ -121,8 +122,8 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, Error> {
         (_, Ok(PublicKey::RSA(rsa))) => format!("RSA {}", rsa.key_size()),
         (oid, _) => format!("key algorithm {oid}"),
     };
-    let subject_der = cert.subject().as_raw().to_vec();
-    let issuer_der = cert.issuer().as_raw().to_vec();
+    let subject_der = sequence_contents(cert.subject().as_raw()).to_vec();
+    let issuer_der = sequence_contents(cert.issuer().as_raw()).to_vec();
     Ok(CertInfo {
         subject: name_or_empty(cert.subject().to_string()),
         issuer: name_or_empty(cert.issuer().to_string()),
@@ -140,6 +141,28 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, Error> {
         key,
         public_key_der: spki.raw.to_vec(),
     })
+}
+
+/// A distinguished name given as DER (a full `Name` SEQUENCE, as a TLS CertificateRequest
+/// lists them): its text (`CN=Keel Dev CA`) and its contents, comparable with
+/// [`CertInfo::issuer_der`].
+pub fn read_name(der: &[u8]) -> Option<(String, Vec<u8>)> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, name) = x509_parser::x509::X509Name::from_der(der).ok()?;
+    Some((
+        name_or_empty(name.to_string()),
+        sequence_contents(der).to_vec(),
+    ))
+}
+
+/// The contents of a DER SEQUENCE (what follows its tag and length).
+fn sequence_contents(der: &[u8]) -> &[u8] {
+    let header = match der.get(1) {
+        Some(&length) if length < 0x80 => 2,
+        Some(&length) => 2 + usize::from(length & 0x7f),
+        None => return der,
+    };
+    der.get(header..).unwrap_or(der)
 }
 
 fn name_or_empty(name: String) -> String {

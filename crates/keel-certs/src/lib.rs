@@ -5,7 +5,9 @@
 //! tests use it to make the certificates they need:
 //!
 //! ```
-//! use keel_certs::{Authority, CaOptions, LeafOptions, Purpose, SpiffeId, Validity, check_chain};
+//! use keel_certs::{
+//!     Authority, CaOptions, LeafOptions, Purpose, SpiffeId, Validity, check_chain, trust_anchors,
+//! };
 //!
 //! let root = Authority::root(CaOptions::new("Test CA"))?;
 //! let intermediate = root.intermediate(CaOptions::new("Test Intermediate"))?;
@@ -13,7 +15,7 @@
 //! let client = root.issue(LeafOptions::client().spiffe(SpiffeId::parse("spiffe://keel.test/payments")?))?;
 //! let expired = root.issue(LeafOptions::server().dns("localhost").validity(Validity::expired()))?;
 //!
-//! let roots = [root.certificate().clone()];
+//! let roots = trust_anchors(&[root.certificate().clone()]);
 //! let name = "localhost".try_into()?;
 //! let now = std::time::SystemTime::now();
 //! assert!(check_chain(server.chain(), &roots, Purpose::Server, Some(&name), now).is_empty());
@@ -36,14 +38,16 @@ mod verify;
 use std::path::PathBuf;
 
 pub use files::{Pair, read};
-pub use inspect::{CertInfo, Timeliness, format_span, format_time, inspect, unix_seconds};
+pub use inspect::{
+    CertInfo, Timeliness, format_span, format_time, inspect, read_name, unix_seconds,
+};
 pub use issue::{
     Authority, CaOptions, Issued, KeyAlgorithm, LeafOptions, PrivateKey, Usage, Validity,
     certificates_from_pem, pem_certificates,
 };
-pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor};
 pub use spiffe::SpiffeId;
-pub use verify::{ChainProblem, Purpose, check_chain};
+pub use verify::{ChainProblem, Purpose, check_chain, trust_anchors};
 
 /// Why a certificate could not be made, read or written.
 #[derive(Debug, thiserror::Error)]

@@ -244,6 +244,15 @@ fn algorithms() -> [&'static dyn SignatureVerificationAlgorithm; 14] {
     ]
 }
 
+/// Trust anchors from CA certificates (a `--ca` bundle), skipping any webpki cannot use.
+pub fn trust_anchors(certs: &[CertificateDer<'_>]) -> Vec<TrustAnchor<'static>> {
+    certs
+        .iter()
+        .filter_map(|der| webpki::anchor_from_trusted_cert(der).ok())
+        .map(|anchor| anchor.to_owned())
+        .collect()
+}
+
 /// Verifies `chain` (leaf first, then intermediates) against the trusted `roots` for
 /// `purpose` at `now`, and the leaf against `name` when given. Returns every problem found
 /// (none: the chain is good). Validity is checked for each presented certificate, and the
@@ -251,7 +260,7 @@ fn algorithms() -> [&'static dyn SignatureVerificationAlgorithm; 14] {
 /// untrusted CA shows both problems.
 pub fn check_chain(
     chain: &[CertificateDer<'_>],
-    roots: &[CertificateDer<'_>],
+    roots: &[TrustAnchor<'_>],
     purpose: Purpose,
     name: Option<&ServerName<'_>>,
     now: SystemTime,
@@ -271,7 +280,7 @@ pub fn check_chain(
             }
         }
     }
-    let root_infos: Vec<CertInfo> = roots.iter().filter_map(|der| inspect(der).ok()).collect();
+    let root_names: Vec<&[u8]> = roots.iter().map(|root| root.subject.as_ref()).collect();
     let mut problems = Vec::new();
     let now_seconds = unix_seconds(now);
     for (index, info) in infos.iter().enumerate() {
@@ -296,10 +305,6 @@ pub fn check_chain(
     } else {
         moment_all_valid(&infos).unwrap_or(now_seconds)
     };
-    let anchors: Vec<TrustAnchor<'_>> = roots
-        .iter()
-        .filter_map(|der| webpki::anchor_from_trusted_cert(der).ok())
-        .collect();
     let end_entity = match EndEntityCert::try_from(leaf) {
         Ok(cert) => cert,
         Err(error) => {
@@ -310,7 +315,7 @@ pub fn check_chain(
     let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(at.max(0) as u64));
     let verified = end_entity.verify_for_usage(
         &algorithms(),
-        &anchors,
+        roots,
         &chain[1..],
         time,
         purpose.usage(),
@@ -321,7 +326,7 @@ pub fn check_chain(
     match verified {
         Ok(_) => {}
         Err(webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey) => {
-            problems.push(explain_issuer(&infos, &root_infos));
+            problems.push(explain_issuer(&infos, &root_names));
         }
         Err(webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_)) => {
             let wanted = |usage: (bool, bool)| match purpose {
@@ -364,7 +369,7 @@ fn moment_all_valid(infos: &[CertInfo]) -> Option<i64> {
 }
 
 /// Why no path to a trusted root was found, from the names in the chain and the roots.
-fn explain_issuer(infos: &[CertInfo], roots: &[CertInfo]) -> ChainProblem {
+fn explain_issuer(infos: &[CertInfo], roots: &[&[u8]]) -> ChainProblem {
     // Climb from the leaf through the presented certificates, by name.
     let mut top = 0;
     let mut climbed = vec![0];
@@ -379,10 +384,7 @@ fn explain_issuer(infos: &[CertInfo], roots: &[CertInfo]) -> ChainProblem {
     }
     let reached = &infos[top];
     if reached.self_issued {
-        if roots
-            .iter()
-            .any(|root| root.subject_der == reached.subject_der)
-        {
+        if roots.contains(&reached.subject_der.as_slice()) {
             ChainProblem::DifferentKey {
                 issuer: reached.subject.clone(),
             }
@@ -395,7 +397,7 @@ fn explain_issuer(infos: &[CertInfo], roots: &[CertInfo]) -> ChainProblem {
                 subject: reached.subject.clone(),
             }
         }
-    } else if roots.iter().any(|root| reached.issued_by(root)) {
+    } else if roots.contains(&reached.issuer_der.as_slice()) {
         ChainProblem::DifferentKey {
             issuer: reached.issuer.clone(),
         }

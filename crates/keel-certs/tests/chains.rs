@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use keel_certs::{
     Authority, CaOptions, ChainProblem, Error, KeyAlgorithm, LeafOptions, Pair, PrivateKey,
-    Purpose, ServerName, SpiffeId, Usage, Validity, check_chain, inspect,
+    Purpose, ServerName, SpiffeId, Usage, Validity, check_chain, inspect, trust_anchors,
 };
 
 fn localhost() -> ServerName<'static> {
@@ -22,7 +22,7 @@ fn now() -> SystemTime {
 fn server_and_client_chains_verify_through_an_intermediate() {
     let root = Authority::root(CaOptions::new("Root")).unwrap();
     let intermediate = root.intermediate(CaOptions::new("Intermediate")).unwrap();
-    let roots = [root.certificate().clone()];
+    let roots = trust_anchors(&[root.certificate().clone()]);
     let server = intermediate
         .issue(
             LeafOptions::server()
@@ -96,7 +96,7 @@ fn certificates_hold_exactly_the_names_asked_for() {
     assert!(
         check_chain(
             issued.chain(),
-            &[root.certificate().clone()],
+            &trust_anchors(&[root.certificate().clone()]),
             Purpose::Server,
             Some(&wildcard),
             now()
@@ -108,7 +108,7 @@ fn certificates_hold_exactly_the_names_asked_for() {
 #[test]
 fn validity_windows_are_as_asked_and_checked() {
     let root = Authority::root(CaOptions::new("Root")).unwrap();
-    let roots = [root.certificate().clone()];
+    let roots = trust_anchors(&[root.certificate().clone()]);
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let window = Validity::between(start, start + Duration::from_secs(3600));
     let issued = root
@@ -187,7 +187,7 @@ fn broken_chains_say_where_they_break() {
     let intermediate = root
         .intermediate(CaOptions::new("Keel Dev Intermediate"))
         .unwrap();
-    let roots = [root.certificate().clone()];
+    let roots = trust_anchors(&[root.certificate().clone()]);
     let server = intermediate
         .issue(LeafOptions::server().dns("localhost"))
         .unwrap();
@@ -317,7 +317,7 @@ fn other_key_algorithms_and_existing_keys_work() {
             .unwrap();
         let problems = check_chain(
             leaf.chain(),
-            &[root.certificate().clone()],
+            &trust_anchors(&[root.certificate().clone()]),
             Purpose::Server,
             Some(&localhost()),
             now(),
@@ -373,7 +373,7 @@ fn other_key_algorithms_and_existing_keys_work() {
     assert!(
         check_chain(
             leaf.chain(),
-            &[root.certificate().clone()],
+            &trust_anchors(&[root.certificate().clone()]),
             Purpose::Server,
             Some(&localhost()),
             now()
@@ -415,7 +415,7 @@ fn authorities_round_trip_through_files() {
     assert!(
         check_chain(
             leaf.chain(),
-            &[root.certificate().clone()],
+            &trust_anchors(&[root.certificate().clone()]),
             Purpose::Server,
             Some(&localhost()),
             now()
