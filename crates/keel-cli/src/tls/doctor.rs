@@ -282,6 +282,15 @@ fn explain(inputs: &Inputs, request: &Request, handshake: &Handshake, report: &m
                 ),
             }
         }
+        HandshakeEnd::Closed if asked.is_some() && !sent => {
+            // A TLS 1.2 server that demands a certificate may just hang up.
+            report.check(
+                "TLS",
+                Status::Fail,
+                "the server closed the connection during the handshake",
+            );
+            client_rejection = Some("a closed connection".into());
+        }
         end => {
             let detail = match end {
                 HandshakeEnd::Closed => {
@@ -407,7 +416,7 @@ fn explain(inputs: &Inputs, request: &Request, handshake: &Handshake, report: &m
             .iter()
             .map(|(name, _)| format!("\"{name}\""))
             .collect();
-        format!(" (it accepts certificates issued by {})", names.join(", "))
+        format!("; it accepts certificates issued by {}", names.join(", "))
     };
     match (asked.is_some(), sent, &client_rejection) {
         (true, false, Some(how)) => {
@@ -419,7 +428,7 @@ fn explain(inputs: &Inputs, request: &Request, handshake: &Handshake, report: &m
             report.problem(
                 format!(
                     "client certificate required: the server asked for a client certificate \
-                     (mTLS){accepted_cas} and none was sent, so it ended the connection ({how})"
+                     (mTLS) and none was sent, so it ended the connection ({how}){accepted_cas}"
                 ),
                 vec![
                     "pass --cert CLIENT.pem --key CLIENT.key, a certificate issued by a CA \
