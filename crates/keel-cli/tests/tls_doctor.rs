@@ -220,7 +220,14 @@ fn mutual_tls_through_an_intermediate_passes() {
     let (cert, key) = pki.client_files(&client);
     let (output, text) = doctor(
         &server.target(),
-        &["--ca", path(&pki.ca()), "--cert", path(&cert), "--key", path(&key)],
+        &[
+            "--ca",
+            path(&pki.ca()),
+            "--cert",
+            path(&cert),
+            "--key",
+            path(&key),
+        ],
     );
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(
@@ -301,7 +308,12 @@ fn a_name_mismatch_lists_the_names_the_certificate_has() {
     // ... and the fix works.
     let (output, text) = doctor(
         &server.target(),
-        &["--ca", path(&pki.ca()), "--server-name", "payments.internal"],
+        &[
+            "--ca",
+            path(&pki.ca()),
+            "--server-name",
+            "payments.internal",
+        ],
     );
     assert_eq!(output.status.code(), Some(0), "{text}");
 }
@@ -361,11 +373,20 @@ fn a_rejected_client_certificate_says_which_cas_the_server_accepts() {
     setup.client_ca = Some(&pki.root);
     let server = TlsServer::start(setup);
     let stranger = Authority::root(CaOptions::new("Stranger CA")).unwrap();
-    let client = stranger.issue(LeafOptions::client().common_name("mallory")).unwrap();
+    let client = stranger
+        .issue(LeafOptions::client().common_name("mallory"))
+        .unwrap();
     let (cert, key) = pki.client_files(&client);
     let (output, text) = doctor(
         &server.target(),
-        &["--ca", path(&pki.ca()), "--cert", path(&cert), "--key", path(&key)],
+        &[
+            "--ca",
+            path(&pki.ca()),
+            "--cert",
+            path(&cert),
+            "--key",
+            path(&key),
+        ],
     );
     assert_problem(
         &output,
