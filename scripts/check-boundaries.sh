@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-LEAVES=(keel-core keel-client keel-dynamic keel-health keel-gateway)
+LEAVES=(keel-core keel-client keel-dynamic keel-health keel-gateway keel-certs)
 FORBIDDEN='^(keel|keel-telemetry|opentelemetry_sdk|opentelemetry-otlp|prometheus-client) '
 
 status=0

@@ -2,9 +2,11 @@
 //! libraries and maps errors to exit codes; nothing else lives here.
 
 mod call;
+mod certs;
 mod gateway;
 mod interop;
 mod serve;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -37,6 +39,10 @@ enum Command {
     /// Serve a gRPC service's google.api.http rules as REST/JSON, forwarding to it over
     /// gRPC; descriptors from its reflection, reloaded on SIGHUP.
     Gateway(gateway::GatewayArgs),
+    /// Make a development CA and server and client certificates (PEM), for TLS and mTLS.
+    Certs(certs::CertsArgs),
+    /// TLS tools: `keel tls doctor HOST:PORT` performs a handshake and explains what is wrong.
+    Tls(tls::TlsArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,12 @@ fn main() -> ExitCode {
         eprintln!("keel: {error:#}");
         return ExitCode::from(2);
     }
+    // The certificate tools are synchronous (files, one blocking handshake).
+    let command = match cli.command {
+        Command::Certs(args) => return certs::run(args),
+        Command::Tls(args) => return tls::run(args),
+        command => command,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -53,7 +65,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Serve(args) => {
                 let _telemetry = keel::telemetry::init("keel")?;
                 serve::run(args).await.map(|()| ExitCode::SUCCESS)
@@ -62,6 +74,7 @@ fn main() -> ExitCode {
             // `keel call` reports its own failures: its exit status tells the gRPC code.
             Command::Call(args) => Ok(call::run(args).await),
             Command::Gateway(args) => Ok(gateway::run(args).await),
+            Command::Certs(_) | Command::Tls(_) => unreachable!("run before the runtime starts"),
         }
     });
     match result {
