@@ -123,3 +123,43 @@ impl Auth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, TestIssuer};
+
+    #[test]
+    fn an_optional_token_may_be_absent_but_never_bad() {
+        let dir = std::env::temp_dir().join(format!("keel-authz-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = TestIssuer::ed25519("k");
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, testing::jwks(&[&key])).unwrap();
+        let config = AuthConfig {
+            jwks,
+            issuer: "https://i.test".into(),
+            audience: "svc".into(),
+            require_token: false,
+            ..AuthConfig::default()
+        };
+        let auth = Auth::from_config(&config, None).unwrap().unwrap();
+        let mut headers = HeaderMap::new();
+        assert_eq!(auth.authenticate(&headers), Ok(None));
+        let mut claims = testing::claims("https://i.test", "svc", "alice");
+        claims["exp"] = serde_json::json!(testing::now() - 3600);
+        let expired = format!("Bearer {}", key.sign(&claims));
+        headers.insert("authorization", expired.parse().unwrap());
+        assert_eq!(auth.authenticate(&headers), Err(TokenError::Expired));
+        assert_eq!(
+            auth.authorize("/a.A/M", &headers, None, None),
+            None,
+            "no policy"
+        );
+        assert_eq!(auth.counts(FileKind::Policy), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let off = Auth::from_config(&AuthConfig::default(), None).unwrap();
+        assert!(off.is_none(), "nothing configured, nothing to do");
+    }
+}
