@@ -236,7 +236,12 @@ where
             )?]
         };
         // Every kind of call as a stream, as tonic's own unary and streaming calls are.
-        let request = outgoing(metadata, timeout, tokio_stream::iter(messages));
+        let request = outgoing(
+            metadata,
+            timeout,
+            &parts.extensions,
+            tokio_stream::iter(messages),
+        );
         let response = grpc
             .streaming(request, binding.grpc_path.clone(), codec)
             .await?;

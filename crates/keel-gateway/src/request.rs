@@ -1,12 +1,14 @@
 //! The request side of a REST call: the body (bounded in size, JSON only), the messages it
 //! makes, and the metadata and deadline the call carries from the HTTP headers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, StatusCode};
 use http_body_util::BodyExt as _;
+use keel_core::identity::PeerIdentity;
 use prost_reflect::DynamicMessage;
 use serde_json::value::RawValue;
 use tonic::codegen::StdError;
@@ -175,15 +177,38 @@ pub(crate) fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, Failure> 
         })
 }
 
-/// The call's request: `message` with the request's metadata and deadline.
+/// The call's request: `message` with the request's metadata and deadline, and the
+/// caller's certificate identity from `incoming` (the HTTP request's extensions), so that
+/// a server's authorization sees who called through the gateway in-process.
 pub(crate) fn outgoing<T>(
     metadata: MetadataMap,
     timeout: Option<Duration>,
+    incoming: &http::Extensions,
     message: T,
 ) -> tonic::Request<T> {
-    let mut request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), message);
+    let mut extensions = tonic::Extensions::default();
+    if let Some(peer) = incoming.get::<Arc<PeerIdentity>>() {
+        extensions.insert(peer.clone());
+    }
+    let mut request = tonic::Request::from_parts(metadata, extensions, message);
     if let Some(timeout) = timeout {
         request.set_timeout(timeout);
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_certificate_identity_goes_with_the_call() {
+        let mut incoming = http::Extensions::new();
+        let peer = PeerIdentity::new(None, vec!["svc.keel.test".into()], "CN=svc".into()).shared();
+        incoming.insert(peer.clone());
+        incoming.insert("anything else stays behind");
+        let request = outgoing(MetadataMap::new(), None, &incoming, ());
+        assert_eq!(request.extensions().get::<Arc<PeerIdentity>>(), Some(&peer));
+        assert!(request.extensions().get::<&str>().is_none());
+    }
 }

@@ -31,6 +31,7 @@
 //! | [`dynamic`], [`reflect`] | `keel-dynamic` | messages from descriptors; a reflection client |
 //! | [`health`] | `keel-health` | grpc.health.v1 and readiness |
 //! | [`telemetry`], [`observe`], [`logging`] | `keel-telemetry` | metrics, logs, traces |
+//! | [`authz`] | `keel-authz` | authorization policies, bearer tokens, `auth.*` |
 
 mod admin;
 pub mod config;
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod server;
 pub mod serving;
 
+pub use keel_authz as authz;
 pub use keel_client as client;
 pub use keel_core::{code, context, error, method};
 pub use keel_dynamic as dynamic;

@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 pub use format::Format;
 pub use keel_telemetry::process::ProcessCollector;
 
+use crate::layer::AuthMetrics;
 use crate::serving::ConnectionMetrics;
 use keel_telemetry::observe::{RpcMetrics, Side};
 
@@ -34,6 +35,8 @@ pub struct Metrics {
     pub panics: Counter,
     /// The `grpc_server_*` RPC metrics (go-grpc-middleware's names and labels).
     pub rpc: RpcMetrics,
+    /// `keel_auth_*`: decisions and reloads of the auth files.
+    pub auth: AuthMetrics,
 }
 
 impl Default for Metrics {
@@ -53,6 +56,7 @@ impl Metrics {
             runtime_alive_tasks: Gauge::default(),
             panics: Counter::default(),
             rpc: RpcMetrics::register(Side::Server, &mut registry),
+            auth: AuthMetrics::default(),
             registry: Registry::default(),
         };
         let keel = registry.sub_registry_with_prefix("keel");
@@ -72,9 +76,11 @@ impl Metrics {
             metrics.runtime_alive_tasks.clone(),
         );
         let connection = ConnectionMetrics::register(keel);
+        let auth = AuthMetrics::register(keel);
         Self {
             registry,
             connection,
+            auth,
             ..metrics
         }
     }

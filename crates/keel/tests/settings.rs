@@ -136,6 +136,26 @@ const BAD: &[(&str, &str)] = &[
          RPCs get no time to finish",
     ),
     (
+        "auth.jwks = \"keys.json\"\nauth.issuer = \"\"",
+        r#"auth.issuer = "": must be set when jwks is: tokens from any issuer would pass"#,
+    ),
+    (
+        "auth.jwks = \"keys.json\"\nauth.issuer = \"https://issuer.test\"\nauth.audience = \"\"",
+        r#"auth.audience = "": must be set when jwks is: tokens meant for any service would pass"#,
+    ),
+    (
+        r#"auth.audience = "greeter""#,
+        r#"auth.audience = "greeter": has no effect without auth.jwks (set the JWKS file, or remove it)"#,
+    ),
+    (
+        r#"auth.clock_skew = "301s""#,
+        "auth.clock_skew = 5m 1s: must be at most 5m",
+    ),
+    (
+        r#"auth.reload_interval = "2years""#,
+        "auth.reload_interval = 2years: must be at most 1year",
+    ),
+    (
         r#"observe.payloads.codes = ["OK", "Ok"]"#,
         r#"observe.payloads.codes = "Ok": must list status codes as grpc_code spells them: OK, NotFound, Unavailable, ..."#,
     ),
@@ -170,6 +190,8 @@ const GOOD: &[&str] = &[
     "shutdown.timeout = \"1year\"\nshutdown.drain_delay = \"0s\"",
     "shutdown.timeout = \"1s\"\nshutdown.drain_delay = \"999ms\"",
     "observe.payloads.codes = [\"OK\", \"Canceled\", \"NotFound\", \"Unauthenticated\"]",
+    "auth.clock_skew = \"5m\"\nauth.reload_interval = \"0s\"\nauth.require_token = false",
+    "auth.clock_skew = \"0s\"\nauth.reload_interval = \"1year\"",
 ];
 
 /// The config `toml` describes, on ephemeral loopback ports, unchecked.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use keel_authz::AuthConfig;
 use keel_core::settings::{Checks, DurationText, Validate};
 pub use keel_telemetry::observe::payload::PayloadConfig;
 
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub shutdown: ShutdownConfig,
     /// Metrics, logs and traces of every call.
     pub observe: ObserveConfig,
+    /// Bearer tokens and the authorization policy (off by default).
+    pub auth: AuthConfig,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
             observe: ObserveConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -283,6 +287,7 @@ impl Validate for ServerConfig {
         checks.nested("limits", &self.limits);
         checks.nested("shutdown", &self.shutdown);
         checks.nested("observe", &self.observe);
+        checks.nested("auth", &self.auth);
     }
 }
 

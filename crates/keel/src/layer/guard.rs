@@ -60,6 +60,13 @@ impl<B, G> GuardedBody<B, G> {
     }
 }
 
+/// An empty body holding nothing (a refusal answered by a layer further out).
+impl<B: Default, G> Default for GuardedBody<B, G> {
+    fn default() -> Self {
+        Self::unguarded(B::default())
+    }
+}
+
 impl<B: Body, G> Body for GuardedBody<B, G> {
     type Data = B::Data;
     type Error = B::Error;

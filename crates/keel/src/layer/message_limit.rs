@@ -132,6 +132,14 @@ impl<B> LimitedBody<B> {
     }
 }
 
+/// An empty body with nothing to limit: what a layer further out (authorization) answers
+/// with when it refuses a call before it gets here.
+impl<B: Default> Default for LimitedBody<B> {
+    fn default() -> Self {
+        Self::new(B::default(), Direction::Sent, usize::MAX)
+    }
+}
+
 impl<B> Body for LimitedBody<B>
 where
     B: Body<Data = Bytes>,

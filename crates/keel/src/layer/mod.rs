@@ -7,16 +7,20 @@
 //! 2. `Observe` (from `keel-telemetry`): metrics, the "finished call" log and the span,
 //!    outside everything that can end a call so that every status is observed;
 //! 3. [`EnforceDeadline`]: holds calls to their `grpc-timeout`;
-//! 4. [`MessageLimit`]: enforces message sizes on every service, including ones whose
+//! 4. [`Authorize`]: verifies the bearer token and applies the authorization policy
+//!    (`auth.*`), inside observation so refusals are observed, and before any other work
+//!    is done for a caller that may not call;
+//! 5. [`MessageLimit`]: enforces message sizes on every service, including ones whose
 //!    generated code Keel does not configure (health, reflection, users' services);
-//! 5. [`LoadShed`]: refuses RPCs past the server-wide concurrency limit at once, with
+//! 6. [`LoadShed`]: refuses RPCs past the server-wide concurrency limit at once, with
 //!    RESOURCE_EXHAUSTED, instead of queueing them;
-//! 6. [`CatchPanic`]: turns a handler's panic into INTERNAL, innermost so the permit and
+//! 7. [`CatchPanic`]: turns a handler's panic into INTERNAL, innermost so the permit and
 //!    the observation above it are released and reported as for any other failure.
 //!
 //! `server::stack` stacks them; `tests/docs.rs` checks that this list, the one in
 //! docs/ARCHITECTURE.md and the stack agree.
 
+mod authorize;
 mod catch_panic;
 mod deadline;
 mod guard;
@@ -24,6 +28,7 @@ mod load_shed;
 mod message_limit;
 mod track;
 
+pub use authorize::{AUTH_DOMAIN, AuthMetrics, Authorize, AuthorizeLayer};
 pub use catch_panic::{CatchPanic, CatchPanicLayer};
 pub use deadline::{DeadlineBody, DeadlineLayer, EnforceDeadline};
 pub use guard::{GuardedBody, GuardedFuture};

@@ -46,6 +46,9 @@ pub enum ServerError {
     /// Installing the signal handlers failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The JWKS or policy file (`auth.*`) cannot be read or used; nothing was bound.
+    #[error(transparent)]
+    Auth(#[from] keel_authz::watch::LoadError),
 }
 
 /// Entry point: `Server::builder(config)`.
@@ -236,6 +239,11 @@ impl ServerBuilder {
     /// [`ServerError::Config`], naming its key, and nothing is bound.
     pub async fn bind(self) -> Result<BoundServer, ServerError> {
         self.config.validate()?;
+        let auth = keel_authz::Auth::from_config(
+            &self.config.auth,
+            Some(self.metrics.auth.reload_observer()),
+        )?
+        .map(Arc::new);
         let standard = [
             <HealthServer<HealthService> as NamedService>::NAME,
             "grpc.reflection.v1.ServerReflection",
@@ -312,6 +320,7 @@ impl ServerBuilder {
             health: self.health,
             metrics,
             observer,
+            auth,
         })
     }
 }
@@ -368,6 +377,7 @@ pub struct BoundServer {
     pub(super) health: HealthRegistry,
     pub(super) metrics: Arc<Metrics>,
     pub(super) observer: Arc<ServerObserver>,
+    pub(super) auth: Option<Arc<keel_authz::Auth>>,
 }
 
 impl std::fmt::Debug for BoundServer {
@@ -412,11 +422,27 @@ impl BoundServer {
         self.metrics.clone()
     }
 
+    /// The token keys and policy of `auth.*` (`None` when neither is configured), e.g. to
+    /// [`reload`](keel_authz::Auth::reload) them on demand. While serving they are also
+    /// reloaded every `auth.reload_interval`, and on SIGHUP under
+    /// [`serve_until_signal`](Self::serve_until_signal).
+    pub fn auth(&self) -> Option<Arc<keel_authz::Auth>> {
+        self.auth.clone()
+    }
+
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully; a second signal skips
-    /// straight to closing every connection.
+    /// straight to closing every connection. SIGHUP reloads the `auth.*` files.
     pub async fn serve_until_signal(self) -> Result<ShutdownReport, ServerError> {
         let signals = shutdown::Signals::install().map_err(ServerError::Signals)?;
-        Ok(self.run(signals).await)
+        let hangups = match &self.auth {
+            None => None,
+            Some(auth) => Some(reload_on_hangup(auth.clone()).map_err(ServerError::Signals)?),
+        };
+        let report = self.run(signals).await;
+        if let Some(task) = hangups {
+            task.abort();
+        }
+        Ok(report)
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully within the configured
@@ -429,6 +455,7 @@ impl BoundServer {
     }
 
     async fn run(self, trigger: impl shutdown::ShutdownTrigger) -> ShutdownReport {
+        let polls = self.auth.clone().map(|auth| tokio::spawn(auth.poll()));
         let main = stack::spawn(
             self.listener,
             &self.config,
@@ -436,8 +463,9 @@ impl BoundServer {
             self.fallback,
             &self.metrics,
             self.observer,
+            self.auth,
         );
-        shutdown::run(
+        let report = shutdown::run(
             main,
             self.admin,
             self.health,
@@ -445,6 +473,23 @@ impl BoundServer {
             &self.config.shutdown,
             trigger,
         )
-        .await
+        .await;
+        if let Some(task) = polls {
+            task.abort();
+        }
+        report
     }
+}
+
+/// Reloads `auth`'s files on every SIGHUP, in a task of its own.
+fn reload_on_hangup(auth: Arc<keel_authz::Auth>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("received SIGHUP: reloading the auth files");
+            let auth = auth.clone();
+            let _ = tokio::task::spawn_blocking(move || auth.reload()).await;
+        }
+    }))
 }

@@ -32,6 +32,16 @@ impl HttpServer {
         service: S,
     ) -> Result<BoundHttpServer<S>, ServerError> {
         config.validate()?;
+        if config.auth.is_enabled() {
+            // The auth layer is part of the gRPC stack, which this server does not have:
+            // accepting `auth.*` here would look like protection and be none.
+            return Err(ServerError::Config(crate::config::InvalidSetting::new(
+                "auth",
+                "(jwks or policy set)",
+                "is not applied by an HTTP server such as `keel gateway`: configure it on \
+                 the gRPC server behind it",
+            )));
+        }
         let metrics = Arc::new(Metrics::new());
         let listener = bind(
             config.listen,

@@ -11,7 +11,9 @@ use tower::util::BoxCloneSyncService;
 use super::fallback::{MakeFallback, Split};
 use super::shutdown::MainListener;
 use crate::config::ServerConfig;
-use crate::layer::{CatchPanicLayer, DeadlineLayer, LoadShedLayer, MessageLimitLayer};
+use crate::layer::{
+    AuthorizeLayer, CatchPanicLayer, DeadlineLayer, LoadShedLayer, MessageLimitLayer,
+};
 use crate::metrics::Metrics;
 use crate::serving::{Listener, Stage};
 use keel_telemetry::observe::{ObserveLayer, ServerObserver};
@@ -24,6 +26,7 @@ pub(super) fn spawn(
     fallback: Option<MakeFallback>,
     metrics: &Metrics,
     observer: Arc<ServerObserver>,
+    auth: Option<Arc<keel_authz::Auth>>,
 ) -> MainListener {
     let limits = &config.limits;
     let load_shed = LoadShedLayer::new(limits.concurrency_limit, metrics.shed_rpcs.clone());
@@ -34,11 +37,14 @@ pub(super) fn spawn(
         ObserveLayer::disabled()
     };
     let catch_panic = CatchPanicLayer::new(metrics.panics.clone());
+    let authorize = AuthorizeLayer::new(auth, metrics.auth.clone());
     // The deadline right inside observation, so every status it produces is observed;
-    // enforced whether or not calls are observed.
+    // enforced whether or not calls are observed. Authorization next: refusals are
+    // observed, and a caller that may not call costs nothing further in.
     let layers = ServiceBuilder::new()
         .layer(observe)
         .layer(DeadlineLayer)
+        .layer(authorize)
         .layer(limits)
         .layer(load_shed)
         .layer(catch_panic);

@@ -34,6 +34,8 @@ pub struct TestServer {
     pub admin: SocketAddr,
     pub health: HealthRegistry,
     pub metrics: Arc<Metrics>,
+    /// The `auth.*` files, when configured.
+    pub auth: Option<Arc<keel::authz::Auth>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<ShutdownReport>>,
 }
@@ -60,6 +62,7 @@ impl TestServer {
             server.health(),
             server.metrics(),
         );
+        let auth = server.auth();
         let task = tokio::spawn(server.serve(async move {
             let _ = stopped.await;
         }));
@@ -68,6 +71,7 @@ impl TestServer {
             admin,
             health,
             metrics,
+            auth,
             stop: Some(stop),
             task: Some(task),
         }
