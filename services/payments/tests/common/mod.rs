@@ -102,7 +102,7 @@ impl TestDb {
     /// Opens an account in `currency`.
     pub async fn account(&self, currency: &str) -> String {
         self.store
-            .create_account(None, currency)
+            .create_account(None, currency, None)
             .await
             .unwrap()
             .account_id
@@ -112,7 +112,12 @@ impl TestDb {
     pub async fn funded(&self, currency: &str, amount_minor: i64) -> String {
         let account_id = self.account(currency).await;
         self.store
-            .deposit(&account_id, amount_minor, &format!("fund-{account_id}"))
+            .deposit(
+                &account_id,
+                amount_minor,
+                &format!("fund-{account_id}"),
+                None,
+            )
             .await
             .unwrap();
         account_id
@@ -331,6 +336,7 @@ pub fn payment(key: &str, payer: &str, payee: &str, amount_minor: i64) -> Paymen
         currency: "USD".to_owned(),
         description: format!("test payment {key}"),
         metadata: BTreeMap::from([("order".to_owned(), key.to_owned())]),
+        caller: None,
     }
 }
 
