@@ -12,16 +12,16 @@ ALTER TABLE accounts ADD COLUMN owner TEXT CHECK (owner <> '');
 -- this migration. SQLite cannot change a primary key, so the table is rebuilt.
 CREATE TABLE idempotency_keys_by_caller (
     scope           TEXT    NOT NULL CHECK (scope IN ('deposit', 'payment', 'refund')),
-    caller          TEXT    NOT NULL DEFAULT '',
     idempotency_key TEXT    NOT NULL,
     fingerprint     TEXT    NOT NULL, -- SHA-256 of the canonical request parameters, hex
     resource_id     TEXT    NOT NULL, -- the deposit, payment or refund it produced
     created_at_us   INTEGER NOT NULL,
+    caller          TEXT    NOT NULL DEFAULT '', -- last, as ALTER TABLE puts it on PostgreSQL
     PRIMARY KEY (scope, caller, idempotency_key)
 ) STRICT;
 INSERT INTO idempotency_keys_by_caller
-    (scope, caller, idempotency_key, fingerprint, resource_id, created_at_us)
-SELECT scope, '', idempotency_key, fingerprint, resource_id, created_at_us
+    (scope, idempotency_key, fingerprint, resource_id, created_at_us, caller)
+SELECT scope, idempotency_key, fingerprint, resource_id, created_at_us, ''
 FROM idempotency_keys;
 DROP TABLE idempotency_keys;
 ALTER TABLE idempotency_keys_by_caller RENAME TO idempotency_keys;
