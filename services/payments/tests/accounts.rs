@@ -17,7 +17,11 @@ on_both_backends!(
 );
 
 async fn create_account_with_or_without_an_id(db: &TestDb) {
-    let named = db.store.create_account(Some("alice"), "USD").await.unwrap();
+    let named = db
+        .store
+        .create_account(Some("alice"), "USD", None)
+        .await
+        .unwrap();
     assert_eq!(named.account_id, "alice");
     assert_eq!(named.currency, "USD");
     assert_eq!(named.balance_minor, 0);
@@ -27,13 +31,13 @@ async fn create_account_with_or_without_an_id(db: &TestDb) {
         "reads back identical"
     );
 
-    let generated = db.store.create_account(None, "EUR").await.unwrap();
+    let generated = db.store.create_account(None, "EUR", None).await.unwrap();
     assert!(
         generated.account_id.starts_with("acct_"),
         "{}",
         generated.account_id
     );
-    let other = db.store.create_account(None, "EUR").await.unwrap();
+    let other = db.store.create_account(None, "EUR", None).await.unwrap();
     assert_ne!(generated.account_id, other.account_id);
     assert_eq!(
         db.store.get_account(&generated.account_id).await.unwrap(),
@@ -42,8 +46,12 @@ async fn create_account_with_or_without_an_id(db: &TestDb) {
 }
 
 async fn duplicate_account_is_account_exists(db: &TestDb) {
-    let first = db.store.create_account(Some("bob"), "USD").await.unwrap();
-    let error = error_of(db.store.create_account(Some("bob"), "EUR").await);
+    let first = db
+        .store
+        .create_account(Some("bob"), "USD", None)
+        .await
+        .unwrap();
+    let error = error_of(db.store.create_account(Some("bob"), "EUR", None).await);
     assert!(
         matches!(&error, StoreError::AccountExists { account_id } if account_id == "bob"),
         "{error:?}"
@@ -65,11 +73,11 @@ async fn missing_account_is_account_not_found(db: &TestDb) {
 
 async fn deposit_credits_through_balanced_entries(db: &TestDb) {
     let account = db.account("USD").await;
-    let first = db.store.deposit(&account, 500, "d1").await.unwrap();
+    let first = db.store.deposit(&account, 500, "d1", None).await.unwrap();
     assert!(!first.replayed);
     assert_eq!(first.value.balance_minor, 500);
     assert_eq!(first.value.account_id, account);
-    let second = db.store.deposit(&account, 250, "d2").await.unwrap();
+    let second = db.store.deposit(&account, 250, "d2", None).await.unwrap();
     assert_eq!(second.value.balance_minor, 750);
     assert_eq!(db.balance(&account).await, 750);
 
@@ -80,10 +88,10 @@ async fn deposit_credits_through_balanced_entries(db: &TestDb) {
 
 async fn deposit_replay_returns_the_original_answer(db: &TestDb) {
     let account = db.account("USD").await;
-    let original = db.store.deposit(&account, 100, "once").await.unwrap();
-    db.store.deposit(&account, 50, "other").await.unwrap();
+    let original = db.store.deposit(&account, 100, "once", None).await.unwrap();
+    db.store.deposit(&account, 50, "other", None).await.unwrap();
 
-    let replay = db.store.deposit(&account, 100, "once").await.unwrap();
+    let replay = db.store.deposit(&account, 100, "once", None).await.unwrap();
     assert!(replay.replayed);
     assert_eq!(
         replay.value, original.value,
@@ -96,10 +104,10 @@ async fn deposit_replay_returns_the_original_answer(db: &TestDb) {
 async fn deposit_key_reused_with_other_parameters(db: &TestDb) {
     let account = db.account("USD").await;
     let other = db.account("USD").await;
-    db.store.deposit(&account, 100, "k").await.unwrap();
+    db.store.deposit(&account, 100, "k", None).await.unwrap();
 
     for (target, amount) in [(&account, 101), (&other, 100)] {
-        let error = error_of(db.store.deposit(target, amount, "k").await);
+        let error = error_of(db.store.deposit(target, amount, "k", None).await);
         assert!(
             matches!(&error, StoreError::IdempotencyKeyReused { key } if key == "k"),
             "{error:?}"
@@ -111,7 +119,7 @@ async fn deposit_key_reused_with_other_parameters(db: &TestDb) {
 }
 
 async fn deposit_to_missing_account_consumes_no_key(db: &TestDb) {
-    let error = error_of(db.store.deposit("ghost", 100, "k").await);
+    let error = error_of(db.store.deposit("ghost", 100, "k", None).await);
     assert!(
         matches!(&error, StoreError::AccountNotFound { account_id } if account_id == "ghost"),
         "{error:?}"
@@ -119,16 +127,22 @@ async fn deposit_to_missing_account_consumes_no_key(db: &TestDb) {
     assert_eq!(db.i64("SELECT COUNT(*) FROM idempotency_keys").await, 0);
 
     // The failed request left no trace: once the account exists, the same key works.
-    db.store.create_account(Some("ghost"), "USD").await.unwrap();
-    let deposit = db.store.deposit("ghost", 100, "k").await.unwrap();
+    db.store
+        .create_account(Some("ghost"), "USD", None)
+        .await
+        .unwrap();
+    let deposit = db.store.deposit("ghost", 100, "k", None).await.unwrap();
     assert!(!deposit.replayed);
     assert_eq!(deposit.value.balance_minor, 100);
 }
 
 async fn deposit_past_the_largest_balance_is_refused(db: &TestDb) {
     let account = db.account("USD").await;
-    db.store.deposit(&account, i64::MAX, "max").await.unwrap();
-    let error = error_of(db.store.deposit(&account, 1, "one-more").await);
+    db.store
+        .deposit(&account, i64::MAX, "max", None)
+        .await
+        .unwrap();
+    let error = error_of(db.store.deposit(&account, 1, "one-more", None).await);
     assert!(
         matches!(&error, StoreError::BalanceOverflow { account_id } if *account_id == account),
         "{error:?}"

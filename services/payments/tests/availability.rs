@@ -24,7 +24,7 @@ async fn closed_store_is_unavailable(db: &TestDb) {
     db.store.close().await;
     let error = error_of(db.store.get_account(&account).await);
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
-    let error = error_of(db.store.deposit(&account, 1, "after-close").await);
+    let error = error_of(db.store.deposit(&account, 1, "after-close", None).await);
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
     assert!(error.is_retryable());
 }
@@ -117,7 +117,7 @@ async fn sqlite_locked_by_another_process_is_unavailable() {
         .await
         .unwrap();
 
-    let error = error_of(db.store.deposit(&account, 50, "while-locked").await);
+    let error = error_of(db.store.deposit(&account, 50, "while-locked", None).await);
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
     assert_eq!(
         db.balance(&account).await,
@@ -128,7 +128,7 @@ async fn sqlite_locked_by_another_process_is_unavailable() {
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
     let deposit = db
         .store
-        .deposit(&account, 50, "while-locked")
+        .deposit(&account, 50, "while-locked", None)
         .await
         .unwrap();
     assert!(!deposit.replayed);

@@ -102,7 +102,7 @@ async fn random_transfers_keep_the_ledger_exact(backend: Backend) {
         let account = db.account("USD").await;
         for n in 0..2 {
             db.store
-                .deposit(&account, DEPOSIT, &format!("fund-{account}-{n}"))
+                .deposit(&account, DEPOSIT, &format!("fund-{account}-{n}"), None)
                 .await
                 .unwrap();
         }
@@ -269,14 +269,16 @@ async fn client_step(
                 let refund_key = format!("refund-{key}");
                 if rng.random_bool(0.3) {
                     let (first, second) = tokio::join!(
-                        store.refund(&paid.payment_id, amount, &refund_key),
-                        store.refund(&paid.payment_id, amount, &refund_key)
+                        store.refund(&paid.payment_id, amount, &refund_key, None),
+                        store.refund(&paid.payment_id, amount, &refund_key, None)
                     );
                     let mut observed = observed.lock().unwrap();
                     observed.refund_outcome(amount, first);
                     observed.refund_outcome(amount, second);
                 } else {
-                    let result = store.refund(&paid.payment_id, amount, &refund_key).await;
+                    let result = store
+                        .refund(&paid.payment_id, amount, &refund_key, None)
+                        .await;
                     observed.lock().unwrap().refund_outcome(amount, result);
                 }
                 return;

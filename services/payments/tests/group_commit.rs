@@ -111,7 +111,7 @@ async fn each_payment_of_a_batch_gets_its_own_outcome(db: &TestDb) {
     assert_eq!(db.assert_ledger_consistent().await, 100 + 50);
 
     // A refused payment left no key behind: it can be made once the money is there.
-    db.store.deposit(&payer, 20, "top-up").await.unwrap();
+    db.store.deposit(&payer, 20, "top-up", None).await.unwrap();
     let retried = db.store.process(&requests[3]).await.unwrap();
     assert!(!retried.replayed);
     assert_eq!(db.balance(&payer).await, 0);

@@ -97,7 +97,7 @@ async fn concurrent_deposits_with_one_key_execute_once(db: &TestDb) {
     for _ in 0..RACERS {
         let (store, account) = (db.store.clone(), account.clone());
         tasks.push(tokio::spawn(async move {
-            store.deposit(&account, 100, "race").await
+            store.deposit(&account, 100, "race", None).await
         }));
     }
     let mut fresh = 0;

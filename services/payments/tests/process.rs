@@ -70,7 +70,7 @@ async fn replay_returns_the_payment_as_first_recorded(db: &TestDb) {
 
     // Still the original answer after a refund changed the payment.
     db.store
-        .refund(&original.payment_id, 100, "r1")
+        .refund(&original.payment_id, 100, "r1", None)
         .await
         .unwrap();
     let later = db.store.process(&request).await.unwrap();
@@ -141,7 +141,7 @@ async fn insufficient_funds_moves_nothing_and_consumes_no_key(db: &TestDb) {
     assert_eq!(db.i64("SELECT COUNT(*) FROM payments").await, 0);
 
     // Fixed by a deposit, the same request with the same key goes through.
-    db.store.deposit(&payer, 50, "top-up").await.unwrap();
+    db.store.deposit(&payer, 50, "top-up", None).await.unwrap();
     let processed = db.store.process(&request).await.unwrap();
     assert!(!processed.replayed);
     assert_eq!(db.balance(&payer).await, 0);
@@ -263,7 +263,7 @@ async fn list_payments_of_an_account_in_creation_order(db: &TestDb) {
 async fn keys_are_scoped_per_operation(db: &TestDb) {
     let payer = db.account("USD").await;
     let payee = db.account("USD").await;
-    let deposit = db.store.deposit(&payer, 500, "same").await.unwrap();
+    let deposit = db.store.deposit(&payer, 500, "same", None).await.unwrap();
     assert!(!deposit.replayed);
     let paid = db
         .store
@@ -276,7 +276,7 @@ async fn keys_are_scoped_per_operation(db: &TestDb) {
     );
     let refund = db
         .store
-        .refund(&paid.value.payment_id, 50, "same")
+        .refund(&paid.value.payment_id, 50, "same", None)
         .await
         .unwrap();
     assert!(!refund.replayed, "nor a refund");
@@ -301,7 +301,7 @@ async fn non_positive_amounts_never_reach_the_ledger(db: &TestDb) {
         );
         let error = error_of(
             db.store
-                .deposit(&payer, amount, &format!("d{amount}"))
+                .deposit(&payer, amount, &format!("d{amount}"), None)
                 .await,
         );
         assert!(

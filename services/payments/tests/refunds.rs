@@ -28,7 +28,11 @@ async fn partial_refunds_up_to_the_amount(db: &TestDb) {
     let paid = paid(db).await;
     let (payer, payee) = (&paid.payer_account_id, &paid.payee_account_id);
 
-    let first = db.store.refund(&paid.payment_id, 30, "r1").await.unwrap();
+    let first = db
+        .store
+        .refund(&paid.payment_id, 30, "r1", None)
+        .await
+        .unwrap();
     assert!(!first.replayed);
     assert_eq!(first.value.refunded_minor, 30);
     assert_eq!(first.value.status(), PaymentStatus::PartiallyRefunded);
@@ -45,7 +49,11 @@ async fn partial_refunds_up_to_the_amount(db: &TestDb) {
         (930, 70)
     );
 
-    let second = db.store.refund(&paid.payment_id, 70, "r2").await.unwrap();
+    let second = db
+        .store
+        .refund(&paid.payment_id, 70, "r2", None)
+        .await
+        .unwrap();
     assert_eq!(second.value.refunded_minor, 100);
     assert_eq!(second.value.status(), PaymentStatus::Refunded);
     assert_eq!(
@@ -53,7 +61,7 @@ async fn partial_refunds_up_to_the_amount(db: &TestDb) {
         (1_000, 0)
     );
 
-    let error = error_of(db.store.refund(&paid.payment_id, 1, "r3").await);
+    let error = error_of(db.store.refund(&paid.payment_id, 1, "r3", None).await);
     match &error {
         StoreError::RefundExceedsPayment {
             payment_id,
@@ -70,7 +78,11 @@ async fn partial_refunds_up_to_the_amount(db: &TestDb) {
         other => panic!("{other:?}"),
     }
     // Overflowing the refunded total is the same error, not a wrap.
-    let error = error_of(db.store.refund(&paid.payment_id, i64::MAX, "r4").await);
+    let error = error_of(
+        db.store
+            .refund(&paid.payment_id, i64::MAX, "r4", None)
+            .await,
+    );
     assert!(
         matches!(error, StoreError::RefundExceedsPayment { .. }),
         "{error:?}"
@@ -84,10 +96,21 @@ async fn partial_refunds_up_to_the_amount(db: &TestDb) {
 
 async fn refund_replay_returns_the_payment_as_right_after_it(db: &TestDb) {
     let paid = paid(db).await;
-    let first = db.store.refund(&paid.payment_id, 30, "r1").await.unwrap();
-    db.store.refund(&paid.payment_id, 20, "r2").await.unwrap();
+    let first = db
+        .store
+        .refund(&paid.payment_id, 30, "r1", None)
+        .await
+        .unwrap();
+    db.store
+        .refund(&paid.payment_id, 20, "r2", None)
+        .await
+        .unwrap();
 
-    let replay = db.store.refund(&paid.payment_id, 30, "r1").await.unwrap();
+    let replay = db
+        .store
+        .refund(&paid.payment_id, 30, "r1", None)
+        .await
+        .unwrap();
     assert!(replay.replayed);
     assert_eq!(
         replay.value, first.value,
@@ -111,8 +134,11 @@ async fn refund_replay_returns_the_payment_as_right_after_it(db: &TestDb) {
 
 async fn refund_key_reused_with_other_parameters(db: &TestDb) {
     let paid = paid(db).await;
-    db.store.refund(&paid.payment_id, 30, "r1").await.unwrap();
-    let error = error_of(db.store.refund(&paid.payment_id, 31, "r1").await);
+    db.store
+        .refund(&paid.payment_id, 30, "r1", None)
+        .await
+        .unwrap();
+    let error = error_of(db.store.refund(&paid.payment_id, 31, "r1", None).await);
     assert!(
         matches!(&error, StoreError::IdempotencyKeyReused { key } if key == "r1"),
         "{error:?}"
@@ -128,7 +154,7 @@ async fn refund_key_reused_with_other_parameters(db: &TestDb) {
 }
 
 async fn refund_of_missing_payment_is_payment_not_found(db: &TestDb) {
-    let error = error_of(db.store.refund("pay_nothing", 10, "r").await);
+    let error = error_of(db.store.refund("pay_nothing", 10, "r", None).await);
     assert!(
         matches!(&error, StoreError::PaymentNotFound { payment_id } if payment_id == "pay_nothing"),
         "{error:?}"
@@ -148,7 +174,7 @@ async fn refund_needs_the_payee_to_hold_the_money(db: &TestDb) {
         .await
         .unwrap();
 
-    let error = error_of(db.store.refund(&paid.payment_id, 50, "r").await);
+    let error = error_of(db.store.refund(&paid.payment_id, 50, "r", None).await);
     match &error {
         StoreError::InsufficientFunds {
             account_id,
@@ -170,7 +196,7 @@ async fn refund_needs_the_payee_to_hold_the_money(db: &TestDb) {
     );
     let within = db
         .store
-        .refund(&paid.payment_id, 20, "r-small")
+        .refund(&paid.payment_id, 20, "r-small", None)
         .await
         .unwrap();
     assert_eq!(within.value.refunded_minor, 20);

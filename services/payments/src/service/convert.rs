@@ -16,6 +16,7 @@ pub fn account(account: Account) -> pb::Account {
         currency: account.currency,
         balance_minor: account.balance_minor,
         created_at: Some(timestamp(account.created_at)),
+        owner: account.owner.unwrap_or_default(),
     }
 }
 

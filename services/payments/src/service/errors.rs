@@ -3,13 +3,14 @@
 //! RetryInfo; anything unexpected as INTERNAL with only an error id.
 //!
 //! Messages never show a balance: a refund's failure concerns the payee's account, which the
-//! caller may not own.
+//! caller may not own. Nor do they name an account's owner: PERMISSION_DENIED says the
+//! account is not the caller's, never whose it is.
 
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use keel::error::{BusinessError, Retry};
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::DOMAIN;
 use crate::store::StoreError;
@@ -45,6 +46,7 @@ pub fn store_status(error: StoreError) -> Status {
         .metadata("payment_id", &payment_id)
         .resource("payments.v1.Payment", format!("payments/{payment_id}"), "no such payment")
         .into(),
+        StoreError::AccountNotOwned { account_id } => account_not_owned(&account_id),
         StoreError::AccountExists { account_id } => BusinessError::already_exists(
             "ACCOUNT_ALREADY_EXISTS",
             format!("account {account_id:?} already exists"),
@@ -131,6 +133,47 @@ pub fn store_status(error: StoreError) -> Status {
         }
         other => keel::error::internal(&other),
     }
+}
+
+/// PERMISSION_DENIED (`ACCOUNT_NOT_OWNED`) when the caller does not own the account it would
+/// debit or read; the same for every caller who is not the owner, anonymous included.
+pub fn account_not_owned(account_id: &str) -> Status {
+    BusinessError::new(
+        Code::PermissionDenied,
+        "ACCOUNT_NOT_OWNED",
+        format!(
+            "account {account_id:?} is not the caller's: only its owner may move money out of it \
+             or read it"
+        ),
+    )
+    .domain(DOMAIN)
+    .metadata("account_id", account_id)
+    .resource(
+        "payments.v1.Account",
+        format!("accounts/{account_id}"),
+        "owned by another caller",
+    )
+    .into()
+}
+
+/// PERMISSION_DENIED (`PAYMENT_NOT_OWNED`) when the caller owns neither account of a payment.
+pub fn payment_not_owned(payment_id: &str) -> Status {
+    BusinessError::new(
+        Code::PermissionDenied,
+        "PAYMENT_NOT_OWNED",
+        format!(
+            "payment {payment_id:?} is not the caller's: only the owners of its payer and payee \
+             accounts may read it"
+        ),
+    )
+    .domain(DOMAIN)
+    .metadata("payment_id", payment_id)
+    .resource(
+        "payments.v1.Payment",
+        format!("payments/{payment_id}"),
+        "between accounts of other callers",
+    )
+    .into()
 }
 
 /// ABORTED for a second request whose idempotency key is still being executed, retryable

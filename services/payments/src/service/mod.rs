@@ -3,6 +3,38 @@
 //! Handlers validate (INVALID_ARGUMENT with every field violation), apply the optional
 //! per-payer rate limit, refuse a second concurrent request with an in-flight idempotency key
 //! (ABORTED), call the store, and map its errors to business errors with details.
+//!
+//! # Ownership
+//!
+//! The **caller** is who a request acts for: the subject of its verified bearer token, else
+//! the principal of its client certificate (`keel_core::identity::caller_from`), else nobody:
+//! the **anonymous** caller (plaintext, no token: the embedded default). An account's
+//! **owner** is the caller that created it, anonymous included, and never changes. The rule
+//! is one equality, *owner = caller*, with anonymous a caller like any other:
+//!
+//! - Money leaves an account only at its owner's request: Process (the payer, also in
+//!   ProcessBatch and ProcessStream) and Refund (the payee). Otherwise PERMISSION_DENIED,
+//!   reason `ACCOUNT_NOT_OWNED`, with the account's id and never its owner's name, and no
+//!   money moves. The store checks it on the account row it has locked for the debit, in
+//!   the debit's transaction, before anything about the payer's currency or balance.
+//! - Only the owner reads an account (GetAccount) or lists its payments (ListPayments); a
+//!   payment (GetPayment) is readable by the owners of its payer and its payee
+//!   (`PAYMENT_NOT_OWNED` otherwise). These answer PERMISSION_DENIED, not NOT_FOUND, as
+//!   AIP-211 asks: an account's existence is no secret here, since anyone may credit any
+//!   account (Deposit, or a payment's payee) and learns whether it exists, so NOT_FOUND
+//!   would hide nothing and tell an owner using the wrong identity that its account is gone.
+//! - Money may go into any account (Deposit, a payment's payee): crediting takes nothing
+//!   from the owner. A Deposit answer shows the account only to its owner.
+//! - Why anonymous callers own the unowned accounts, and only those: the README's plaintext
+//!   flow keeps working unchanged, while an identified caller can never drain an account
+//!   created anonymously (or before accounts had owners), and an anonymous one can never
+//!   touch an account someone owns. With authentication required, as in production,
+//!   nothing is anonymous, so an account without an owner can receive money but not lose
+//!   any until an operator gives it one (`UPDATE accounts SET owner = ...`): failing closed.
+//! - Idempotency keys are the caller's: the store claims `(operation, caller, key)`, so
+//!   another caller's request under the same key executes as its own (and meets the rules
+//!   above) instead of replaying, or being refused by, someone else's result; the in-flight
+//!   set and the Redis replay cache are keyed the same way.
 
 mod accounts;
 mod convert;
@@ -14,16 +46,25 @@ mod validate;
 
 use std::sync::Arc;
 
+use tonic::Status;
+
 use crate::limit::Limiter;
 use crate::pb::v1::account_service_server::AccountServiceServer;
 use crate::pb::v1::payment_service_server::PaymentServiceServer;
-use crate::store::Store;
+use crate::store::{Account, Store};
 
 pub use paging::Paging;
 pub use validate::IDEMPOTENCY_HEADER;
 
 /// The error domain of every business error this service returns.
 pub const DOMAIN: &str = "payments.keel.dev";
+
+/// Who a request acts for: the verified token's subject, else the client certificate's
+/// principal; `None` for the anonymous caller. An empty name counts as anonymous, so it can
+/// never own what anonymous callers do not.
+fn caller(extensions: &http::Extensions) -> Option<String> {
+    keel_core::identity::caller_from(extensions).filter(|name| !name.is_empty())
+}
 
 /// Both services over one store; cheap to clone.
 #[derive(Debug, Clone)]
@@ -90,6 +131,25 @@ impl Payments {
     pub fn paging(mut self, paging: Paging) -> Self {
         self.paging = paging;
         self
+    }
+
+    /// Reads `account_id` for `caller`: PERMISSION_DENIED unless it is the caller's. Owners
+    /// never change, so this read may be separate from what it guards.
+    async fn owned_account(
+        &self,
+        account_id: &str,
+        caller: Option<&str>,
+    ) -> Result<Account, Status> {
+        let account = self
+            .store
+            .get_account(account_id)
+            .await
+            .map_err(errors::store_status)?;
+        if account.is_owned_by(caller) {
+            Ok(account)
+        } else {
+            Err(errors::account_not_owned(account_id))
+        }
     }
 
     /// The tonic service for `payments.v1.AccountService`.

@@ -24,23 +24,27 @@ pub trait Store: Send + Sync + 'static {
     /// The backend's name, `"sqlite"` or `"postgres"`, for logs and metrics.
     fn backend(&self) -> &'static str;
 
-    /// Opens an account with a zero balance, under `account_id` or a generated id when `None`.
+    /// Opens an account with a zero balance, under `account_id` or a generated id when `None`,
+    /// owned by `owner` (`None`: by anonymous callers; see [`Account::owner`]).
     ///
     /// Errors: [`StoreError::AccountExists`].
     fn create_account<'a>(
         &'a self,
         account_id: Option<&'a str>,
         currency: &'a str,
+        owner: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Account, StoreError>>;
 
-    /// Reads an account and its balance.
+    /// Reads an account and its balance, whoever asks: the service decides who may see it
+    /// (owners never change, so that check needs no transaction with this read).
     ///
     /// Errors: [`StoreError::AccountNotFound`].
     fn get_account<'a>(&'a self, account_id: &'a str)
     -> BoxFuture<'a, Result<Account, StoreError>>;
 
     /// Credits `amount_minor` (positive) from outside the system, in the account's currency.
-    /// Returns the account as it stood right after this deposit, on a replay too.
+    /// Returns the account as it stood right after this deposit, on a replay too. Any
+    /// caller may credit any account; the key is `caller`'s (`None`: anonymous).
     ///
     /// Errors: [`StoreError::AccountNotFound`], [`StoreError::BalanceOverflow`],
     /// [`StoreError::IdempotencyKeyReused`].
@@ -49,12 +53,15 @@ pub trait Store: Send + Sync + 'static {
         account_id: &'a str,
         amount_minor: i64,
         idempotency_key: &'a str,
+        caller: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Idempotent<Account>, StoreError>>;
 
     /// Moves money from the payer to the payee. Returns the payment as first recorded (not
-    /// refunded), on a replay too.
+    /// refunded), on a replay too. The payer must be owned by [`PaymentRequest::caller`],
+    /// checked on the locked row in the transaction that debits it; the key is the caller's.
     ///
     /// Errors: [`StoreError::AccountNotFound`] (payer checked first),
+    /// [`StoreError::AccountNotOwned`] (before anything about the payee),
     /// [`StoreError::CurrencyMismatch`], [`StoreError::InsufficientFunds`],
     /// [`StoreError::BalanceOverflow`], [`StoreError::IdempotencyKeyReused`].
     fn process<'a>(
@@ -83,9 +90,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<Payment>, StoreError>>;
 
     /// Returns `amount_minor` (positive) of a payment from the payee to the payer. Returns the
-    /// payment as it stood right after this refund, on a replay too.
+    /// payment as it stood right after this refund, on a replay too. The payee must be owned
+    /// by `caller` (`None`: anonymous), checked as for [`Store::process`]; the key is the
+    /// caller's.
     ///
-    /// Errors: [`StoreError::PaymentNotFound`], [`StoreError::RefundExceedsPayment`],
+    /// Errors: [`StoreError::PaymentNotFound`], [`StoreError::AccountNotOwned`],
+    /// [`StoreError::RefundExceedsPayment`],
     /// [`StoreError::InsufficientFunds`] (the payee no longer holds the amount),
     /// [`StoreError::BalanceOverflow`], [`StoreError::IdempotencyKeyReused`].
     fn refund<'a>(
@@ -93,6 +103,7 @@ pub trait Store: Send + Sync + 'static {
         payment_id: &'a str,
         amount_minor: i64,
         idempotency_key: &'a str,
+        caller: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>>;
 
     /// Forgets idempotency keys older than `older_than`, but never one younger than the

@@ -25,24 +25,24 @@ pub(crate) struct Transfer<'a> {
 
 /// The statements of the ledger over many rows at once, inside one transaction.
 pub(crate) trait BatchStatements: Statements {
-    /// Records idempotency keys (of one scope, all distinct) in ascending key order; returns
-    /// for each, in the order given, whether it was inserted (false: it existed). On
-    /// PostgreSQL a key another transaction holds makes this wait for it to end.
+    /// Records idempotency keys (of one scope, all distinct) in ascending (caller, key)
+    /// order; returns for each, in the order given, whether it was inserted (false: it
+    /// existed). On PostgreSQL a key another transaction holds makes this wait for it to end.
     fn insert_keys(
         &mut self,
         records: &[KeyRecord],
     ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
-    /// The recorded keys among `keys` of `scope`, in no particular order.
+    /// The recorded keys among `keys` (caller, key) of `scope`, in no particular order.
     fn find_keys(
         &mut self,
         scope: Scope,
-        keys: &[&str],
+        keys: &[(&str, &str)],
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
-    /// Deletes keys of `scope`.
+    /// Deletes keys (caller, key) of `scope`.
     fn delete_keys(
         &mut self,
         scope: Scope,
-        keys: &[&str],
+        keys: &[(&str, &str)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The payments among `payment_ids`, in no particular order.
     fn payments_by_id(
@@ -84,16 +84,17 @@ impl BatchStatements for sqlx::PgConnection {
         };
         let column = |field: fn(&KeyRecord) -> &str| records.iter().map(field).collect::<Vec<_>>();
         let created: Vec<i64> = records.iter().map(|record| record.created_at_us).collect();
-        let inserted: HashSet<String> = sqlx::query_scalar(
+        let inserted: HashSet<(String, String)> = sqlx::query_as(
             "INSERT INTO idempotency_keys \
-             (scope, idempotency_key, fingerprint, resource_id, created_at_us) \
-             SELECT $1, k.key, k.fingerprint, k.resource_id, k.created_at_us \
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[]) \
-               AS k(key, fingerprint, resource_id, created_at_us) \
-             ORDER BY k.key COLLATE \"C\" \
-             ON CONFLICT DO NOTHING RETURNING idempotency_key",
+             (scope, caller, idempotency_key, fingerprint, resource_id, created_at_us) \
+             SELECT $1, k.caller, k.key, k.fingerprint, k.resource_id, k.created_at_us \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[]) \
+               AS k(caller, key, fingerprint, resource_id, created_at_us) \
+             ORDER BY k.caller COLLATE \"C\", k.key COLLATE \"C\" \
+             ON CONFLICT DO NOTHING RETURNING caller, idempotency_key",
         )
         .bind(first.scope.as_str())
+        .bind(column(|record| &record.caller))
         .bind(column(|record| &record.key))
         .bind(column(|record| &record.fingerprint))
         .bind(column(|record| &record.resource_id))
@@ -104,20 +105,25 @@ impl BatchStatements for sqlx::PgConnection {
         .collect();
         Ok(records
             .iter()
-            .map(|record| inserted.contains(&record.key))
+            .map(|record| inserted.contains(&(record.caller.clone(), record.key.clone())))
             .collect())
     }
 
     async fn find_keys(
         &mut self,
         scope: Scope,
-        keys: &[&str],
+        keys: &[(&str, &str)],
     ) -> Result<Vec<KeyRecord>, StoreError> {
+        let (callers, keys): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
         let rows = sqlx::query(
-            "SELECT idempotency_key, fingerprint, resource_id, created_at_us \
-             FROM idempotency_keys WHERE scope = $1 AND idempotency_key = ANY($2)",
+            "SELECT k.caller, k.idempotency_key, k.fingerprint, k.resource_id, k.created_at_us \
+             FROM idempotency_keys k \
+             JOIN unnest($2::text[], $3::text[]) AS w(caller, key) \
+               ON k.caller = w.caller AND k.idempotency_key = w.key \
+             WHERE k.scope = $1",
         )
         .bind(scope.as_str())
+        .bind(callers)
         .bind(keys)
         .fetch_all(&mut *self)
         .await?;
@@ -125,6 +131,7 @@ impl BatchStatements for sqlx::PgConnection {
             .map(|row| {
                 Ok(KeyRecord {
                     scope,
+                    caller: row.try_get("caller")?,
                     key: row.try_get("idempotency_key")?,
                     fingerprint: row.try_get("fingerprint")?,
                     resource_id: row.try_get("resource_id")?,
@@ -134,12 +141,18 @@ impl BatchStatements for sqlx::PgConnection {
             .collect()
     }
 
-    async fn delete_keys(&mut self, scope: Scope, keys: &[&str]) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND idempotency_key = ANY($2)")
-            .bind(scope.as_str())
-            .bind(keys)
-            .execute(&mut *self)
-            .await?;
+    async fn delete_keys(&mut self, scope: Scope, keys: &[(&str, &str)]) -> Result<(), StoreError> {
+        let (callers, keys): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+        sqlx::query(
+            "DELETE FROM idempotency_keys k \
+             USING unnest($2::text[], $3::text[]) AS w(caller, key) \
+             WHERE k.scope = $1 AND k.caller = w.caller AND k.idempotency_key = w.key",
+        )
+        .bind(scope.as_str())
+        .bind(callers)
+        .bind(keys)
+        .execute(&mut *self)
+        .await?;
         Ok(())
     }
 
@@ -161,7 +174,7 @@ impl BatchStatements for sqlx::PgConnection {
         // The sort runs below the row locks, so rows are locked in this order; "C" collation
         // is byte order, the order of Rust's `str` and of the single-payment path.
         sqlx::query(
-            "SELECT account_id, currency, balance_minor, created_at_us FROM accounts \
+            "SELECT account_id, currency, balance_minor, created_at_us, owner FROM accounts \
              WHERE account_id = ANY($1) ORDER BY account_id COLLATE \"C\" FOR UPDATE",
         )
         .bind(account_ids)
@@ -272,22 +285,26 @@ impl BatchStatements for sqlx::SqliteConnection {
     async fn find_keys(
         &mut self,
         scope: Scope,
-        keys: &[&str],
+        keys: &[(&str, &str)],
     ) -> Result<Vec<KeyRecord>, StoreError> {
         let mut found = Vec::with_capacity(keys.len());
-        for key in keys {
-            found.extend(self.find_key(scope, key).await?);
+        for (caller, key) in keys {
+            found.extend(self.find_key(scope, caller, key).await?);
         }
         Ok(found)
     }
 
-    async fn delete_keys(&mut self, scope: Scope, keys: &[&str]) -> Result<(), StoreError> {
-        for key in keys {
-            sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND idempotency_key = $2")
-                .bind(scope.as_str())
-                .bind(key)
-                .execute(&mut *self)
-                .await?;
+    async fn delete_keys(&mut self, scope: Scope, keys: &[(&str, &str)]) -> Result<(), StoreError> {
+        for (caller, key) in keys {
+            sqlx::query(
+                "DELETE FROM idempotency_keys \
+                 WHERE scope = $1 AND caller = $2 AND idempotency_key = $3",
+            )
+            .bind(scope.as_str())
+            .bind(caller)
+            .bind(key)
+            .execute(&mut *self)
+            .await?;
         }
         Ok(())
     }

@@ -3,9 +3,12 @@
 //!
 //! **The database stays the only source of truth; Redis never decides that money moves.**
 //! - Only what the store returned is cached: after [`Store::process`] succeeds (first
-//!   execution or replay), the payment goes to `<prefix>idem:payment:<key>` together with the
-//!   fingerprint of the parameters, exactly as the store recorded it.
-//! - A hit is used only when its fingerprint equals the request's, and then answers what the
+//!   execution or replay), the payment goes to `<prefix>idem:payment:<key>` (an anonymous
+//!   caller's key) or `<prefix>idem:caller-payment:<caller length>:<caller>:<key>` (an
+//!   identified caller's: keys are per caller, as in the store) together with the caller and
+//!   the fingerprint of the parameters, exactly as the store recorded it.
+//! - A hit is used only when its caller and fingerprint equal the request's (so another
+//!   caller's key never answers, even if the names collided), and then answers what the
 //!   store would: the payment as first recorded, with `replayed` set (the store's replays never
 //!   change: refunds do not show in them). Anything else — a miss, other parameters (the store
 //!   then answers `IdempotencyKeyReused`), a malformed entry, any Redis error or timeout — goes
@@ -48,6 +51,10 @@ pub struct CachedStore {
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     fingerprint: String,
+    /// The caller whose key it is; absent (entries written before keys had callers) is
+    /// anonymous.
+    #[serde(default)]
+    caller: Option<String>,
     payment_id: String,
     idempotency_key: String,
     payer_account_id: String,
@@ -61,9 +68,10 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(fingerprint: String, payment: &Payment) -> Self {
+    fn new(fingerprint: String, caller: Option<String>, payment: &Payment) -> Self {
         Self {
             fingerprint,
+            caller,
             payment_id: payment.payment_id.clone(),
             idempotency_key: payment.idempotency_key.clone(),
             payer_account_id: payment.payer_account_id.clone(),
@@ -107,8 +115,16 @@ impl CachedStore {
         }
     }
 
-    fn cache_key(&self, idempotency_key: &str) -> String {
-        self.redis.key(&format!("idem:payment:{idempotency_key}"))
+    /// Where `caller`'s replay of `idempotency_key` is cached. The caller's length makes
+    /// the name unambiguous whatever characters caller and key hold.
+    fn cache_key(&self, caller: Option<&str>, idempotency_key: &str) -> String {
+        match caller {
+            None => self.redis.key(&format!("idem:payment:{idempotency_key}")),
+            Some(caller) => self.redis.key(&format!(
+                "idem:caller-payment:{}:{caller}:{idempotency_key}",
+                caller.len()
+            )),
+        }
     }
 
     fn degraded(&self, what: &str, error: &dyn std::fmt::Display) {
@@ -120,7 +136,7 @@ impl CachedStore {
     /// The cached replay of `request`, if Redis has one with the same parameters.
     async fn lookup(&self, request: &PaymentRequest, fingerprint: &str) -> Option<Payment> {
         let cmd = redis::cmd("GET")
-            .arg(self.cache_key(&request.idempotency_key))
+            .arg(self.cache_key(request.caller.as_deref(), &request.idempotency_key))
             .clone();
         let raw: Option<Vec<u8>> = match self.redis.query(&cmd).await {
             Ok(raw) => raw,
@@ -136,12 +152,14 @@ impl CachedStore {
                 return None;
             }
         };
-        (entry.fingerprint == fingerprint && entry.idempotency_key == request.idempotency_key)
+        (entry.fingerprint == fingerprint
+            && entry.caller == request.caller
+            && entry.idempotency_key == request.idempotency_key)
             .then(|| entry.into_payment())
     }
 
     /// Caches what the store answered, for as long as the store keeps the key.
-    async fn remember(&self, fingerprint: String, payment: &Payment) {
+    async fn remember(&self, fingerprint: String, caller: Option<&str>, payment: &Payment) {
         let age = SystemTime::now()
             .duration_since(payment.created_at)
             .unwrap_or(Duration::ZERO);
@@ -152,11 +170,12 @@ impl CachedStore {
         if ttl.is_zero() {
             return;
         }
-        let Ok(value) = serde_json::to_vec(&Entry::new(fingerprint, payment)) else {
+        let entry = Entry::new(fingerprint, caller.map(str::to_owned), payment);
+        let Ok(value) = serde_json::to_vec(&entry) else {
             return;
         };
         let cmd = redis::cmd("SET")
-            .arg(self.cache_key(&payment.idempotency_key))
+            .arg(self.cache_key(caller, &payment.idempotency_key))
             .arg(value)
             .arg("PX")
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
@@ -182,7 +201,8 @@ impl PaymentLayer for CachedStore {
                 return Ok(Idempotent::replay(payment));
             }
             let outcome = self.inner.process(request).await?;
-            self.remember(fingerprint, &outcome.value).await;
+            self.remember(fingerprint, request.caller.as_deref(), &outcome.value)
+                .await;
             Ok(outcome)
         }
         .boxed()

@@ -150,9 +150,10 @@ impl<B: Backend> Store for Engine<B> {
         &'a self,
         account_id: Option<&'a str>,
         currency: &'a str,
+        owner: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Account, StoreError>> {
         Box::pin(transaction!(self, |conn| ledger::create_account(
-            conn, account_id, currency
+            conn, account_id, currency, owner
         )))
     }
 
@@ -174,12 +175,14 @@ impl<B: Backend> Store for Engine<B> {
         account_id: &'a str,
         amount_minor: i64,
         idempotency_key: &'a str,
+        caller: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Idempotent<Account>, StoreError>> {
         Box::pin(transaction!(self, |conn| ledger::deposit(
             conn,
             account_id,
             amount_minor,
-            idempotency_key
+            idempotency_key,
+            caller
         )))
     }
 
@@ -224,12 +227,14 @@ impl<B: Backend> Store for Engine<B> {
         payment_id: &'a str,
         amount_minor: i64,
         idempotency_key: &'a str,
+        caller: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>> {
         Box::pin(transaction!(self, |conn| ledger::refund(
             conn,
             payment_id,
             amount_minor,
-            idempotency_key
+            idempotency_key,
+            caller
         )))
     }
 

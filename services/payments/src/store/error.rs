@@ -30,6 +30,13 @@ pub enum StoreError {
         /// The id asked for.
         payment_id: String,
     },
+    /// The account money would leave (a payment's payer, a refund's payee) is not the
+    /// caller's. Says nothing of whose it is.
+    #[error("account {account_id:?} is not the caller's")]
+    AccountNotOwned {
+        /// The account.
+        account_id: String,
+    },
     /// An account with this id exists already.
     #[error("account {account_id:?} already exists")]
     AccountExists {

@@ -4,7 +4,7 @@
 //! A fingerprint is the SHA-256 of the operation's name and its parameters, each written as its
 //! length in bytes (u64, little endian) followed by its bytes, so no two different parameter
 //! lists encode alike; metadata is written in key order. The idempotency key itself is not part
-//! of it: it is what the fingerprint is looked up by.
+//! of it, nor is the caller: they are what the fingerprint is looked up by.
 
 use sha2::{Digest, Sha256};
 
@@ -78,6 +78,7 @@ mod tests {
             currency: "USD".into(),
             description: String::new(),
             metadata: [("x".to_owned(), "1".to_owned())].into(),
+            caller: None,
         }
     }
 

@@ -37,7 +37,7 @@ use super::model::{Idempotent, Payment, PaymentRequest};
 
 /// A store that can process a batch of payments in one transaction.
 pub(crate) trait BatchStore: Store {
-    /// Processes `requests` (distinct idempotency keys) in one transaction; see
+    /// Processes `requests` (distinct idempotency keys per caller) in one transaction; see
     /// [`process_batch`](super::ledger::process_batch).
     fn process_batch<'a>(
         &'a self,
@@ -126,8 +126,8 @@ async fn commit_loop(
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     batch_size: usize,
 ) {
-    // Payments held back because their key was already in the batch: they go in the next
-    // one, and see the first one's outcome as the database recorded it.
+    // Payments held back because their caller's key was already in the batch: they go in
+    // the next one, and see the first one's outcome as the database recorded it.
     let mut held_back: VecDeque<Job> = VecDeque::new();
     loop {
         let mut batch: Vec<Job> = Vec::with_capacity(batch_size);
@@ -147,9 +147,12 @@ async fn commit_loop(
         // A caller that gave up before its payment started does not want it any more.
         batch.retain(|job| !job.reply.is_closed());
         let mut keys = HashSet::with_capacity(batch.len());
-        let (batch, repeated): (Vec<Job>, Vec<Job>) = batch
-            .into_iter()
-            .partition(|job| keys.insert(job.request.idempotency_key.clone()));
+        let (batch, repeated): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| {
+            keys.insert((
+                job.request.caller.clone(),
+                job.request.idempotency_key.clone(),
+            ))
+        });
         held_back.extend(repeated);
         if !batch.is_empty() {
             commit(&*store, batch).await;

@@ -34,8 +34,9 @@ impl<L: PaymentLayer> Store for L {
         &'a self,
         account_id: Option<&'a str>,
         currency: &'a str,
+        owner: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Account, StoreError>> {
-        self.inner().create_account(account_id, currency)
+        self.inner().create_account(account_id, currency, owner)
     }
 
     fn get_account<'a>(
@@ -50,9 +51,10 @@ impl<L: PaymentLayer> Store for L {
         account_id: &'a str,
         amount_minor: i64,
         idempotency_key: &'a str,
+        caller: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Idempotent<Account>, StoreError>> {
         self.inner()
-            .deposit(account_id, amount_minor, idempotency_key)
+            .deposit(account_id, amount_minor, idempotency_key, caller)
     }
 
     fn process<'a>(
@@ -83,9 +85,10 @@ impl<L: PaymentLayer> Store for L {
         payment_id: &'a str,
         amount_minor: i64,
         idempotency_key: &'a str,
+        caller: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Idempotent<Payment>, StoreError>> {
         self.inner()
-            .refund(payment_id, amount_minor, idempotency_key)
+            .refund(payment_id, amount_minor, idempotency_key, caller)
     }
 
     fn purge_idempotency_keys(

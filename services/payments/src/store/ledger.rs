@@ -9,9 +9,13 @@
 //!    A transaction waiting here holds no row lock, so it cannot be part of a deadlock.
 //! 2. **Lock the rows to change**: the payment (refunds), then the accounts in ascending id
 //!    order. Every transaction locks in this one order, so two never wait on each other.
-//! 3. **Check, then write**: balances with checked arithmetic, the record, two ledger entries
-//!    summing to zero. Any error rolls the whole transaction back, key included, so a failed
+//! 3. **Check, then write**: ownership of the account money leaves (on the row just locked:
+//!    the check and the debit cannot be separated by another transaction), balances with
+//!    checked arithmetic, the record, two ledger entries summing to zero. Any error rolls the whole transaction back, key included, so a failed
 //!    request can be retried with its key once the cause is fixed.
+//!
+//! Keys are the caller's: `(scope, caller, key)` is what is claimed, so a caller never
+//! replays, nor is refused by, a key another caller used.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,20 +24,24 @@ use super::error::StoreError;
 use super::fingerprint;
 use super::ids::new_id;
 use super::model::{Account, Idempotent, Payment, PaymentRequest};
-use super::records::{DepositRecord, Entry, KeyRecord, RefundRecord, Scope, now_us, time_from_us};
+use super::records::{
+    DepositRecord, Entry, KeyRecord, RefundRecord, Scope, key_caller, now_us, time_from_us,
+};
 use super::statements::Statements;
 
-/// Opens an account with a zero balance.
+/// Opens an account with a zero balance, owned by `owner` (`None`: anonymous).
 pub(crate) async fn create_account<C: Statements>(
     conn: &mut C,
     account_id: Option<&str>,
     currency: &str,
+    owner: Option<&str>,
 ) -> Result<Account, StoreError> {
     let account = Account {
         account_id: account_id.map_or_else(|| new_id("acct"), str::to_owned),
         currency: currency.to_owned(),
         balance_minor: 0,
         created_at: time_from_us(now_us()),
+        owner: owner.map(str::to_owned),
     };
     if conn.insert_account(&account).await? {
         Ok(account)
@@ -44,16 +52,27 @@ pub(crate) async fn create_account<C: Statements>(
     }
 }
 
-/// Credits an account with money from outside: the counter-entry is the world.
+/// Credits an account with money from outside: the counter-entry is the world. Anyone may
+/// credit any account; `caller` only owns the key.
 pub(crate) async fn deposit<C: Statements>(
     conn: &mut C,
     account_id: &str,
     amount_minor: i64,
     idempotency_key: &str,
+    caller: Option<&str>,
 ) -> Result<Idempotent<Account>, StoreError> {
     ensure_positive(amount_minor)?;
     let fingerprint = fingerprint::deposit(account_id, amount_minor);
-    let key = match claim_key(conn, Scope::Deposit, idempotency_key, fingerprint, "dep").await? {
+    let key = match claim_key(
+        conn,
+        Scope::Deposit,
+        caller,
+        idempotency_key,
+        fingerprint,
+        "dep",
+    )
+    .await?
+    {
         Claim::Replay(deposit_id) => {
             return replay_deposit(conn, &deposit_id)
                 .await
@@ -104,7 +123,7 @@ pub(crate) async fn deposit<C: Statements>(
     Ok(Idempotent::fresh(account))
 }
 
-/// Moves money from the payer to the payee.
+/// Moves money from the payer, which must be the caller's, to the payee.
 pub(crate) async fn process<C: Statements>(
     conn: &mut C,
     request: &PaymentRequest,
@@ -114,6 +133,7 @@ pub(crate) async fn process<C: Statements>(
     let key = match claim_key(
         conn,
         Scope::Payment,
+        request.caller.as_deref(),
         &request.idempotency_key,
         fingerprint,
         "pay",
@@ -180,7 +200,7 @@ pub(crate) type BatchOutcomes = Vec<Result<Idempotent<Payment>, StoreError>>;
 /// transaction keeps no trace of it; the others go on. The outer error is for the whole
 /// transaction (storage unavailable, a conflict): nothing may be committed then.
 ///
-/// The idempotency keys must be distinct: a key claimed twice in one transaction would be
+/// The idempotency keys must be distinct per caller: a key claimed twice in one transaction would be
 /// reported as used by a payment that is not committed yet.
 pub(crate) async fn process_batch<C: BatchStatements>(
     conn: &mut C,
@@ -199,6 +219,7 @@ pub(crate) async fn process_batch<C: BatchStatements>(
         keyed.push(i);
         keys.push(KeyRecord {
             scope: Scope::Payment,
+            caller: key_caller(request.caller.as_deref()).to_owned(),
             key: request.idempotency_key.clone(),
             fingerprint: fingerprint::payment(request),
             resource_id: new_id("pay"),
@@ -260,7 +281,7 @@ pub(crate) async fn process_batch<C: BatchStatements>(
             )),
             Err(error) => {
                 outcomes[i] = Some(Err(error));
-                refused_keys.push(key.key.as_str());
+                refused_keys.push((key.caller.as_str(), key.key.as_str()));
             }
         }
     }
@@ -310,20 +331,20 @@ async fn replay_existing<C: BatchStatements>(
     if existing_keys.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = existing_keys
+    let names: Vec<(&str, &str)> = existing_keys
         .iter()
-        .map(|(_, key)| key.key.as_str())
+        .map(|(_, key)| (key.caller.as_str(), key.key.as_str()))
         .collect();
-    let mut recorded: HashMap<String, KeyRecord> = conn
+    let mut recorded: HashMap<(String, String), KeyRecord> = conn
         .find_keys(Scope::Payment, &names)
         .await?
         .into_iter()
-        .map(|record| (record.key.clone(), record))
+        .map(|record| ((record.caller.clone(), record.key.clone()), record))
         .collect();
     let mut replays = Vec::new();
     for &(i, key) in existing_keys {
         let replayed = recorded
-            .remove(&key.key)
+            .remove(&(key.caller.clone(), key.key.clone()))
             .ok_or_else(|| {
                 StoreError::internal("idempotency key conflicted on insert but cannot be read")
             })
@@ -355,16 +376,26 @@ async fn replay_existing<C: BatchStatements>(
     Ok(())
 }
 
-/// Returns part or all of a payment from the payee to the payer.
+/// Returns part or all of a payment from the payee, which must be the caller's, to the payer.
 pub(crate) async fn refund<C: Statements>(
     conn: &mut C,
     payment_id: &str,
     amount_minor: i64,
     idempotency_key: &str,
+    caller: Option<&str>,
 ) -> Result<Idempotent<Payment>, StoreError> {
     ensure_positive(amount_minor)?;
     let fingerprint = fingerprint::refund(payment_id, amount_minor);
-    let key = match claim_key(conn, Scope::Refund, idempotency_key, fingerprint, "re").await? {
+    let key = match claim_key(
+        conn,
+        Scope::Refund,
+        caller,
+        idempotency_key,
+        fingerprint,
+        "re",
+    )
+    .await?
+    {
         Claim::Replay(refund_id) => {
             return replay_refund(conn, &refund_id)
                 .await
@@ -379,6 +410,11 @@ pub(crate) async fn refund<C: Statements>(
             .ok_or_else(|| StoreError::PaymentNotFound {
                 payment_id: payment_id.to_owned(),
             })?;
+    // The money leaves the payee's account: only its owner may send it back, and learns
+    // nothing of the payment's refunds before that is settled.
+    let (payer, payee) = (&payment.payer_account_id, &payment.payee_account_id);
+    let mut accounts = Locked::lock(conn, [payer, payee]).await?;
+    accounts.ensure_owned(payee, caller)?;
     let refunded_after = payment
         .refunded_minor
         .checked_add(amount_minor)
@@ -390,8 +426,6 @@ pub(crate) async fn refund<C: Statements>(
             requested_minor: amount_minor,
         })?;
 
-    let (payer, payee) = (&payment.payer_account_id, &payment.payee_account_id);
-    let mut accounts = Locked::lock(conn, [payer, payee]).await?;
     accounts.transfer(payee, payer, amount_minor)?;
     accounts.write(conn).await?;
     conn.set_refunded(payment_id, refunded_after).await?;
@@ -445,18 +479,22 @@ enum Claim {
     Replay(String),
 }
 
+/// Claims `key` of `caller` (`None`: anonymous) for `scope`.
 async fn claim_key<C: Statements>(
     conn: &mut C,
     scope: Scope,
+    caller: Option<&str>,
     key: &str,
     fingerprint: String,
     id_prefix: &str,
 ) -> Result<Claim, StoreError> {
-    if let Some(existing) = conn.find_key(scope, key).await? {
+    let caller = key_caller(caller);
+    if let Some(existing) = conn.find_key(scope, caller, key).await? {
         return replay_of(existing, &fingerprint);
     }
     let record = KeyRecord {
         scope,
+        caller: caller.to_owned(),
         key: key.to_owned(),
         fingerprint,
         resource_id: new_id(id_prefix),
@@ -466,7 +504,7 @@ async fn claim_key<C: Statements>(
         return Ok(Claim::Claimed(record));
     }
     // A concurrent request with this key committed between our read and our insert.
-    let existing = conn.find_key(scope, key).await?.ok_or_else(|| {
+    let existing = conn.find_key(scope, caller, key).await?.ok_or_else(|| {
         StoreError::internal("idempotency key conflicted on insert but cannot be read")
     })?;
     replay_of(existing, &record.fingerprint)
@@ -591,13 +629,26 @@ impl Locked {
             })
     }
 
-    /// Applies a payment's checks in the order callers see them (payer exists, payee exists,
-    /// currencies, funds), then its transfer; on error nothing changed.
+    /// Refuses a debit of `account_id` by a `caller` (`None`: anonymous) that does not own
+    /// it.
+    fn ensure_owned(&self, account_id: &str, caller: Option<&str>) -> Result<(), StoreError> {
+        if self.get(account_id)?.is_owned_by(caller) {
+            Ok(())
+        } else {
+            Err(StoreError::AccountNotOwned {
+                account_id: account_id.to_owned(),
+            })
+        }
+    }
+
+    /// Applies a payment's checks in the order callers see them (payer exists, the caller
+    /// owns it, payee exists, currencies, funds), then its transfer; on error nothing
+    /// changed. Ownership comes before anything that tells of the payer's currency or
+    /// balance.
     fn pay(&mut self, request: &PaymentRequest) -> Result<(), StoreError> {
         let (payer, payee) = (&request.payer_account_id, &request.payee_account_id);
-        for account_id in [payer, payee] {
-            self.get(account_id)?;
-        }
+        self.ensure_owned(payer, request.caller.as_deref())?;
+        self.get(payee)?;
         for account_id in [payer, payee] {
             let account = self.get(account_id)?;
             if account.currency != request.currency {

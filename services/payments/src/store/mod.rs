@@ -16,7 +16,10 @@
 //!   same parameters returns the original record with [`Idempotent::replayed`] set; with other
 //!   parameters it is [`StoreError::IdempotencyKeyReused`]. A unique constraint makes
 //!   concurrent requests with one key execute once, even across processes. Keys are scoped per
-//!   operation and kept for [`StoreConfig::idempotency_retention`] at least.
+//!   caller and per operation, and kept for [`StoreConfig::idempotency_retention`] at least.
+//! - **Ownership.** Money leaves an account only for its [`Account::owner`]: the caller a
+//!   payment or refund names must own the payer (payee), checked on the row the transaction
+//!   locked to debit it.
 //!
 //! [`CachedStore`] wraps any store with a Redis fast path for payment replays; the wrapped
 //! store stays authoritative.

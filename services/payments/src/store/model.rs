@@ -16,6 +16,18 @@ pub struct Account {
     pub balance_minor: i64,
     /// When the account was opened (microsecond precision).
     pub created_at: SystemTime,
+    /// The caller that created it, who alone may move money out of it or read it; `None`
+    /// for an account created anonymously (or before accounts had owners), which only
+    /// anonymous callers may use. Never changes.
+    pub owner: Option<String>,
+}
+
+impl Account {
+    /// True when `caller` (`None`: anonymous) may move money out of this account or read
+    /// it: it is the owner, anonymous included.
+    pub fn is_owned_by(&self, caller: Option<&str>) -> bool {
+        self.owner.as_deref() == caller
+    }
 }
 
 /// A payment: money moved from a payer to a payee.
@@ -105,6 +117,9 @@ pub struct PaymentRequest {
     pub description: String,
     /// Free key-value pairs.
     pub metadata: BTreeMap<String, String>,
+    /// Who asks (`None`: anonymous): the payer must be its account, and the idempotency key
+    /// is this caller's.
+    pub caller: Option<String>,
 }
 
 /// The result of an idempotent operation.

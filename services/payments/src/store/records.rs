@@ -26,11 +26,19 @@ impl Scope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeyRecord {
     pub(crate) scope: Scope,
+    /// Whose key it is: [`key_caller`] of the caller.
+    pub(crate) caller: String,
     pub(crate) key: String,
     pub(crate) fingerprint: String,
     /// The deposit, payment or refund the key produced.
     pub(crate) resource_id: String,
     pub(crate) created_at_us: i64,
+}
+
+/// How a caller is stored in `idempotency_keys.caller`, part of the primary key: its name,
+/// or `''` for the anonymous caller.
+pub(crate) fn key_caller(caller: Option<&str>) -> &str {
+    caller.unwrap_or("")
 }
 
 /// A row of `deposits`.

@@ -15,13 +15,14 @@ use super::records::{DepositRecord, Entry, KeyRecord, RefundRecord, Scope};
 
 /// The statements of the ledger, on one connection (in a transaction or not).
 pub(crate) trait Statements: Send {
-    /// The idempotency key `key` of `scope`, if recorded.
+    /// The idempotency key `key` of `scope` and `caller` (see `key_caller`), if recorded.
     fn find_key(
         &mut self,
         scope: Scope,
+        caller: &str,
         key: &str,
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
-    /// Records a key; false if `(scope, key)` exists already. On PostgreSQL this waits for a
+    /// Records a key; false if `(scope, caller, key)` exists already. On PostgreSQL this waits for a
     /// concurrent transaction that inserted the same key to finish, then reports it.
     fn insert_key(
         &mut self,
@@ -152,6 +153,7 @@ macro_rules! impl_statements {
                     currency: row.try_get("currency")?,
                     balance_minor: row.try_get("balance_minor")?,
                     created_at: time_from_us(row.try_get("created_at_us")?),
+                    owner: row.try_get("owner")?,
                 })
             }
 
@@ -185,19 +187,22 @@ macro_rules! impl_statements {
                 async fn find_key(
                     &mut self,
                     scope: Scope,
+                    caller: &str,
                     key: &str,
                 ) -> Result<Option<KeyRecord>, StoreError> {
                     let row = sqlx::query(
                         "SELECT fingerprint, resource_id, created_at_us FROM idempotency_keys \
-                         WHERE scope = $1 AND idempotency_key = $2",
+                         WHERE scope = $1 AND caller = $2 AND idempotency_key = $3",
                     )
                     .bind(scope.as_str())
+                    .bind(caller)
                     .bind(key)
                     .fetch_optional(&mut *self)
                     .await?;
                     row.map(|row| {
                         Ok(KeyRecord {
                             scope,
+                            caller: caller.to_owned(),
                             key: key.to_owned(),
                             fingerprint: row.try_get("fingerprint")?,
                             resource_id: row.try_get("resource_id")?,
@@ -210,10 +215,11 @@ macro_rules! impl_statements {
                 async fn insert_key(&mut self, record: &KeyRecord) -> Result<bool, StoreError> {
                     let inserted = sqlx::query(
                         "INSERT INTO idempotency_keys \
-                         (scope, idempotency_key, fingerprint, resource_id, created_at_us) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                         (scope, caller, idempotency_key, fingerprint, resource_id, created_at_us) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                     )
                     .bind(record.scope.as_str())
+                    .bind(&record.caller)
                     .bind(&record.key)
                     .bind(&record.fingerprint)
                     .bind(&record.resource_id)
@@ -234,13 +240,15 @@ macro_rules! impl_statements {
 
                 async fn insert_account(&mut self, account: &Account) -> Result<bool, StoreError> {
                     let inserted = sqlx::query(
-                        "INSERT INTO accounts (account_id, currency, balance_minor, created_at_us) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        "INSERT INTO accounts \
+                         (account_id, currency, balance_minor, created_at_us, owner) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                     )
                     .bind(&account.account_id)
                     .bind(&account.currency)
                     .bind(account.balance_minor)
                     .bind(time_to_us(account.created_at))
+                    .bind(&account.owner)
                     .execute(&mut *self)
                     .await?;
                     Ok(inserted.rows_affected() == 1)
@@ -248,7 +256,7 @@ macro_rules! impl_statements {
 
                 async fn account(&mut self, account_id: &str) -> Result<Option<Account>, StoreError> {
                     sqlx::query(
-                        "SELECT account_id, currency, balance_minor, created_at_us FROM accounts \
+                        "SELECT account_id, currency, balance_minor, created_at_us, owner FROM accounts \
                          WHERE account_id = $1",
                     )
                     .bind(account_id)
@@ -264,7 +272,7 @@ macro_rules! impl_statements {
                     account_id: &str,
                 ) -> Result<Option<Account>, StoreError> {
                     sqlx::query(concat!(
-                        "SELECT account_id, currency, balance_minor, created_at_us FROM accounts \
+                        "SELECT account_id, currency, balance_minor, created_at_us, owner FROM accounts \
                          WHERE account_id = $1",
                         $lock
                     ))

@@ -82,6 +82,72 @@ impl TestDb {
         config: StoreConfig,
     ) -> Self {
         let (url, cleanup) = fresh_database(backend).await;
+        Self::open(backend, url, cleanup, store_url, config).await
+    }
+
+    /// A fresh database on the schema of the first `migrations` migrations only, holding
+    /// what the `legacy` statements write there, then opened by the store, which applies
+    /// the others: for tests of a migration over existing rows.
+    pub async fn upgraded(backend: Backend, migrations: usize, legacy: &[&str]) -> Self {
+        let (url, cleanup) = fresh_database(backend).await;
+        let (kind, scratch) = match &cleanup {
+            Cleanup::Sqlite { dir } => ("sqlite", dir.join("migrations")),
+            Cleanup::Postgres { database } => (
+                "postgres",
+                std::env::temp_dir().join(format!("{database}_migrations")),
+            ),
+        };
+        let all = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(kind);
+        let mut files: Vec<_> = std::fs::read_dir(&all)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        std::fs::create_dir_all(&scratch).unwrap();
+        for file in &files[..migrations] {
+            std::fs::copy(file, scratch.join(file.file_name().unwrap())).unwrap();
+        }
+        let migrator = sqlx::migrate::Migrator::new(scratch.as_path())
+            .await
+            .unwrap();
+        match backend {
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                migrator.run(&pool).await.unwrap();
+                for statement in legacy {
+                    sqlx::query(statement).execute(&pool).await.unwrap();
+                }
+                pool.close().await;
+            }
+            Backend::Sqlite => {
+                let path = url.strip_prefix("sqlite://").unwrap();
+                std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();
+                let options =
+                    <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+                        .unwrap()
+                        .create_if_missing(true);
+                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+                migrator.run(&pool).await.unwrap();
+                for statement in legacy {
+                    sqlx::query(statement).execute(&pool).await.unwrap();
+                }
+                pool.close().await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        Self::open(backend, url, cleanup, str::to_owned, StoreConfig::default()).await
+    }
+
+    /// Opens the store on `url` (reached by `store_url`'s URL) and the fixture's own pool.
+    async fn open(
+        backend: Backend,
+        url: String,
+        cleanup: Cleanup,
+        store_url: impl Fn(&str) -> String,
+        config: StoreConfig,
+    ) -> Self {
         let store_url = store_url(&url);
         let store = store::open_with(&store_url, config)
             .await
@@ -102,7 +168,7 @@ impl TestDb {
     /// Opens an account in `currency`.
     pub async fn account(&self, currency: &str) -> String {
         self.store
-            .create_account(None, currency)
+            .create_account(None, currency, None)
             .await
             .unwrap()
             .account_id
@@ -112,7 +178,12 @@ impl TestDb {
     pub async fn funded(&self, currency: &str, amount_minor: i64) -> String {
         let account_id = self.account(currency).await;
         self.store
-            .deposit(&account_id, amount_minor, &format!("fund-{account_id}"))
+            .deposit(
+                &account_id,
+                amount_minor,
+                &format!("fund-{account_id}"),
+                None,
+            )
             .await
             .unwrap();
         account_id
@@ -331,6 +402,7 @@ pub fn payment(key: &str, payer: &str, payee: &str, amount_minor: i64) -> Paymen
         currency: "USD".to_owned(),
         description: format!("test payment {key}"),
         metadata: BTreeMap::from([("order".to_owned(), key.to_owned())]),
+        caller: None,
     }
 }
 
