@@ -42,7 +42,7 @@ pub mod serving;
 
 pub use keel_authz as authz;
 pub use keel_client as client;
-pub use keel_core::{code, context, error, method};
+pub use keel_core::{code, context, error, identity, method};
 pub use keel_dynamic as dynamic;
 pub use keel_dynamic::reflect;
 pub use keel_health as health;
