@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks the crate boundaries docs/ARCHITECTURE.md promises: a crate a user may take alone
-# (the client, the gateway, the dynamic codec, the shared vocabulary, health) compiles neither
+# (the client, the gateway, the dynamic codec, the shared vocabulary, health, TLS) compiles neither
 # Keel's server nor the OpenTelemetry SDK nor prometheus-client. Reads `cargo tree` of each
 # crate's normal dependencies, so a new dependency that drags one in fails CI here, and
 # checks each crate alone (`cargo check -p`), with only the features it asks for: inside
@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-LEAVES=(keel-core keel-client keel-dynamic keel-health keel-gateway)
+LEAVES=(keel-core keel-client keel-dynamic keel-health keel-gateway keel-tls)
 FORBIDDEN='^(keel|keel-telemetry|opentelemetry_sdk|opentelemetry-otlp|prometheus-client) '
 
 status=0
