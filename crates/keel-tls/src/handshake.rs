@@ -16,8 +16,8 @@ pub const HTTP_1_1: &[u8] = b"http/1.1";
 /// client's ALPN list has none of ours), `no_client_certificate`, `certificate_expired`,
 /// `certificate_untrusted` (not issued by a configured root), `certificate_invalid` (any
 /// other refusal of the client's certificate, the SPIFFE rules included),
-/// `protocol_version` (no TLS version in common: TLS 1.1 and older, or 1.2 against a
-/// 1.3-only listener), `incompatible` (no cipher suite, group or signature scheme in
+/// `protocol_version` (no TLS version in common: TLS 1.1 and older, whose hello lacks
+/// TLS 1.2's `signature_algorithms`, or 1.2 against a 1.3-only listener), `incompatible` (no cipher suite, group or signature scheme in
 /// common), `alert_received` (the client refused the server: an untrusted CA or the wrong
 /// name, say), `not_tls` (not a TLS ClientHello: plaintext on a TLS port), `closed` (the
 /// client went away) or `other`.
@@ -48,7 +48,9 @@ pub fn failure_reason(error: &io::Error) -> &'static str {
         Error::PeerIncompatible(
             PeerIncompatible::Tls12NotOffered
             | PeerIncompatible::Tls12NotOfferedOrEnabled
-            | PeerIncompatible::SupportedVersionsExtensionRequired,
+            | PeerIncompatible::SupportedVersionsExtensionRequired
+            // Introduced by TLS 1.2: a hello without it is TLS 1.1 or older.
+            | PeerIncompatible::SignatureAlgorithmsExtensionRequired,
         ) => "protocol_version",
         Error::PeerIncompatible(_) => "incompatible",
         Error::AlertReceived(_) => "alert_received",

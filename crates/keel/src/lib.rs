@@ -31,6 +31,7 @@
 //! | [`dynamic`], [`reflect`] | `keel-dynamic` | messages from descriptors; a reflection client |
 //! | [`health`] | `keel-health` | grpc.health.v1 and readiness |
 //! | [`telemetry`], [`observe`], [`logging`] | `keel-telemetry` | metrics, logs, traces |
+//! | [`tls`] | `keel-tls` | certificates, peer identities, reloadable server TLS |
 
 mod admin;
 pub mod config;
@@ -46,4 +47,5 @@ pub use keel_dynamic::reflect;
 pub use keel_health as health;
 pub use keel_telemetry as telemetry;
 pub use keel_telemetry::{logging, observe};
+pub use keel_tls as tls;
 pub use server::{BoundServer, Server, ServerBuilder, ServerError};

@@ -10,6 +10,6 @@ mod server;
 pub use keel_core::settings::{Checks, DurationText, InvalidSetting, MAX_DURATION, Validate};
 pub use load::{ConfigError, Loader};
 pub use server::{
-    ConnectionConfig, Http2Config, LimitsConfig, ObserveConfig, PayloadConfig, ServerConfig,
-    ShutdownConfig,
+    ClientAuth, ConnectionConfig, Http2Config, LimitsConfig, ObserveConfig, PayloadConfig,
+    ServerConfig, ShutdownConfig, TlsConfig, TlsVersion,
 };
