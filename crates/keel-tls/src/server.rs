@@ -310,3 +310,84 @@ fn build(
         ca_digest: files.ca_digest,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_test_support::tls::{Ca, Dir, Leaf};
+
+    fn write(dir: &Dir, leaf: &Leaf) {
+        dir.write("server.pem", format!("{}{}", leaf.chain_pem, leaf.key_pem));
+    }
+
+    fn fingerprint(leaf: &Leaf) -> [u8; 32] {
+        Sha256::digest(&leaf.der).into()
+    }
+
+    #[test]
+    fn reloads_swap_good_material_keep_the_old_on_bad_and_keep_resumption() {
+        let dir = Dir::new();
+        let root = Ca::root("Root");
+        let first = root.leaf("server").dns("localhost").issue();
+        write(&dir, &first);
+        let file = dir.path().join("server.pem");
+        let mut settings = TlsConfig::new(&file, &file);
+        settings.client_ca = dir.write("ca.pem", root.cert_pem());
+        settings.client_auth = ClientAuth::Optional;
+        let tls = ServerTls::load(&settings, &[crate::H2]).unwrap();
+        let before = tls.config();
+        assert_eq!(before.alpn_protocols, [b"h2".to_vec()]);
+        assert_eq!(tls.status().fingerprint, fingerprint(&first));
+        assert_eq!(tls.reload(Trigger::Poll).unwrap(), Reloaded::Unchanged);
+
+        let second = root.leaf("server").dns("localhost").issue();
+        write(&dir, &second);
+        let Reloaded::Swapped(status) = tls.reload(Trigger::Poll).unwrap() else {
+            panic!("new material was not swapped in");
+        };
+        assert_eq!(status.fingerprint, fingerprint(&second));
+        let after = tls.config();
+        assert!(Arc::ptr_eq(&before.ticketer, &after.ticketer));
+        assert!(Arc::ptr_eq(&before.session_storage, &after.session_storage));
+
+        // A key that is not the certificate's: refused, reported once when polled, again
+        // when an operator asks; the second certificate keeps serving.
+        let third = root.leaf("server").dns("localhost").issue();
+        dir.write(
+            "server.pem",
+            format!("{}{}", third.chain_pem, second.key_pem),
+        );
+        let error = tls.reload(Trigger::Poll).unwrap_err();
+        assert!(error.to_string().contains("does not match"), "{error}");
+        assert_eq!(tls.reload(Trigger::Poll).unwrap(), Reloaded::Unchanged);
+        assert!(tls.reload(Trigger::Signal).is_err());
+        assert_eq!(tls.status().fingerprint, fingerprint(&second));
+
+        // A new CA bundle starts resumption afresh.
+        write(&dir, &second);
+        let other = Ca::root("Other");
+        dir.write("ca.pem", format!("{}{}", root.cert_pem(), other.cert_pem()));
+        assert!(matches!(
+            tls.reload(Trigger::Poll),
+            Ok(Reloaded::Swapped(_))
+        ));
+        assert!(!Arc::ptr_eq(&after.ticketer, &tls.config().ticketer));
+        assert!(tls.status().client_ca_not_after.is_some());
+    }
+
+    #[test]
+    fn alpn_follows_the_listener() {
+        let dir = Dir::new();
+        let leaf = Ca::root("Root").leaf("server").issue();
+        let settings = TlsConfig::new(
+            dir.write("c.pem", &leaf.chain_pem),
+            dir.write("k.pem", &leaf.key_pem),
+        );
+        let tls = ServerTls::load(&settings, &[crate::H2, crate::HTTP_1_1]).unwrap();
+        let config = tls.config();
+        assert_eq!(
+            config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+}

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 /// tls.cert = "server.pem".into();
 /// assert_eq!(
 ///     tls.validate().unwrap_err().to_string(),
-///     "key = : must be set when cert is (the private key of the certificate)"
+///     "cert = server.pem: must come with key (the certificate's private key)"
 /// );
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,42 +94,39 @@ impl TlsConfig {
 
 impl Validate for TlsConfig {
     fn check(&self, checks: &mut Checks) {
+        // Each rule names the key that was set, whose value is the one to reconsider.
         let set = |path: &Path| !path.as_os_str().is_empty();
         let (cert, key, ca) = (set(&self.cert), set(&self.key), set(&self.client_ca));
         checks.require(
             !cert || key,
-            "key",
-            self.key.display(),
-            "must be set when cert is (the private key of the certificate)",
+            "cert",
+            self.cert.display(),
+            "must come with key (the certificate's private key)",
         );
         checks.require(
             cert || !key,
-            "cert",
-            self.cert.display(),
-            "must be set when key is (the certificate chain the key belongs to)",
+            "key",
+            self.key.display(),
+            "must come with cert (the certificate chain of the key)",
         );
         checks.require(
             cert || !ca,
-            "cert",
-            self.cert.display(),
-            "must be set when client_ca is: client certificates are verified only over TLS",
+            "client_ca",
+            self.client_ca.display(),
+            "must come with cert: client certificates are verified only over TLS",
         );
         checks.require(
             self.client_auth == ClientAuth::None || ca,
-            "client_ca",
-            self.client_ca.display(),
-            format!(
-                "must be set when client_auth = {}: the roots client certificates are \
-                 verified against",
-                self.client_auth
-            ),
+            "client_auth",
+            self.client_auth,
+            "must come with client_ca (the roots client certificates are verified against)",
         );
         checks.require(
             self.client_auth != ClientAuth::None || !ca,
-            "client_auth",
-            self.client_auth,
-            "must be optional or required when client_ca is set (client_ca alone would ask \
-             no client for a certificate)",
+            "client_ca",
+            self.client_ca.display(),
+            "must come with client_auth = optional or required (alone it would ask no \
+             client for a certificate)",
         );
         checks.duration("reload_interval", self.reload_interval);
     }
@@ -199,29 +196,29 @@ mod tests {
         };
         assert_eq!(
             refusal(&key_only),
-            "cert = : must be set when key is (the certificate chain the key belongs to)"
+            "key = k.pem: must come with cert (the certificate chain of the key)"
         );
 
         let mut required = on.clone();
         required.client_auth = ClientAuth::Required;
         assert_eq!(
             refusal(&required),
-            "client_ca = : must be set when client_auth = required: the roots client \
-             certificates are verified against"
+            "client_auth = required: must come with client_ca (the roots client certificates \
+             are verified against)"
         );
         required.client_ca = "ca.pem".into();
         assert_eq!(required.validate(), Ok(()));
 
         let mut ca_alone = on.clone();
         ca_alone.client_ca = "ca.pem".into();
-        assert!(refusal(&ca_alone).starts_with("client_auth = none: must be optional"));
+        assert!(refusal(&ca_alone).starts_with("client_ca = ca.pem: must come with client_auth"));
 
         let plaintext_ca = TlsConfig {
             client_ca: "ca.pem".into(),
             client_auth: ClientAuth::Optional,
             ..TlsConfig::default()
         };
-        assert!(refusal(&plaintext_ca).starts_with("cert = : must be set when client_ca is"));
+        assert!(refusal(&plaintext_ca).starts_with("client_ca = ca.pem: must come with cert"));
 
         let mut slow = on;
         slow.reload_interval = Duration::from_secs(100_000_000);

@@ -40,6 +40,7 @@ pub(super) fn spawn(listeners: &[&Listener], metrics: &Metrics) -> Rotation {
             let tls = listener.tls()?.clone();
             let name = listener.name();
             metrics.connection.tls_status(name, &tls.status());
+            metrics.connection.tls_reloads_start(name);
             // Installed here, before serving starts, not in the task: a SIGHUP that
             // arrives while no handler is installed ends the process.
             let hangups = match signal(SignalKind::hangup()) {

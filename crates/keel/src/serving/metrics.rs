@@ -133,6 +133,15 @@ impl ConnectionMetrics {
         metrics
     }
 
+    /// Creates `listener`'s reload series at 0 (`ok` and `error`), so that its first
+    /// refused reload is an increase a rate or an alert can see.
+    pub fn tls_reloads_start(&self, listener: &'static str) {
+        for outcome in ["ok", "error"] {
+            self.tls_reloads
+                .get_or_create_owned(&OutcomeLabels { listener, outcome });
+        }
+    }
+
     /// Counts a TLS reload of `listener`'s material: `ok` or `error`.
     pub fn tls_reload(&self, listener: &'static str, outcome: &'static str) {
         self.tls_reloads
