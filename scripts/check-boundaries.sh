@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Checks the crate boundaries docs/ARCHITECTURE.md promises: a crate a user may take alone
-# (the client, the gateway, the dynamic codec, the shared vocabulary, health, authz) compiles neither
-# Keel's server nor the OpenTelemetry SDK nor prometheus-client. Reads `cargo tree` of each
+# (the client, the gateway, the dynamic codec, the shared vocabulary, health, TLS, authz,
+# certificates) compiles neither Keel's server nor the OpenTelemetry SDK nor prometheus-client.
+# Reads `cargo tree` of each
 # crate's normal dependencies, so a new dependency that drags one in fails CI here, and
 # checks each crate alone (`cargo check -p`), with only the features it asks for: inside
 # the workspace another crate's features can hide a missing one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-LEAVES=(keel-core keel-client keel-dynamic keel-health keel-gateway keel-certs keel-authz)
+LEAVES=(keel-core keel-tls keel-client keel-dynamic keel-health keel-gateway keel-certs keel-authz)
 FORBIDDEN='^(keel|keel-telemetry|opentelemetry_sdk|opentelemetry-otlp|prometheus-client) '
 
 status=0

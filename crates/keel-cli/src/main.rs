@@ -29,7 +29,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve helloworld.Greeter and grpc.testing.TestService with Keel's full default stack
-    /// (health, reflection, admin endpoints, graceful shutdown).
+    /// (health, reflection, admin endpoints, graceful shutdown); plaintext unless tls.cert
+    /// is set.
     Serve(serve::ServeArgs),
     /// Run the standard gRPC interop test cases against a server.
     InteropClient(interop::InteropArgs),

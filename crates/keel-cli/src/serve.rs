@@ -13,6 +13,11 @@ use keel::config::{Loader, ServerConfig};
     keel serve --listen 0.0.0.0:50051 --set shutdown.drain_delay=10s\n  \
     keel serve --config keel.toml --print-config\n\n\
     Then: keel call 127.0.0.1:50051 helloworld.Greeter/SayHello -d '{\"name\":\"Ada\"}'\n\n\
+    TLS: both listeners are plaintext unless tls.cert is set (gRPC: tls.*, admin: admin_tls.*):\n  \
+    keel serve --set tls.cert=server.pem --set tls.key=server.key\n  \
+    keel serve --set tls.cert=server.pem --set tls.key=server.key \\\n    \
+    --set tls.client_ca=ca.pem --set tls.client_auth=required   (mutual TLS)\n\
+    Changed certificate files are taken up without a restart (tls.reload_interval, SIGHUP).\n\n\
     Observability: metrics on the admin /metrics; KEEL_LOG=info,keel::rpc=debug logs every call,\n\
     KEEL_LOG_FORMAT=json as JSON lines; OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4317 exports\n\
     traces (OTEL_TRACES_SAMPLER, OTEL_SERVICE_NAME, OTEL_PROPAGATORS as usual).")]

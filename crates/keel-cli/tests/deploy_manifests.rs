@@ -7,8 +7,9 @@
 //! - Every metric, label and label value that the dashboard, the alerts and the alerts' unit
 //!   tests name is in a live scrape: `keel serve` and `payments` run on ephemeral ports and
 //!   answer calls ending with every gRPC code, and a Keel client channel counts its calls
-//!   (`grpc_client_*`: neither binary makes client calls); prometheus_client's OpenMetrics
-//!   parser reads the expositions. Renaming a metric or a label in the code fails here.
+//!   (`grpc_client_*`: neither binary makes client calls), and a `keel serve` with TLS on
+//!   its gRPC listener (`keel_tls_*`) completes a handshake with `openssl s_client`;
+//!   prometheus_client's OpenMetrics parser reads the expositions. Renaming a metric or a label in the code fails here.
 //!   Only `job` and `instance` (Prometheus's target labels, `job` checked against the
 //!   scrape jobs) and `up` come from Prometheus rather than the scrape.
 //! - The dashboard's own structure: unique panel ids, titles and targets, every query
@@ -417,16 +418,58 @@ fn call_payments(payments: &Payments) {
     }
 }
 
-/// The series of `keel serve`, `payments` and a Keel client after the calls above.
+/// A `keel serve` with mutual TLS (optional) on its gRPC listener, after one handshake;
+/// its admin listener stays plaintext. The files live as long as the returned directory.
+fn keel_serve_with_tls() -> (KeelServe, keel_test_support::tls::Dir) {
+    use keel_test_support::tls::{Ca, Dir};
+    let dir = Dir::new();
+    let root = Ca::root("Deploy Root");
+    let leaf = root.leaf("localhost").dns("localhost").issue();
+    let set = |key: &str, path: std::path::PathBuf| format!("{key}={}", path.display());
+    let cert = set("tls.cert", dir.write("server.pem", &leaf.chain_pem));
+    let key = set("tls.key", dir.write("server.key", &leaf.key_pem));
+    let ca = set("tls.client_ca", dir.write("ca.pem", root.cert_pem()));
+    let server = KeelServe::start(&[
+        "--set",
+        &cert,
+        "--set",
+        &key,
+        "--set",
+        &ca,
+        "--set",
+        "tls.client_auth=optional",
+    ]);
+    let handshake = Command::new("openssl")
+        .args(["s_client", "-connect", &server.grpc.to_string()])
+        .args(["-servername", "localhost", "-alpn", "h2", "-CAfile"])
+        .arg(dir.path().join("ca.pem"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    assert!(
+        handshake.status.success(),
+        "{}",
+        String::from_utf8_lossy(&handshake.stderr)
+    );
+    (server, dir)
+}
+
+/// The series of `keel serve` (plaintext and TLS), `payments` and a Keel client after the
+/// calls above.
 async fn live_scrapes() -> Exposed {
     let server = KeelServe::start(&[]);
+    let (tls_server, _files) = keel_serve_with_tls();
     let payments = Payments::start();
     let client = call_keel_serve_with_every_code(&server).await;
     call_payments(&payments);
     // As Prometheus asks: OpenMetrics.
     let accept = ["application/openmetrics-text; version=1.0.0"];
     let mut exposed = Exposed::default();
-    for (source, admin) in [("keel serve", server.admin), ("payments", payments.admin)] {
+    for (source, admin) in [
+        ("keel serve", server.admin),
+        ("keel serve with TLS", tls_server.admin),
+        ("payments", payments.admin),
+    ] {
         let response = common::scrape_accepting(admin, &accept).await;
         let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
         exposed.add(source, body);

@@ -1,6 +1,9 @@
 //! Helpers the workspace's tests share, used as a dev-dependency only: a bounded poll on a
 //! condition (the way a test waits on an event it cannot be told about), a lookup of one
-//! series in a Prometheus text exposition, and a plain HTTP/1.1 GET through hyper's client.
+//! series in a Prometheus text exposition, a plain HTTP/1.1 GET through hyper's client, and
+//! test certificates ([`tls`]).
+
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

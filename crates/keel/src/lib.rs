@@ -32,6 +32,7 @@
 //! | [`health`] | `keel-health` | grpc.health.v1 and readiness |
 //! | [`telemetry`], [`observe`], [`logging`] | `keel-telemetry` | metrics, logs, traces |
 //! | [`authz`] | `keel-authz` | authorization policies, bearer tokens, `auth.*` |
+//! | [`tls`] | `keel-tls` | certificates, peer identities, reloadable server TLS |
 
 mod admin;
 pub mod config;
@@ -48,4 +49,5 @@ pub use keel_dynamic::reflect;
 pub use keel_health as health;
 pub use keel_telemetry as telemetry;
 pub use keel_telemetry::{logging, observe};
+pub use keel_tls as tls;
 pub use server::{BoundServer, Server, ServerBuilder, ServerError};

@@ -156,6 +156,33 @@ const BAD: &[(&str, &str)] = &[
         "auth.reload_interval = 2years: must be at most 1year",
     ),
     (
+        r#"tls.key = "server.key""#,
+        "tls.key = server.key: must come with cert (the certificate chain of the key)",
+    ),
+    (
+        r#"admin_tls.cert = "server.pem""#,
+        "admin_tls.cert = server.pem: must come with key (the certificate's private key)",
+    ),
+    (
+        "tls.cert = \"s.pem\"\ntls.key = \"s.key\"\ntls.client_auth = \"required\"",
+        "tls.client_auth = required: must come with client_ca (the roots client certificates \
+         are verified against)",
+    ),
+    (
+        "tls.cert = \"s.pem\"\ntls.key = \"s.key\"\ntls.client_ca = \"ca.pem\"",
+        "tls.client_ca = ca.pem: must come with client_auth = optional or required (alone it \
+         would ask no client for a certificate)",
+    ),
+    (
+        "tls.client_ca = \"ca.pem\"\ntls.client_auth = \"optional\"",
+        "tls.client_ca = ca.pem: must come with cert: client certificates are verified only \
+         over TLS",
+    ),
+    (
+        r#"tls.reload_interval = "2years""#,
+        "tls.reload_interval = 2years: must be at most 1year",
+    ),
+    (
         r#"observe.payloads.codes = ["OK", "Ok"]"#,
         r#"observe.payloads.codes = "Ok": must list status codes as grpc_code spells them: OK, NotFound, Unavailable, ..."#,
     ),
@@ -192,6 +219,9 @@ const GOOD: &[&str] = &[
     "observe.payloads.codes = [\"OK\", \"Canceled\", \"NotFound\", \"Unauthenticated\"]",
     "auth.clock_skew = \"5m\"\nauth.reload_interval = \"0s\"\nauth.require_token = false",
     "auth.clock_skew = \"0s\"\nauth.reload_interval = \"1year\"",
+    // TLS stays off (no cert): bind reads no file.
+    "tls.reload_interval = \"0s\"\nadmin_tls.reload_interval = \"1year\"",
+    "tls.min_version = \"1.3\"\nadmin_tls.min_version = \"1.2\"",
 ];
 
 /// The config `toml` describes, on ephemeral loopback ports, unchecked.

@@ -10,6 +10,6 @@ mod server;
 pub use keel_core::settings::{Checks, DurationText, InvalidSetting, MAX_DURATION, Validate};
 pub use load::{ConfigError, Loader};
 pub use server::{
-    AuthConfig, ConnectionConfig, Http2Config, LimitsConfig, ObserveConfig, PayloadConfig,
-    ServerConfig, ShutdownConfig,
+    AuthConfig, ClientAuth, ConnectionConfig, Http2Config, LimitsConfig, ObserveConfig,
+    PayloadConfig, ServerConfig, ShutdownConfig, TlsConfig, TlsVersion,
 };

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 pub use keel_authz::AuthConfig;
 use keel_core::settings::{Checks, DurationText, Validate};
 pub use keel_telemetry::observe::payload::PayloadConfig;
+pub use keel_tls::{ClientAuth, TlsConfig, TlsVersion};
 
 /// Everything a Keel server needs to start. `Default` is the production configuration.
 ///
@@ -57,6 +58,13 @@ pub struct ServerConfig {
     pub shutdown: ShutdownConfig,
     /// Metrics, logs and traces of every call.
     pub observe: ObserveConfig,
+    /// TLS on the gRPC listener (and on the standalone gateway's listener). Off by default:
+    /// the listener is plaintext unless `tls.cert` is set.
+    pub tls: TlsConfig,
+    /// TLS on the admin listener, set apart from `tls` so that probes and scrapers can
+    /// reach it without a client certificate while the gRPC port requires one (it may name
+    /// the same files). Off by default.
+    pub admin_tls: TlsConfig,
     /// Bearer tokens and the authorization policy (off by default).
     pub auth: AuthConfig,
 }
@@ -72,6 +80,8 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
             observe: ObserveConfig::default(),
+            tls: TlsConfig::default(),
+            admin_tls: TlsConfig::default(),
             auth: AuthConfig::default(),
         }
     }
@@ -173,7 +183,8 @@ pub struct ConnectionConfig {
     /// descriptors. 10,000 fits the default descriptor limits of container runtimes.
     pub max_connections: usize,
     /// A new connection must start speaking (the HTTP/2 preface and a first frame, or an
-    /// HTTP/1.1 request head) within this time, or it is closed (`0s`: off). 10 s frees
+    /// HTTP/1.1 request head; over TLS, the TLS handshake first) within this time of its
+    /// arrival, or it is closed (`0s`: off). 10 s frees
     /// sockets that connect and say nothing, long before `max_idle` would.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -287,6 +298,8 @@ impl Validate for ServerConfig {
         checks.nested("limits", &self.limits);
         checks.nested("shutdown", &self.shutdown);
         checks.nested("observe", &self.observe);
+        checks.nested("tls", &self.tls);
+        checks.nested("admin_tls", &self.admin_tls);
         checks.nested("auth", &self.auth);
     }
 }

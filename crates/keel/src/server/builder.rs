@@ -43,6 +43,14 @@ pub enum ServerError {
     /// A descriptor set given for reflection and observability does not decode.
     #[error(transparent)]
     Descriptors(#[from] keel_core::method::DescriptorError),
+    /// A listener's TLS material cannot be used; nothing was bound.
+    #[error("cannot set up TLS for the {what} listener: {source}")]
+    Tls {
+        /// `gRPC`, `admin` or the HTTP listener's name.
+        what: &'static str,
+        /// What is wrong with the files, naming them.
+        source: keel_tls::ServerTlsError,
+    },
     /// Installing the signal handlers failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -306,6 +314,7 @@ impl ServerBuilder {
                 protocol,
                 http2: self.config.http2.clone(),
                 connection: self.config.connection.clone(),
+                tls: load_tls(&self.config.tls, protocol, "gRPC")?,
             },
             &metrics,
         )
@@ -337,6 +346,21 @@ fn descriptor_pool(sets: &[&[u8]]) -> prost_reflect::DescriptorPool {
     pool
 }
 
+/// Loads a listener's TLS material when `settings` turn TLS on, offering the ALPN
+/// protocols of `protocol`; `what` names the listener in the error.
+pub(super) fn load_tls(
+    settings: &keel_tls::TlsConfig,
+    protocol: HttpProtocol,
+    what: &'static str,
+) -> Result<Option<Arc<keel_tls::ServerTls>>, ServerError> {
+    if !settings.enabled() {
+        return Ok(None);
+    }
+    keel_tls::ServerTls::load(settings, protocol.alpn())
+        .map(|tls| Some(Arc::new(tls)))
+        .map_err(|source| ServerError::Tls { what, source })
+}
+
 /// Binds one listener, naming it (`what`) in the error.
 pub(super) async fn bind(
     addr: SocketAddr,
@@ -358,11 +382,13 @@ pub(super) async fn bind_admin(
     let mut connection = config.connection.clone();
     connection.max_connections = config.admin_max_connections;
     connection.max_age = Duration::ZERO;
+    let protocol = HttpProtocol::Http1AndHttp2;
     let admin = ListenerConfig {
         name: "admin",
-        protocol: HttpProtocol::Http1AndHttp2,
+        protocol,
         http2: config.http2.clone(),
         connection,
+        tls: load_tls(&config.admin_tls, protocol, "admin")?,
     };
     bind(config.admin_listen, "admin", admin, metrics).await
 }
@@ -456,6 +482,7 @@ impl BoundServer {
 
     async fn run(self, trigger: impl shutdown::ShutdownTrigger) -> ShutdownReport {
         let polls = self.auth.clone().map(|auth| tokio::spawn(auth.poll()));
+        let _rotation = super::rotation::spawn(&[&self.listener, &self.admin], &self.metrics);
         let main = stack::spawn(
             self.listener,
             &self.config,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::builder::{ServerError, bind, bind_admin};
+use super::builder::{ServerError, bind, bind_admin, load_tls};
 use super::shutdown::{self, MainListener, ShutdownReport};
 use crate::config::{ServerConfig, Validate};
 use crate::metrics::Metrics;
@@ -21,8 +21,8 @@ use keel_health::HealthRegistry;
 pub struct HttpServer;
 
 impl HttpServer {
-    /// Binds `config.listen` (HTTP/1.1 and h2c) for `service` and `config.admin_listen` for
-    /// the admin endpoints. `name` labels the listener's metrics and logs (`gateway`).
+    /// Binds `config.listen` (HTTP/1.1 and h2c; over TLS when `config.tls` says, with ALPN
+    /// `h2` and `http/1.1`) for `service` and `config.admin_listen` for the admin endpoints. `name` labels the listener's metrics and logs (`gateway`).
     /// Nothing is served until [`BoundHttpServer::serve`]. The configuration is checked
     /// first: a setting that cannot be used is [`ServerError::Config`], naming its key, and
     /// nothing is bound.
@@ -43,14 +43,16 @@ impl HttpServer {
             )));
         }
         let metrics = Arc::new(Metrics::new());
+        let protocol = HttpProtocol::Http1AndHttp2;
         let listener = bind(
             config.listen,
             name,
             ListenerConfig {
                 name,
-                protocol: HttpProtocol::Http1AndHttp2,
+                protocol,
                 http2: config.http2.clone(),
                 connection: config.connection.clone(),
+                tls: load_tls(&config.tls, protocol, name)?,
             },
             &metrics,
         )
@@ -139,6 +141,7 @@ impl<S> BoundHttpServer<S> {
         S: ListenerService<B>,
         B: ResponseBody,
     {
+        let _rotation = super::rotation::spawn(&[&self.listener, &self.admin], &self.metrics);
         let (stage, stage_rx) = watch::channel(Stage::Serving);
         let main = MainListener {
             name: self.name,

@@ -1,11 +1,13 @@
 //! The Keel server: a builder over tonic services, served by Keel's serving core
 //! ([`crate::serving`]; tonic's own lacks age jitter, a working grace period, connection
-//! limits and a shutdown deadline), and graceful shutdown in logged phases.
+//! limits and a shutdown deadline), graceful shutdown in logged phases, and the rotation
+//! of TLS material while serving.
 
 mod builder;
 mod fallback;
 mod http;
 mod reflection;
+mod rotation;
 mod shutdown;
 mod stack;
 

@@ -1,6 +1,6 @@
-//! Drives one connection: the transport (HTTP/2, or HTTP/1.1 and HTTP/2), per-request
-//! accounting and body timeouts, and the ways a connection is asked to leave (max age,
-//! idleness, shutdown) or is cut (no handshake in time).
+//! Drives one connection: TLS when the listener has it, the transport (HTTP/2, or HTTP/1.1
+//! and HTTP/2), per-request accounting and body timeouts, and the ways a connection is
+//! asked to leave (max age, idleness, shutdown) or is cut (no handshake in time).
 //!
 //! Leaving is always GOAWAY first (hyper sends the two-step GOAWAY that lets in-flight
 //! streams finish and tells the client which streams it may retry; HTTP/1.1 stops
@@ -16,10 +16,13 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use keel_core::identity::PeerIdentity;
 use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
-use tonic::transport::server::Connected;
+use tokio::time::Instant;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::ServiceBuilder;
 
 use super::late_frames::{Handshake, LateFrameGuard, Protocol};
@@ -60,6 +63,8 @@ pub(super) struct Shared<S> {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// HTTP/1.1 and HTTP/2 with the same settings.
     auto: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 only (what ALPN `http/1.1` chose), with the same settings.
+    http1: hyper_util::server::conn::auto::Builder<TokioExecutor>,
     protocol: HttpProtocol,
     pub(super) service: S,
     pub(super) config: ListenerConfig,
@@ -89,6 +94,7 @@ impl<S> Shared<S> {
         }
         Self {
             http2,
+            http1: auto.clone().http1_only(),
             auto,
             protocol: config.protocol,
             service,
@@ -157,7 +163,19 @@ impl Leave {
     }
 }
 
-/// Serves `tcp` until the connection ends, leaves, or is closed after its grace period.
+/// What a connection speaks once any TLS handshake is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    /// HTTP/2 only (the listener's only protocol, or ALPN `h2`).
+    Http2,
+    /// HTTP/1.1 only (ALPN `http/1.1`).
+    Http1,
+    /// Either, told apart by the HTTP/2 preface (a plaintext or no-ALPN HTTP listener).
+    Either,
+}
+
+/// Serves `tcp` (through TLS when the listener has it) until the connection ends, leaves,
+/// or is closed after its grace period.
 ///
 /// The timers that decide leaving run in a separate small task, so that the connection
 /// task, woken for every frame, polls only the connection and one channel.
@@ -166,19 +184,60 @@ where
     S: ListenerService<B>,
     B: ResponseBody,
 {
+    let arrived = Instant::now();
     let info = tcp.connect_info();
     let peer = info.remote_addr();
     if let Err(error) = tcp.set_nodelay(shared.config.connection.tcp_nodelay) {
         tracing::debug!(?peer, %error, "cannot set TCP_NODELAY");
     }
+    let _open = OpenConnection::new(&shared.metrics);
+    let default = match shared.protocol {
+        HttpProtocol::Http2 => Speaks::Http2,
+        HttpProtocol::Http1AndHttp2 => Speaks::Either,
+    };
+    let Some(tls) = &shared.config.tls else {
+        return serve(tcp, default, None, info, arrived, &shared).await;
+    };
+    let timeout = shared.config.connection.handshake_timeout;
+    let deadline = (!timeout.is_zero()).then(|| arrived + timeout);
+    match super::tls::handshake(tcp, tls, deadline, &shared.metrics, &shared.stage, peer).await {
+        Ok((stream, negotiated)) => {
+            let speaks = match negotiated.alpn.as_deref() {
+                Some(keel_tls::H2) => Speaks::Http2,
+                Some(keel_tls::HTTP_1_1) if default == Speaks::Either => Speaks::Http1,
+                _ => default,
+            };
+            serve(stream, speaks, negotiated.peer, info, arrived, &shared).await
+        }
+        Err(no_session) => Ended {
+            failed: no_session == super::tls::NoSession::Failed,
+            cut: 0,
+        },
+    }
+}
+
+/// Serves HTTP on `io` (a socket, or a TLS session over one) as `speaks` says, each request
+/// carrying the peer's address and, if it proved one, its identity.
+async fn serve<I, S, B>(
+    io: I,
+    speaks: Speaks,
+    identity: Option<Arc<PeerIdentity>>,
+    info: TcpConnectInfo,
+    arrived: Instant,
+    shared: &Arc<Shared<S>>,
+) -> Ended
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ListenerService<B>,
+    B: ResponseBody,
+{
     let metrics = &shared.metrics;
-    let _open = OpenConnection::new(metrics);
+    let peer = info.remote_addr();
     let activity = Arc::new(ConnectionActivity::default());
     let handshake = Arc::new(Handshake::default());
-    let http2_only = shared.protocol == HttpProtocol::Http2;
     let io = TokioIo::new(LateFrameGuard::new(
-        tcp,
-        http2_only,
+        io,
+        speaks == Speaks::Http2,
         handshake.clone(),
         metrics.late_frames.clone(),
     ));
@@ -191,21 +250,25 @@ where
                 .map(|body| RequestBody::new(body, grpc, body_timeout, body_timeouts.clone()));
             // What tonic's `Request::remote_addr()` reads.
             request.extensions_mut().insert(info.clone());
+            if let Some(identity) = &identity {
+                request.extensions_mut().insert(identity.clone());
+            }
             request
         })
         .layer(TrackLayer::new(activity.clone(), metrics.inflight.clone()))
         .service(shared.service.clone());
     let service = TowerToHyperService::new(service);
     let watch = Watch {
-        shared: &shared,
+        shared,
         activity: &activity,
         handshake: &handshake,
         peer,
+        arrived,
     };
-    if http2_only {
-        watch.live(shared.http2.serve_connection(io, service)).await
-    } else {
-        watch.live(shared.auto.serve_connection(io, service)).await
+    match speaks {
+        Speaks::Http2 => watch.live(shared.http2.serve_connection(io, service)).await,
+        Speaks::Http1 => watch.live(shared.http1.serve_connection(io, service)).await,
+        Speaks::Either => watch.live(shared.auto.serve_connection(io, service)).await,
     }
 }
 
@@ -266,6 +329,8 @@ struct Watch<'a, S> {
     activity: &'a Arc<ConnectionActivity>,
     handshake: &'a Arc<Handshake>,
     peer: Option<std::net::SocketAddr>,
+    /// When the connection arrived: the handshake timeout counts from there.
+    arrived: Instant,
 }
 
 impl<S: Send + Sync + 'static> Watch<'_, S> {
@@ -276,6 +341,7 @@ impl<S: Send + Sync + 'static> Watch<'_, S> {
             activity,
             handshake,
             peer,
+            arrived,
         } = self;
         let metrics = &shared.metrics;
         tokio::pin!(connection);
@@ -284,6 +350,7 @@ impl<S: Send + Sync + 'static> Watch<'_, S> {
             shared.clone(),
             activity.clone(),
             handshake.clone(),
+            arrived,
             leave_tx,
         )));
         let ended = |result: Result<(), C::Error>| match result {
@@ -359,6 +426,7 @@ async fn watch_lifetime<S>(
     shared: Arc<Shared<S>>,
     activity: Arc<ConnectionActivity>,
     handshake: Arc<Handshake>,
+    arrived: Instant,
     leave: oneshot::Sender<Leave>,
 ) {
     let mut stage = shared.stage.clone();
@@ -372,7 +440,7 @@ async fn watch_lifetime<S>(
     let reason = tokio::select! {
         _ = age => Leave::MaxAge,
         _ = idle(&activity, lifetime.max_idle) => Leave::MaxIdle,
-        () = no_handshake(&handshake, lifetime.handshake_timeout) => Leave::Handshake,
+        () = no_handshake(&handshake, arrived, lifetime.handshake_timeout) => Leave::Handshake,
         // A dropped sender means the listener is gone: leave as well.
         _ = stage.wait_for(|stage| *stage != Stage::Serving) => Leave::Shutdown,
     };
@@ -380,13 +448,14 @@ async fn watch_lifetime<S>(
 }
 
 /// Completes if the client has not started HTTP/2 (preface and a frame) nor sent an
-/// HTTP/1.1 byte within `timeout`; never if it has, or if `timeout` is zero. HTTP/1.1
-/// request heads are then timed by hyper (`header_read_timeout`).
-async fn no_handshake(handshake: &Handshake, timeout: Duration) {
+/// HTTP/1.1 byte within `timeout` of its arrival (its TLS handshake, if any, included);
+/// never if it has, or if `timeout` is zero. HTTP/1.1 request heads are then timed by hyper
+/// (`header_read_timeout`).
+async fn no_handshake(handshake: &Handshake, arrived: Instant, timeout: Duration) {
     if timeout.is_zero() {
         return std::future::pending().await;
     }
-    tokio::time::sleep(timeout).await;
+    tokio::time::sleep_until(arrived + timeout).await;
     if handshake.protocol() != Protocol::Undecided {
         std::future::pending::<()>().await;
     }

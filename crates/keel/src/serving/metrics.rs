@@ -1,5 +1,6 @@
 //! The connection metrics every listener reports, labelled with the listener's name
-//! (`grpc`, `admin`, `gateway`, ...), so one dashboard reads them all.
+//! (`grpc`, `admin`, `gateway`, ...), so one dashboard reads them all; `keel_tls_*` for
+//! listeners that serve TLS.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +24,25 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
-/// The connection metric families, registered under `keel_server_*`.
+/// A listener and how something ended (`ok`, or why not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The listener's name.
+    pub listener: &'static str,
+    /// `ok` or a reason (see each metric).
+    pub outcome: &'static str,
+}
+
+/// A listener and which of its certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// The listener's name.
+    pub listener: &'static str,
+    /// `serving` (its chain) or `client_ca` (the bundle client certificates chain to).
+    pub certificate: &'static str,
+}
+
+/// The connection metric families, registered under `keel_server_*` and `keel_tls_*`.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionMetrics {
     connections: Family<ListenerLabels, Gauge>,
@@ -35,6 +54,9 @@ pub struct ConnectionMetrics {
     forced_closes: Family<ListenerLabels, Counter>,
     late_frames: Family<ListenerLabels, Counter>,
     inflight: Family<ListenerLabels, Gauge>,
+    tls_handshakes: Family<OutcomeLabels, Counter>,
+    tls_reloads: Family<OutcomeLabels, Counter>,
+    tls_expiry: Family<CertificateLabels, Gauge>,
 }
 
 impl ConnectionMetrics {
@@ -87,7 +109,72 @@ impl ConnectionMetrics {
             "RPCs and HTTP requests whose handler or response stream is alive, by listener",
             metrics.inflight.clone(),
         );
+        keel.register(
+            "tls_handshakes",
+            "TLS handshakes by listener and outcome: ok, timeout (not done within \
+             connection.handshake_timeout), or why it failed (no_application_protocol, \
+             no_client_certificate, certificate_expired, certificate_untrusted, \
+             certificate_invalid, protocol_version, incompatible, alert_received, not_tls, \
+             closed, other)",
+            metrics.tls_handshakes.clone(),
+        );
+        keel.register(
+            "tls_reloads",
+            "TLS material reloads that changed something, by listener and outcome: ok \
+             (swapped in for new handshakes) or error (refused; the previous stays in use)",
+            metrics.tls_reloads.clone(),
+        );
+        keel.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the first certificate of a listener's serving chain (certificate=serving) \
+             or client CA bundle (certificate=client_ca) in use expires, in Unix seconds",
+            metrics.tls_expiry.clone(),
+        );
         metrics
+    }
+
+    /// Creates `listener`'s reload series at 0 (`ok` and `error`), so that its first
+    /// refused reload is an increase a rate or an alert can see.
+    pub fn tls_reloads_start(&self, listener: &'static str) {
+        for outcome in ["ok", "error"] {
+            self.tls_reloads
+                .get_or_create_owned(&OutcomeLabels { listener, outcome });
+        }
+    }
+
+    /// Counts a TLS reload of `listener`'s material: `ok` or `error`.
+    pub fn tls_reload(&self, listener: &'static str, outcome: &'static str) {
+        self.tls_reloads
+            .get_or_create(&OutcomeLabels { listener, outcome })
+            .inc();
+    }
+
+    /// Records when `listener`'s TLS material in use expires.
+    pub fn tls_status(&self, listener: &'static str, status: &keel_tls::TlsStatus) {
+        let seconds = |time: std::time::SystemTime| {
+            time.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+                })
+        };
+        let gauge = |certificate| {
+            self.tls_expiry.get_or_create(&CertificateLabels {
+                listener,
+                certificate,
+            })
+        };
+        gauge("serving").set(seconds(status.cert_not_after));
+        match status.client_ca_not_after {
+            Some(not_after) => {
+                gauge("client_ca").set(seconds(not_after));
+            }
+            None => {
+                self.tls_expiry.remove(&CertificateLabels {
+                    listener,
+                    certificate: "client_ca",
+                });
+            }
+        }
     }
 
     /// The handles for one listener, resolved once so connections never look them up.
@@ -111,6 +198,7 @@ impl ConnectionMetrics {
             forced_closes: self.forced_closes.get_or_create_owned(&labels),
             late_frames: self.late_frames.get_or_create_owned(&labels),
             inflight: self.inflight.get_or_create_owned(&labels),
+            tls_handshakes: self.tls_handshakes.clone(),
         }
     }
 }
@@ -144,4 +232,18 @@ pub struct ListenerMetrics {
     pub late_frames: Counter,
     /// Requests in flight.
     pub inflight: Gauge,
+    /// TLS handshakes by outcome (every listener's; [`ListenerMetrics::tls_handshake`]).
+    tls_handshakes: Family<OutcomeLabels, Counter>,
+}
+
+impl ListenerMetrics {
+    /// Counts one of this listener's TLS handshakes: `ok`, `timeout` or the failure reason.
+    pub fn tls_handshake(&self, outcome: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&OutcomeLabels {
+                listener: self.name,
+                outcome,
+            })
+            .inc();
+    }
 }

@@ -13,16 +13,21 @@
 //! - HTTP/2 only, or HTTP/1.1 and h2c on one port ([`HttpProtocol`]);
 //! - max age, idleness, GOAWAY and drain within the shutdown deadline, driven by [`Stage`],
 //!   ignoring the frames a racing client sends after the final GOAWAY (see `late_frames`);
-//! - the same `keel_server_*` connection metrics, labelled by listener ([`ConnectionMetrics`]).
+//! - the same `keel_server_*` connection metrics, labelled by listener ([`ConnectionMetrics`]);
+//! - TLS when the listener has a [`ServerTls`] (`tls.rs`): the handshake runs in the
+//!   connection's task, within the handshake timeout, so a client that connects and says
+//!   nothing delays no other; ALPN picks HTTP/2 or HTTP/1.1; `keel_tls_handshakes_total`.
 //!
 //! The service sees `http::Request<RequestBody>` with the peer's
-//! `tonic::transport::server::TcpConnectInfo` in its extensions.
+//! `tonic::transport::server::TcpConnectInfo` in its extensions and, when the client
+//! presented a certificate, its `Arc<keel_core::identity::PeerIdentity>`.
 
 mod accept;
 mod connection;
 mod late_frames;
 mod metrics;
 mod request_body;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +36,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Checks, ConnectionConfig, Http2Config, Validate};
-pub use metrics::{ConnectionMetrics, ListenerLabels, ListenerMetrics, ReasonLabels};
+pub use keel_tls::ServerTls;
+pub use metrics::{
+    CertificateLabels, ConnectionMetrics, ListenerLabels, ListenerMetrics, OutcomeLabels,
+    ReasonLabels,
+};
 pub use request_body::{BodyError, RequestBody};
 
 pub(crate) use connection::is_grpc;
@@ -44,6 +53,16 @@ pub enum HttpProtocol {
     /// HTTP/1.1 and HTTP/2 (h2c), told apart by the HTTP/2 preface: for REST, browsers,
     /// probes and scrapers.
     Http1AndHttp2,
+}
+
+impl HttpProtocol {
+    /// The ALPN protocols a TLS listener speaking this offers, in order of preference.
+    pub fn alpn(self) -> &'static [&'static [u8]] {
+        match self {
+            HttpProtocol::Http2 => &[keel_tls::H2],
+            HttpProtocol::Http1AndHttp2 => &[keel_tls::H2, keel_tls::HTTP_1_1],
+        }
+    }
 }
 
 /// Where a listener is in its life; sent to it over a `watch` channel.
@@ -76,6 +95,9 @@ pub struct ListenerConfig {
     pub http2: Http2Config,
     /// Limits and lifetime of its connections.
     pub connection: ConnectionConfig,
+    /// TLS for its connections (`None`: plaintext). Load it offering
+    /// [`HttpProtocol::alpn`] of `protocol`.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl ListenerConfig {
@@ -87,6 +109,7 @@ impl ListenerConfig {
             protocol,
             http2: Http2Config::default(),
             connection: ConnectionConfig::default(),
+            tls: None,
         }
     }
 }
@@ -197,6 +220,16 @@ impl Listener {
     /// The bound address (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its name, the `listener` label.
+    pub fn name(&self) -> &'static str {
+        self.config.name
+    }
+
+    /// Its TLS configuration, if it serves TLS.
+    pub fn tls(&self) -> Option<&Arc<ServerTls>> {
+        self.config.tls.as_ref()
     }
 
     /// Serves `service` until `stage` says [`Stage::Closing`] or, once it said
