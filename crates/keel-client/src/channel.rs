@@ -14,7 +14,7 @@ use tonic::Status;
 use super::attempts;
 use super::balancer::{self, Picks};
 use super::config::ChannelConfig;
-use super::connector::{Connector, Dial};
+use super::connector::{Connector, Dial, TlsDial};
 use super::error::ConnectError;
 use super::picker::{self, Picker};
 use super::resolver::{self, Resolution, Resolver};
@@ -262,6 +262,40 @@ impl ChannelBuilder {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = Some(timeout);
+        self
+    }
+
+    /// Connections over TLS ([`ClientTls`](super::ClientTls), from a
+    /// [`ClientTlsConfig`](super::ClientTlsConfig)):
+    /// the server's chain verified against the configured roots, its name against the
+    /// target's host (a DNS target's host; a static target's IP address) unless the TLS
+    /// settings name another, ALPN `h2` required, and its identity among the expected
+    /// ones when a list is set. A backend that fails any of these is not used, and
+    /// fail-fast calls get UNAVAILABLE with the reason.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keel_client::{Channel, ClientTls, ClientTlsConfig};
+    ///
+    /// let mut tls = ClientTlsConfig::default();
+    /// tls.ca = "certs/ca.pem".into();
+    /// tls.cert = "certs/client.pem".into();
+    /// tls.key = "certs/client.key".into();
+    /// tls.expected_identities = vec!["spiffe://keel.test/payments".into()];
+    /// let channel = Channel::builder("dns:///payments.keel.test:8443")?
+    ///     .tls(ClientTls::load(&tls)?)
+    ///     .build()?;
+    /// # let _ = channel;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn tls(mut self, tls: keel_tls::ClientTls) -> Self {
+        let host = match &self.target {
+            Target::Dns { host, .. } => Some(host.clone()),
+            _ => None,
+        };
+        self.connector = Arc::new(TlsDial { tls, host });
         self
     }
 

@@ -51,6 +51,7 @@ pub use config::{ChannelConfig, Http2Config, KeepaliveConfig, Policy};
 pub use error::ConnectError;
 pub use keel_core::settings::{InvalidSetting, Validate};
 pub use keel_core::status_check::{CheckStatus, CheckedBody, Checking};
+pub use keel_tls::{ClientTls, ClientTlsConfig, ClientTlsError};
 pub use outlier::OutlierConfig;
 pub use picker::{Backend, CallInfo, Picker};
 pub use resolver::{BoxFuture, DnsSettings, Resolver};

@@ -47,6 +47,18 @@ pub(crate) fn transport_status(
         }
         source = error.source();
     }
+    // A TLS alert after the handshake: in TLS 1.3 a server refuses the client's
+    // certificate only once the client's handshake is over.
+    let mut source = Some(error);
+    while let Some(inner) = source {
+        if let Some(tls) = inner.downcast_ref::<keel_tls::rustls::Error>() {
+            return Status::unavailable(format!(
+                "{address}: {error}: {}",
+                keel_tls::client::explain(tls)
+            ));
+        }
+        source = inner.source();
+    }
     Status::unavailable(format!("{address}: {error}"))
 }
 

@@ -1,12 +1,15 @@
 //! TLS for Keel, on rustls with the ring provider: certificates and keys read from PEM and
 //! checked before use ([`material`]), the identity a certificate proves ([`identity`], with
 //! the SPIFFE rules), a listener's settings ([`TlsConfig`]), and a server configuration
-//! that rotates its material without a restart ([`ServerTls`]).
+//! that rotates its material without a restart ([`ServerTls`]), and a client's TLS with
+//! the checks after the handshake: `h2` chosen, the server's identity expected
+//! ([`ClientTls`]).
 //!
 //! A leaf crate: no server, no metrics library, no async runtime of its own. Keel's
-//! serving core runs the handshakes and counts them; a client builds its own
-//! configuration from the same [`material`] and [`identity`].
+//! serving core runs the handshakes and counts them; Keel's client dials and hands the
+//! stream to [`ClientTls`].
 
+pub mod client;
 pub mod handshake;
 pub mod identity;
 pub mod material;
@@ -16,6 +19,7 @@ mod verifier;
 
 use std::sync::Arc;
 
+pub use client::{ClientTls, ClientTlsConfig, ClientTlsError};
 pub use handshake::{H2, HTTP_1_1, Negotiated, failure_reason};
 pub use identity::{IdentityError, peer_identity};
 pub use material::{CaBundle, Credentials, MaterialError, Role};

@@ -22,7 +22,7 @@ use rustls::server::{WebPkiClientVerifier, danger::ClientCertVerifier};
 use sha2::{Digest, Sha256};
 
 use crate::material::{self, CaBundle, Credentials, MaterialError, Role};
-use crate::settings::{ClientAuth, TlsConfig, TlsVersion};
+use crate::settings::{ClientAuth, TlsConfig};
 use crate::verifier::SpiffeClientVerifier;
 
 /// Sessions the resumption cache holds (rustls's default): a few hundred bytes each.
@@ -282,10 +282,7 @@ fn build(
         }
         _ => WebPkiClientVerifier::no_client_auth(),
     };
-    let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
-        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-        TlsVersion::Tls13 => &[&rustls::version::TLS13],
-    };
+    let versions = settings.min_version.versions();
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|error| ServerTlsError::Config {

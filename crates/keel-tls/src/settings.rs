@@ -155,14 +155,28 @@ impl std::fmt::Display for ClientAuth {
 }
 
 /// The lowest TLS version a listener accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TlsVersion {
-    /// TLS 1.2 and 1.3.
+    /// TLS 1.2 and 1.3 (the default).
+    #[default]
     #[serde(rename = "1.2")]
     Tls12,
     /// TLS 1.3 only.
     #[serde(rename = "1.3")]
     Tls13,
+}
+
+impl TlsVersion {
+    /// The protocol versions a configuration with this minimum enables, newest first.
+    pub fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static ONLY_13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self {
+            TlsVersion::Tls12 => &BOTH,
+            TlsVersion::Tls13 => &ONLY_13,
+        }
+    }
 }
 
 impl std::fmt::Display for TlsVersion {

@@ -28,7 +28,7 @@ Examples:
     -H 'authorization: Bearer TOKEN' -H 'trace-bin: AAEC' --deadline 2s -v
   keel call --tls api.example.com:443 list
   keel call https://10.0.0.7:8443 list --cacert ca.pem --server-name api.internal \\
-    --cert client.pem --key client.key
+    --cert client.pem --key client.key --expect-identity spiffe://example.org/api
 
 Input: -d takes JSON in the proto3 JSON mapping (field names as in the .proto or in
 lowerCamelCase; 64-bit integers as strings or numbers; bytes in base64). For client and
@@ -90,6 +90,11 @@ pub struct CallArgs {
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
 
+    /// Accept only a server with this identity: a SPIFFE ID or DNS name (repeatable; implies
+    /// --tls). A server with another fails the call, and the error says what it presented
+    #[arg(long = "expect-identity", value_name = "ID")]
+    expect_identity: Vec<String>,
+
     /// One line per response message instead of pretty JSON
     #[arg(long)]
     compact: bool,
@@ -136,6 +141,8 @@ pub struct Tls {
     pub identity: Option<(PathBuf, PathBuf)>,
     /// Name to verify the server certificate against.
     pub server_name: Option<String>,
+    /// Identities the server may have (SPIFFE IDs or DNS names); empty: any.
+    pub expected_identities: Vec<String>,
 }
 
 /// How to print messages.
@@ -206,12 +213,16 @@ impl CallArgs {
 
     /// TLS settings when any TLS flag is given, `None` for plaintext.
     pub fn tls(&self) -> Option<Tls> {
-        let wanted =
-            self.tls || self.cacert.is_some() || self.cert.is_some() || self.server_name.is_some();
+        let wanted = self.tls
+            || self.cacert.is_some()
+            || self.cert.is_some()
+            || self.server_name.is_some()
+            || !self.expect_identity.is_empty();
         wanted.then(|| Tls {
             ca_certificate: self.cacert.clone(),
             identity: self.cert.clone().zip(self.key.clone()),
             server_name: self.server_name.clone(),
+            expected_identities: self.expect_identity.clone(),
         })
     }
 

@@ -1,70 +1,17 @@
 //! Opens the one connection `keel call` uses, for reflection and for the call itself:
-//! Keel's own client channel for plaintext, tonic's for TLS until Keel's client speaks TLS.
-//! Both check every status the server sends (`keel::client::CheckStatus` around tonic's)
-//! and accept response headers up to Keel's client limit.
+//! Keel's own client channel, plaintext or over TLS, which checks every status the server
+//! sends and accepts response headers up to Keel's client limit.
 
-use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keel::client::CheckStatus;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use keel::client::{Channel, ClientTls, ClientTlsConfig};
 
 use super::Failure;
 use super::args::Tls;
 
 /// The connection every call and reflection request goes over.
-#[derive(Clone)]
-pub enum Connection {
-    /// Plaintext HTTP/2, through `keel::client::Channel`.
-    Keel(keel::client::Channel),
-    /// TLS, through tonic's channel, with Keel's status check in front.
-    Tls(CheckStatus<Channel>),
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl tower::Service<http::Request<tonic::body::Body>> for Connection {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = BoxError;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self {
-            Self::Keel(channel) => channel.poll_ready(cx).map_err(Into::into),
-            Self::Tls(channel) => channel.poll_ready(cx).map_err(Into::into),
-        }
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        match self {
-            Self::Keel(channel) => {
-                let response = channel.call(request);
-                Box::pin(async move { Ok(response.await?.map(tonic::body::Body::new)) })
-            }
-            Self::Tls(channel) => {
-                let response = channel.call(request);
-                Box::pin(async move {
-                    match response.await {
-                        Ok(response) => Ok(response.map(tonic::body::Body::new)),
-                        // tonic would only say "h2 protocol error: http2 error".
-                        Err(error) => {
-                            Err(keel::client::broken_protocol_status(&error, header_limit())
-                                .map_or_else(|| error.into(), Into::into))
-                        }
-                    }
-                })
-            }
-        }
-    }
-}
-
-/// The largest response header list accepted: Keel's client default, on both paths.
-fn header_limit() -> u32 {
-    keel::client::Http2Config::default().max_header_list_size
-}
+pub type Connection = Channel;
 
 /// How long connecting (TCP and TLS handshakes) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,30 +20,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// when `tls` is given or the scheme is `https`, plaintext h2c otherwise.
 pub async fn connect(address: &str, tls: Option<Tls>) -> Result<Connection, Failure> {
     let (uri, tls) = target(address, tls)?;
-    if tls.is_none() {
-        let channel = keel::client::Channel::new(&uri)
-            .map_err(|error| Failure::Usage(format!("invalid address `{address}`: {error}")))?;
-        channel
-            .connect(CONNECT_TIMEOUT)
-            .await
-            .map_err(|error| Failure::Other(format!("cannot connect to {uri}: {error}")))?;
-        return Ok(Connection::Keel(channel));
-    }
-    let mut endpoint = Endpoint::from_shared(uri.clone())
-        .map_err(|error| Failure::Usage(format!("invalid address `{address}`: {error}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_max_header_list_size(header_limit());
+    let host_port = uri.split_once("://").map_or(uri.as_str(), |(_, rest)| rest);
+    let mut builder = Channel::builder(host_port)
+        .map_err(|error| Failure::Usage(format!("invalid address `{address}`: {error}")))?;
     if let Some(tls) = tls {
-        endpoint = endpoint
-            .tls_config(tls_config(&tls)?)
-            .map_err(|error| Failure::Usage(format!("TLS settings: {}", chain(&error))))?;
+        let client = ClientTls::load(&tls_config(&tls)?)
+            .map_err(|error| Failure::Usage(format!("TLS settings: {error}")))?;
+        builder = builder.tls(client);
     }
-    endpoint
-        .connect()
+    let channel = builder
+        .build()
+        .map_err(|error| Failure::Usage(format!("invalid address `{address}`: {error}")))?;
+    channel
+        .connect(CONNECT_TIMEOUT)
         .await
-        .map(|channel| Connection::Tls(CheckStatus::new(channel)))
-        .map_err(|error| Failure::Other(format!("cannot connect to {uri}: {}", chain(&error))))
+        .map_err(|error| Failure::Other(format!("cannot connect to {uri}: {error}")))?;
+    Ok(channel)
 }
 
 /// The URI to dial and the TLS settings, from the address and the flags.
@@ -121,43 +60,28 @@ fn target(address: &str, tls: Option<Tls>) -> Result<(String, Option<Tls>), Fail
     Ok((format!("{scheme}://{address}"), tls))
 }
 
+/// The client TLS settings of the flags, each file checked readable first so that an
+/// error names the flag that gave it.
 fn tls_config(tls: &Tls) -> Result<ClientTlsConfig, Failure> {
-    let mut config = ClientTlsConfig::new();
-    config = match &tls.ca_certificate {
-        Some(file) => config.ca_certificate(Certificate::from_pem(read(file, "--cacert")?)),
-        None => config.with_webpki_roots(),
-    };
+    let mut config = ClientTlsConfig::default();
+    if let Some(ca) = &tls.ca_certificate {
+        config.ca = readable(ca, "--cacert")?;
+    }
     if let Some((cert, key)) = &tls.identity {
-        config = config.identity(Identity::from_pem(
-            read(cert, "--cert")?,
-            read(key, "--key")?,
-        ));
+        config.cert = readable(cert, "--cert")?;
+        config.key = readable(key, "--key")?;
     }
     if let Some(name) = &tls.server_name {
-        config = config.domain_name(name);
+        config.server_name = name.clone();
     }
+    config.expected_identities = tls.expected_identities.clone();
     Ok(config)
 }
 
-fn read(file: &Path, flag: &str) -> Result<Vec<u8>, Failure> {
-    std::fs::read(file)
+fn readable(file: &Path, flag: &str) -> Result<PathBuf, Failure> {
+    std::fs::File::open(file)
+        .map(|_| file.to_owned())
         .map_err(|error| Failure::Usage(format!("{flag} {}: {error}", file.display())))
-}
-
-/// An error with its sources, which is where transport errors say what happened.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        // Layers often repeat their cause's words; say them once.
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -1,0 +1,272 @@
+//! Keel's client over TLS, against a Keel server over real sockets: TLS and mutual TLS
+//! through an intermediate, the expected-server-identity list (ALTS's target service
+//! accounts as SPIFFE IDs or DNS names), a server name override, and the errors a caller
+//! sees when the server is not the one it expects.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel::client::{Channel, ClientTls, ClientTlsConfig};
+use keel::config::{ClientAuth, ServerConfig, TlsConfig};
+use keel::identity::PeerIdentity;
+use keel::{BoundServer, Server};
+use keel_interop::pb::helloworld::greeter_client::GreeterClient;
+use keel_interop::pb::helloworld::{HelloReply, HelloRequest, greeter_server};
+use keel_test_support::tls::{Ca, Dir, Leaf};
+use tokio::sync::oneshot;
+use tonic::{Code, Request, Response, Status};
+
+/// Answers with the caller's principal (`anonymous` without a certificate).
+#[derive(Debug, Clone, Copy)]
+struct WhoAmI;
+
+#[tonic::async_trait]
+impl greeter_server::Greeter for WhoAmI {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        let message = request.extensions().get::<Arc<PeerIdentity>>().map_or_else(
+            || "anonymous".to_owned(),
+            |peer| peer.principal().to_owned(),
+        );
+        Ok(Response::new(HelloReply { message }))
+    }
+
+    async fn say_hello_again(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        self.say_hello(request).await
+    }
+}
+
+/// A root, an intermediate issuing a server certificate (SPIFFE ID and `localhost`,
+/// 127.0.0.1) and a client certificate, all written to a temporary directory.
+struct Pki {
+    dir: Dir,
+    root: Ca,
+    issuing: Ca,
+}
+
+const SERVER_ID: &str = "spiffe://keel.test/payments";
+const CLIENT_ID: &str = "spiffe://keel.test/checkout";
+
+impl Pki {
+    fn new() -> Self {
+        let root = Ca::root("Keel Client Test Root");
+        let issuing = root.intermediate("Keel Client Test Issuing");
+        let pki = Self {
+            dir: Dir::new(),
+            root,
+            issuing,
+        };
+        pki.dir.write("root.pem", pki.root.cert_pem());
+        pki.write_leaf(
+            "server",
+            &pki.issuing
+                .leaf("server")
+                .uri(SERVER_ID)
+                .dns("localhost")
+                .ip([127, 0, 0, 1].into())
+                .issue(),
+        );
+        pki.write_leaf("client", &pki.issuing.leaf("client").uri(CLIENT_ID).issue());
+        pki
+    }
+
+    fn write_leaf(&self, name: &str, leaf: &Leaf) {
+        self.dir.write(&format!("{name}.pem"), &leaf.chain_pem);
+        self.dir.write(&format!("{name}.key"), &leaf.key_pem);
+    }
+
+    fn file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Mutual TLS on the server: client certificates must chain to the root.
+    fn server_tls(&self, client_auth: ClientAuth) -> TlsConfig {
+        let mut tls = TlsConfig::new(self.file("server.pem"), self.file("server.key"));
+        if client_auth != ClientAuth::None {
+            tls.client_ca = self.file("root.pem");
+            tls.client_auth = client_auth;
+        }
+        tls
+    }
+
+    /// A client trusting the root, presenting its certificate when `mutual`.
+    fn client_tls(&self, mutual: bool) -> ClientTlsConfig {
+        let mut tls = ClientTlsConfig::default();
+        tls.ca = self.file("root.pem");
+        if mutual {
+            tls.cert = self.file("client.pem");
+            tls.key = self.file("client.key");
+        }
+        tls
+    }
+}
+
+/// A server with `WhoAmI`, stopped on drop.
+struct Running {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start(tls: TlsConfig) -> Running {
+    let mut config = ServerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.shutdown.drain_delay = Duration::ZERO;
+    config.tls = tls;
+    let server: BoundServer = Server::builder(config)
+        .add_service(greeter_server::GreeterServer::new(WhoAmI))
+        .bind()
+        .await
+        .expect("bind");
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    Running { addr, _stop: stop }
+}
+
+/// One call over a fresh channel to `target` with `tls`: the reply or the status.
+async fn call(target: &str, tls: &ClientTlsConfig) -> Result<String, Status> {
+    let channel = Channel::builder(target)
+        .unwrap()
+        .tls(ClientTls::load(tls).expect("client TLS material"))
+        .build()
+        .unwrap();
+    // The first connection attempt decides: a fail-fast call waits for it, then fails
+    // with its reason if it failed.
+    channel
+        .connect(Duration::from_secs(5))
+        .await
+        .map_err(|error| Status::unavailable(error.to_string()))?;
+    GreeterClient::new(channel)
+        .say_hello(HelloRequest { name: "tls".into() })
+        .await
+        .map(|reply| reply.into_inner().message)
+}
+
+#[tokio::test]
+async fn tls_and_mutual_tls_calls_complete_through_an_intermediate() {
+    let pki = Pki::new();
+    let server = start(pki.server_tls(ClientAuth::Optional)).await;
+    let target = format!("static:///{}", server.addr);
+
+    assert_eq!(
+        call(&target, &pki.client_tls(false)).await.unwrap(),
+        "anonymous"
+    );
+    assert_eq!(
+        call(&target, &pki.client_tls(true)).await.unwrap(),
+        CLIENT_ID
+    );
+    // A DNS target verifies the certificate against the host name.
+    let dns = format!("dns:///localhost:{}", server.addr.port());
+    assert_eq!(call(&dns, &pki.client_tls(true)).await.unwrap(), CLIENT_ID);
+}
+
+#[tokio::test]
+async fn a_server_outside_the_expected_identities_fails_the_call_naming_what_it_saw() {
+    let pki = Pki::new();
+    let server = start(pki.server_tls(ClientAuth::Required)).await;
+    let target = format!("static:///{}", server.addr);
+
+    let mut expected = pki.client_tls(true);
+    expected.expected_identities = vec!["spiffe://keel.test/other".into(), SERVER_ID.into()];
+    assert_eq!(call(&target, &expected).await.unwrap(), CLIENT_ID);
+
+    let mut elsewhere = pki.client_tls(true);
+    elsewhere.expected_identities = vec!["spiffe://keel.test/ledger".into()];
+    let status = call(&target, &elsewhere).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("presented identity {SERVER_ID}"))
+            && status.message().contains("spiffe://keel.test/ledger"),
+        "{status:?}"
+    );
+
+    // The SPIFFE ID takes precedence: the DNS SAN the certificate also holds is not
+    // its identity.
+    let mut by_dns = pki.client_tls(true);
+    by_dns.expected_identities = vec!["localhost".into()];
+    let status = call(&target, &by_dns).await.unwrap_err();
+    assert!(
+        status.message().contains("not among the expected"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn server_names_are_checked_and_can_be_overridden() {
+    let pki = Pki::new();
+    let server = start(pki.server_tls(ClientAuth::None)).await;
+
+    // Verified against a name the certificate does not hold...
+    let target = format!("static:///{}", server.addr);
+    let mut tls = pki.client_tls(false);
+    tls.server_name = "payments.keel.test".into();
+    let status = call(&target, &tls).await.unwrap_err();
+    assert!(status.message().contains("for another name"), "{status:?}");
+    // ...and with the override naming one it does.
+    tls.server_name = "localhost".into();
+    assert_eq!(call(&target, &tls).await.unwrap(), "anonymous");
+}
+
+#[tokio::test]
+async fn missing_client_certificates_and_untrusted_servers_say_what_to_do() {
+    let pki = Pki::new();
+    let server = start(pki.server_tls(ClientAuth::Required)).await;
+    let target = format!("static:///{}", server.addr);
+
+    let status = call(&target, &pki.client_tls(false)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("requires a client certificate"),
+        "{status:?}"
+    );
+
+    // A CA of the same name but another key (a regenerated development CA).
+    let regenerated = Pki::new();
+    let status = call(&target, &regenerated.client_tls(true))
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().contains("was the CA regenerated?"),
+        "{status:?}"
+    );
+    // A CA the client does not know at all.
+    let stranger = Dir::new();
+    let mut tls = pki.client_tls(true);
+    tls.ca = stranger.write("other.pem", Ca::root("Elsewhere").cert_pem());
+    let status = call(&target, &tls).await.unwrap_err();
+    assert!(
+        status.message().contains("not issued by a trusted CA"),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn client_settings_are_checked_before_any_file_is_read() {
+    let mut tls = ClientTlsConfig::default();
+    tls.cert = "client.pem".into();
+    let error = ClientTls::load(&tls).unwrap_err().to_string();
+    assert!(
+        error.contains("cert = client.pem: must come with key"),
+        "{error}"
+    );
+
+    let mut tls = ClientTlsConfig::default();
+    tls.expected_identities = vec!["spiffe://Keel.Test/x".into()];
+    let error = ClientTls::load(&tls).unwrap_err().to_string();
+    assert!(
+        error.contains("expected_identities = spiffe://Keel.Test/x"),
+        "{error}"
+    );
+}
