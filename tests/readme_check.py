@@ -1,7 +1,7 @@
 """Runs README.md's commands as written against the real binaries and checks their answers.
 
 The commands come from README.md itself: every ```sh block of the sections "The two
-commands", "A first payment", "keel call" and "Keel's demo server", split into shell
+commands", "A first payment", "keel call", "Security: ..." and "Keel's demo server", split into shell
 commands. What each command must answer (exit status, JSON fields, lines) lives here, one
 expectation per command in README order; a command without an expectation, or an expectation
 whose command is gone, fails the check, so the two stay in step. JSON checks are strict on
@@ -125,6 +125,12 @@ def commands(block: str) -> list[Command]:
 # ----------------------------------------------------------------------------- processes
 
 
+def scratch_dir() -> Path:
+    """A fresh working directory under target/ (cargo still finds the workspace from it)."""
+    (ROOT / "target").mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="readme-check-", dir=ROOT / "target"))
+
+
 @dataclass
 class Result:
     """What a finished command printed and how it exited."""
@@ -212,15 +218,14 @@ class Server:
     process group at once, whatever state it is in.
     """
 
-    def __init__(self, command: str, env: dict[str, str]):
+    def __init__(self, command: str, env: dict[str, str], workdir: Path | None = None):
         for port in (GRPC_PORT, ADMIN_PORT):
             if port_in_use(port):
                 raise CheckFailed(
                     f"127.0.0.1:{port} is busy: the README's commands need it; stop what "
                     f"listens there (ss -ltnp 'sport = :{port}') and run again"
                 )
-        (ROOT / "target").mkdir(exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix="readme-check-", dir=ROOT / "target"))
+        self.workdir = workdir or scratch_dir()
         self.command = command
         self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.changed = threading.Condition()
@@ -501,11 +506,14 @@ class Checker:
         self.target = Path(json.loads(metadata.stdout)["target_directory"])
         self.env = environment(self.target)
         self.server: Server | None = None
+        # Where client commands run when no server is up (the repository root otherwise).
+        self.cwd: Path = ROOT
         self.checked = 0
 
-    def start(self, command: Command | str, wait_for: list[str]) -> Server:
+    def start(self, command: Command | str, wait_for: list[str],
+              workdir: Path | None = None) -> Server:
         print(f"\n$ {command}   (server)", flush=True)
-        self.server = Server(str(command), self.env)
+        self.server = Server(str(command), self.env, workdir)
         self.server.wait_for_stdout(wait_for)
         print(f"   serving: {', '.join(wait_for)}")
         return self.server
@@ -519,7 +527,7 @@ class Checker:
     def run(self, command: Command | str, check: Callable[[Result], None]) -> Result:
         """Runs a client command (where the server runs) and checks its answer."""
         print(f"$ {command}", flush=True)
-        cwd = self.server.workdir if self.server else ROOT
+        cwd = self.server.workdir if self.server else self.cwd
         result = run(str(command), cwd, self.env)
         try:
             check(result)
@@ -649,6 +657,32 @@ class Checker:
         self.stop()
         self.run(f"{call} list", exits(1))
 
+    def security(self) -> None:
+        """ "Security": certificates, payments with mTLS and a policy, then its callers, in a
+        fresh directory standing for the repository root (deploy/ linked in)."""
+        root = scratch_dir()
+        (root / "deploy").symlink_to(ROOT / "deploy")
+        self.cwd = root
+        title = "Security: mutual TLS, identities, authorization"
+        setup = self.block(title, 0, [
+            Expect("keel certs dev --out certs", exits(0)),
+            Expect("--spiffe spiffe://keel.test/intruder", exits(0)),
+            Expect("server.tls.client_auth=required", None),
+        ])
+        self.start(setup[2], setup[2].notes, workdir=root)
+        owner = "spiffe://keel.test/client"
+        self.block(title, 1, [
+            Expect("CreateAccount", ok_json({"account": {"accountId": "erin", "owner": owner}})),
+            Expect("certs/intruder.pem", rpc_error(7, "POLICY_DENIED")),
+            Expect("certs/ca.pem \\\n",
+                   both(exits(1), stderr_has("requires a client certificate"))),
+            Expect("curl -s", ok_json({"account": {"accountId": "erin", "owner": owner}})),
+            Expect("tls doctor localhost:50051 --ca certs/ca.pem --cert", exits(0)),
+            Expect("tls doctor localhost:50051 --ca certs/ca.pem", exits(1)),
+        ])
+        self.stop()
+        self.cwd = ROOT
+
     def demo_server(self) -> None:
         """ "Keel's demo server", then its Ctrl-C claims."""
         serve, *clients = commands(blocks("Keel's demo server", "sh")[0])
@@ -665,6 +699,16 @@ class Checker:
         ])
         print("\n==> README: on SIGTERM, NOT_SERVING, served for the drain delay, exit 0")
         self.stop(while_draining=lambda: self.run(clients[-1], hello))
+
+
+def stderr_has(text: str) -> Callable[[Result], None]:
+    """`text` among what the command wrote to stderr."""
+
+    def check(result: Result) -> None:
+        if text not in result.stderr:
+            raise CheckFailed(f"stderr lacks {text!r}")
+
+    return check
 
 
 def not_rest(result: Result) -> None:
@@ -699,6 +743,7 @@ def main() -> int:
         built = time.monotonic()
         checker.payments_over_rest()
         checker.payments_over_grpc()
+        checker.security()
         checker.demo_server()
     except CheckFailed as failure:
         print(f"\nREADME check FAILED: {failure}", file=sys.stderr)

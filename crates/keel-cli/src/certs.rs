@@ -304,8 +304,12 @@ fn dev(args: DevArgs) -> Result<(), Error> {
     let dir = args.out.display();
     let host = args.dns.first().map(String::as_str).unwrap_or("localhost");
     println!(
-        "\nNext: serve with {dir}/server.pem and {dir}/server.key, trusting client certificates \
-         issued by {dir}/ca.pem (mTLS); then check it from the client's side:\n  \
+        "\nNext: serve with mutual TLS (payments takes the same settings under server.):\n  \
+         keel serve --set tls.cert={dir}/server.pem --set tls.key={dir}/server.key \\\n    \
+         --set tls.client_ca={dir}/ca.pem --set tls.client_auth=required\n\
+         then call it with the client certificate, and check the handshake:\n  \
+         keel call https://{host}:50051 --cacert {dir}/ca.pem --cert {dir}/client.pem \
+         --key {dir}/client.key list\n  \
          keel tls doctor {host}:50051 --ca {dir}/ca.pem --cert {dir}/client.pem --key {dir}/client.key"
     );
     Ok(())

@@ -29,7 +29,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     payments\n  \
     payments --database-url postgres://postgres@127.0.0.1:5432/payments\n  \
     payments --redis-url redis://127.0.0.1:6379 --set rate_limit_per_account=50\n  \
-    payments --print-config\n\n\
+    payments --print-config\n  \
+    payments --set server.tls.cert=certs/server.pem --set server.tls.key=certs/server.key \\\n    \
+    --set server.tls.client_ca=certs/ca.pem --set server.tls.client_auth=required\n\n\
+    Security: both listeners are plaintext unless server.tls.cert (gRPC and REST) and\n\
+    server.admin_tls.cert (admin) are set; `keel certs dev` makes certificates to try it.\n\
+    server.auth.policy applies a grpc-go authz policy, server.auth.jwks checks bearer tokens;\n\
+    files are re-read when they change and on SIGHUP.\n\n\
     Observability: metrics on the admin /metrics; PAYMENTS_LOG=info,keel::rpc=debug logs every\n\
     call, PAYMENTS_LOG_FORMAT=json as JSON lines; OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4317\n\
     exports traces (OTEL_TRACES_SAMPLER, OTEL_SERVICE_NAME, OTEL_PROPAGATORS as usual)."
