@@ -1,7 +1,8 @@
 //! Keel's client over TLS, against a Keel server over real sockets: TLS and mutual TLS
 //! through an intermediate, the expected-server-identity list (ALTS's target service
-//! accounts as SPIFFE IDs or DNS names), a server name override, and the errors a caller
-//! sees when the server is not the one it expects.
+//! accounts as SPIFFE IDs or DNS names), a server name override, the errors a caller
+//! sees when the server is not the one it expects, and the authorization policy matching
+//! the identity the client's certificate proves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,7 +115,15 @@ struct Running {
 }
 
 async fn start(tls: TlsConfig) -> Running {
+    start_with(tls, None).await
+}
+
+/// [`start`] with the authorization policy in file `policy`, if any.
+async fn start_with(tls: TlsConfig, policy: Option<std::path::PathBuf>) -> Running {
     let mut config = ServerConfig::default();
+    if let Some(policy) = policy {
+        config.auth.policy = policy;
+    }
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.admin_listen = "127.0.0.1:0".parse().unwrap();
     config.shutdown.drain_delay = Duration::ZERO;
@@ -249,6 +258,101 @@ async fn missing_client_certificates_and_untrusted_servers_say_what_to_do() {
     assert!(
         status.message().contains("not issued by a trusted CA"),
         "{status:?}"
+    );
+}
+
+/// The authorization policy over real mutual TLS: principals are the certificate's SPIFFE ID
+/// (never its DNS SAN when it has one), and a caller without a certificate matches none.
+#[tokio::test]
+async fn the_policy_sees_the_certificate_identity_over_mutual_tls() {
+    let pki = Pki::new();
+    pki.write_leaf(
+        "intruder",
+        &pki.issuing
+            .leaf("intruder")
+            .uri("spiffe://keel.test/intruder")
+            .dns("trusted.keel.test")
+            .issue(),
+    );
+    pki.write_leaf(
+        "host",
+        &pki.issuing.leaf("host").dns("trusted.keel.test").issue(),
+    );
+    let policy = pki.dir.write(
+        "policy.json",
+        format!(
+            r#"{{"name": "greeter", "allow_rules": [{{"name": "known",
+                "source": {{"principals": ["{CLIENT_ID}", "trusted.keel.test"]}},
+                "request": {{"paths": ["/helloworld.Greeter/*"]}}}}]}}"#
+        ),
+    );
+    let server = start_with(pki.server_tls(ClientAuth::Optional), Some(policy)).await;
+    let target = format!("static:///{}", server.addr);
+    let with = |name: &str| {
+        let mut tls = pki.client_tls(false);
+        tls.cert = pki.file(&format!("{name}.pem"));
+        tls.key = pki.file(&format!("{name}.key"));
+        tls
+    };
+
+    assert_eq!(call(&target, &with("client")).await.unwrap(), CLIENT_ID);
+    // A certificate with only a DNS SAN is matched by it...
+    assert_eq!(
+        call(&target, &with("host")).await.unwrap(),
+        "trusted.keel.test"
+    );
+    // ...but one with a SPIFFE ID is matched by its SPIFFE ID alone.
+    let status = call(&target, &with("intruder")).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // No certificate: no principal, not even for a policy naming one.
+    let status = call(&target, &pki.client_tls(false)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+/// A writer the test reads back: the call log of this test's thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The call log names the identity the client's certificate proved. (A current-thread
+/// runtime: the server's tasks run on this thread, under this thread's subscriber.)
+#[tokio::test(flavor = "current_thread")]
+async fn the_call_log_names_the_peer_identity() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("keel::rpc=debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let pki = Pki::new();
+    let server = start(pki.server_tls(ClientAuth::Required)).await;
+    let target = format!("static:///{}", server.addr);
+    assert_eq!(
+        call(&target, &pki.client_tls(true)).await.unwrap(),
+        CLIENT_ID
+    );
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let finished = log
+        .lines()
+        .find(|line| line.contains("finished call") && line.contains("side=\"server\""))
+        .unwrap_or_else(|| panic!("no server call record in:\n{log}"));
+    assert!(
+        finished.contains(&format!("peer_identity={CLIENT_ID}")),
+        "{finished}"
     );
 }
 

@@ -18,6 +18,7 @@ use super::rpc_metrics::{MethodMetrics, RpcMetrics, Side};
 use super::spans::{CallSpan, SpanEnd, Spans};
 use crate::Traces;
 use keel_core::code::{Severity, code_name, is_server_fault, severity};
+use keel_core::identity::PeerIdentity;
 use keel_core::method::{MethodInfo, MethodTable, PathMap, RpcType};
 
 /// Where a finished call's log record goes.
@@ -139,6 +140,8 @@ pub(crate) struct Call {
     /// The request path when the method is not in the table (labels say `unknown`).
     unknown_path: Option<Box<str>>,
     peer: Option<SocketAddr>,
+    /// The identity the peer's certificate proved (server side, over mutual TLS).
+    identity: Option<Arc<PeerIdentity>>,
     start: Instant,
     cx: Context,
     span: CallSpan,
@@ -154,6 +157,11 @@ pub(crate) struct Call {
 }
 
 impl Call {
+    /// Records the identity the peer's certificate proved, for the call's log record.
+    pub(crate) fn identify(&mut self, identity: Option<Arc<PeerIdentity>>) {
+        self.identity = identity;
+    }
+
     pub(crate) fn start(
         side: Side,
         method: Arc<ObservedMethod>,
@@ -168,6 +176,7 @@ impl Call {
             caller_at_fault: unknown_path.is_some(),
             unknown_path,
             peer,
+            identity: None,
             start: Instant::now(),
             cx,
             span,
@@ -292,6 +301,7 @@ impl Call {
             (None, None)
         };
         let peer = self.peer;
+        let identity = self.identity.as_deref().map(PeerIdentity::principal);
 
         let level = match self.side {
             Side::Server => severity(code, self.caller_at_fault),
@@ -319,6 +329,7 @@ impl Call {
                     grpc_method = self.method_name(),
                     grpc_type = self.method.info.rpc_type.as_str(),
                     peer_address = %Shown(peer),
+                    peer_identity = %Shown(identity),
                     grpc_code = code_name(code),
                     grpc_message = message.unwrap_or_default(),
                     duration_ms = elapsed.as_secs_f64() * 1e3,

@@ -13,6 +13,10 @@ pub const RPC_GRPC_STATUS_CODE: &str = "rpc.grpc.status_code";
 pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
 /// `network.peer.port`: the other end's port.
 pub const NETWORK_PEER_PORT: &str = "network.peer.port";
+/// `keel.peer.identity`: the principal the client's certificate proved (its SPIFFE ID, else
+/// its first DNS SAN, else its subject). Keel's own: OpenTelemetry has no attribute for a
+/// verified workload identity.
+pub const KEEL_PEER_IDENTITY: &str = "keel.peer.identity";
 /// `server.address`: the host a client called.
 pub const SERVER_ADDRESS: &str = "server.address";
 /// `server.port`: the port a client called.

@@ -23,6 +23,7 @@ use super::semconv;
 use crate::Traces;
 use keel_core::code::status_of;
 use keel_core::context::{Deadline, grpc_timeout};
+use keel_core::identity::PeerIdentity;
 use keel_core::method::MethodTable;
 
 /// What every call of one server is observed with.
@@ -123,6 +124,7 @@ where
             .extensions()
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr);
+        let identity = request.extensions().get::<Arc<PeerIdentity>>().cloned();
 
         // Most requests carry no trace headers: skip the propagators' header lookups then.
         let parent = if carries_trace(request.headers()) {
@@ -146,6 +148,12 @@ where
                             i64::from(peer.port()),
                         ));
                     }
+                    if let Some(identity) = &identity {
+                        attributes.push(KeyValue::new(
+                            semconv::KEEL_PEER_IDENTITY,
+                            identity.principal().to_owned(),
+                        ));
+                    }
                     attributes
                 });
         let timeout = grpc_timeout(request.headers());
@@ -156,6 +164,7 @@ where
         }
 
         let mut call = Call::start(Side::Server, method, unknown_path, peer, (cx.clone(), span));
+        call.identify(identity);
         if timeout.is_err() {
             // The deadline layer refuses the call; the caller sent a malformed header.
             call.fault_the_caller();
