@@ -527,9 +527,10 @@ fn keel_interop_client_fails_every_case_without_panicking() {
     assert!(!run.stderr.contains("panicked"), "{run:#?}");
     assert_eq!(run.stdout.lines().count(), 14, "{run:#?}");
     // Every case that waits for an answer fails on the bad details (cancel_after_begin
-    // cancels before any).
+    // cancels before any; timeout_on_sleeping_server's 1 ms deadline may expire before
+    // the answer arrives, and then it passes).
     for line in run.stdout.lines() {
-        if line != "PASS cancel_after_begin" {
+        if line != "PASS cancel_after_begin" && line != "PASS timeout_on_sleeping_server" {
             assert!(line.starts_with("FAIL "), "{run:#?}");
             assert!(
                 line.contains(

@@ -58,20 +58,7 @@ pub struct ClientTlsConfig {
 
 impl Validate for ClientTlsConfig {
     fn check(&self, checks: &mut Checks) {
-        let cert = !self.cert.as_os_str().is_empty();
-        let key = !self.key.as_os_str().is_empty();
-        checks.require(
-            !cert || key,
-            "cert",
-            self.cert.display(),
-            "must come with key (the certificate's private key)",
-        );
-        checks.require(
-            cert || !key,
-            "key",
-            self.key.display(),
-            "must come with cert (the certificate chain of the key)",
-        );
+        crate::settings::check_pair(checks, &self.cert, &self.key);
         checks.require(
             self.server_name.is_empty() || ServerName::try_from(self.server_name.as_str()).is_ok(),
             "server_name",

@@ -96,19 +96,8 @@ impl Validate for TlsConfig {
     fn check(&self, checks: &mut Checks) {
         // Each rule names the key that was set, whose value is the one to reconsider.
         let set = |path: &Path| !path.as_os_str().is_empty();
-        let (cert, key, ca) = (set(&self.cert), set(&self.key), set(&self.client_ca));
-        checks.require(
-            !cert || key,
-            "cert",
-            self.cert.display(),
-            "must come with key (the certificate's private key)",
-        );
-        checks.require(
-            cert || !key,
-            "key",
-            self.key.display(),
-            "must come with cert (the certificate chain of the key)",
-        );
+        let (cert, ca) = (set(&self.cert), set(&self.client_ca));
+        check_pair(checks, &self.cert, &self.key);
         checks.require(
             cert || !ca,
             "client_ca",
@@ -130,6 +119,23 @@ impl Validate for TlsConfig {
         );
         checks.duration("reload_interval", self.reload_interval);
     }
+}
+
+/// A certificate chain and its key are set together or not at all.
+pub(crate) fn check_pair(checks: &mut Checks, cert: &Path, key: &Path) {
+    let (has_cert, has_key) = (!cert.as_os_str().is_empty(), !key.as_os_str().is_empty());
+    checks.require(
+        !has_cert || has_key,
+        "cert",
+        cert.display(),
+        "must come with key (the certificate's private key)",
+    );
+    checks.require(
+        has_cert || !has_key,
+        "key",
+        key.display(),
+        "must come with cert (the certificate chain of the key)",
+    );
 }
 
 /// Whether a listener asks clients for a certificate.
