@@ -13,13 +13,15 @@ the server with a different gRPC implementation:
   ``{"ok": N, "failed": M, "errors": {"StatusCode.X": count}}``. Used to check that
   the server's connection-age GOAWAYs cost a real grpc-core client no RPC.
 * ``hello``: one unary helloworld.Greeter/SayHello call; prints ``OK message`` or
-  ``FAIL StatusCode.X: details`` and exits 0 or 1. For handshakes that must pass or fail.
+  ``FAIL StatusCode.X: details`` and exits 0 or 1. For handshakes that must pass or
+  fail.
 * ``serve``: a helloworld.Greeter server over TLS (BoringSSL), optionally asking for or
   requiring client certificates: prints ``listening on PORT``, then, for each call, one
-  JSON line ``{"method": ..., "name": ..., "peer": {...}}`` with what grpc-core read from
-  the client's certificate (its auth context: ``x509_uri_subject_alternative_name``,
-  ``x509_subject_alternative_name``, ``x509_common_name``, ...). Serves until its standard
-  input ends or it is killed. For testing Keel's client against another TLS stack.
+  JSON line ``{"method": ..., "name": ..., "peer": {...}}`` with what grpc-core read
+  from the client's certificate (its auth context: ``peer_spiffe_id``,
+  ``x509_subject_alternative_name``, ``x509_common_name``, ...). Serves until its
+  standard input ends or it is killed. For testing Keel's client against another TLS
+  stack.
 
 The client commands speak TLS when given ``--ca`` (the roots the server's chain must
 build to), with ``--cert``/``--key`` for mutual TLS and ``--server-name`` for a server
@@ -198,7 +200,7 @@ class RequestQueue:
 
 @dataclasses.dataclass(frozen=True)
 class ClientTls:
-    """A client's TLS material: roots, an optional certificate and key, a name override."""
+    """A client's TLS: roots, an optional certificate and key, a name override."""
 
     ca: bytes
     cert: bytes | None
@@ -747,7 +749,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     class Greeter(pb.hello_grpc.GreeterServicer):
         def reply(self, method: str, request, context, greeting: str):
-            line = {"method": method, "name": request.name, "peer": peer_report(context)}
+            line = {
+                "method": method,
+                "name": request.name,
+                "peer": peer_report(context),
+            }
             print(json.dumps(line, sort_keys=True), flush=True)
             return pb.hello.HelloReply(message=f"{greeting} {request.name}")
 

@@ -398,6 +398,7 @@ async fn keel_client_calls_grpcio_over_mutual_tls_and_grpcio_sees_its_spiffe_id(
         "{call}"
     );
     assert_eq!(peer["peer_identities"], json!([KEEL_CLIENT_ID]), "{call}");
+    assert_eq!(peer["peer_spiffe_id"], json!([KEEL_CLIENT_ID]), "{call}");
 
     // Without its certificate, Keel's client is refused. grpc-core closes without an
     // alert; Keel's client says what that likely means.
@@ -437,7 +438,8 @@ async fn keel_client_refuses_a_grpcio_server_outside_its_expected_identities() {
             && status.message().contains("spiffe://keel.test/ledger"),
         "{status:?}"
     );
-    // The refused server never saw the call.
+    // The refused server never saw the call (its report of the first one is read first).
+    server.call_named("expected").await;
     let names: Vec<Value> = server
         .calls
         .lock()
