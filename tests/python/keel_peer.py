@@ -12,6 +12,20 @@ the server with a different gRPC implementation:
   tasks on ONE channel for S seconds; prints one JSON line
   ``{"ok": N, "failed": M, "errors": {"StatusCode.X": count}}``. Used to check that
   the server's connection-age GOAWAYs cost a real grpc-core client no RPC.
+* ``hello``: one unary helloworld.Greeter/SayHello call; prints ``OK message`` or
+  ``FAIL StatusCode.X: details`` and exits 0 or 1. For handshakes that must pass or
+  fail.
+* ``serve``: a helloworld.Greeter server over TLS (BoringSSL), optionally asking for or
+  requiring client certificates: prints ``listening on PORT``, then, for each call, one
+  JSON line ``{"method": ..., "name": ..., "peer": {...}}`` with what grpc-core read
+  from the client's certificate (its auth context: ``peer_spiffe_id``,
+  ``x509_subject_alternative_name``, ``x509_common_name``, ...). Serves until its
+  standard input ends or it is killed. For testing Keel's client against another TLS
+  stack.
+
+The client commands speak TLS when given ``--ca`` (the roots the server's chain must
+build to), with ``--cert``/``--key`` for mutual TLS and ``--server-name`` for a server
+reached by address whose certificate names a host (``grpc.ssl_target_name_override``).
 
 Stubs are generated at run time from the repository's proto/ directory with
 ``python -m grpc_tools.protoc`` into a temporary directory; nothing generated is
@@ -24,6 +38,8 @@ import argparse
 import asyncio
 import atexit
 import collections
+import concurrent.futures
+import dataclasses
 import json
 import queue
 import subprocess
@@ -177,6 +193,60 @@ class RequestQueue:
     def __iter__(self):
         while (item := self._queue.get()) is not self._CLOSE:
             yield item
+
+
+# --- TLS ---
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTls:
+    """A client's TLS: roots, an optional certificate and key, a name override."""
+
+    ca: bytes
+    cert: bytes | None
+    key: bytes | None
+    server_name: str | None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ClientTls | None:
+        """TLS when ``--ca`` is given; plaintext otherwise."""
+        if args.ca is None:
+            for flag in ("cert", "key", "server_name"):
+                if getattr(args, flag) is not None:
+                    raise SystemExit(f"--{flag.replace('_', '-')} needs --ca")
+            return None
+        if (args.cert is None) != (args.key is None):
+            raise SystemExit("--cert and --key go together")
+        return cls(
+            ca=Path(args.ca).read_bytes(),
+            cert=Path(args.cert).read_bytes() if args.cert else None,
+            key=Path(args.key).read_bytes() if args.key else None,
+            server_name=args.server_name,
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca,
+            private_key=self.key,
+            certificate_chain=self.cert,
+        )
+
+    def options(self) -> list[tuple[str, str]]:
+        if self.server_name is None:
+            return []
+        return [("grpc.ssl_target_name_override", self.server_name)]
+
+
+def open_channel(target: str, tls: ClientTls | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, tls.credentials(), options=tls.options())
+
+
+def open_aio_channel(target: str, tls: ClientTls | None) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=tls.options())
 
 
 # --- interop cases ---
@@ -568,9 +638,9 @@ def describe_failure(err: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(err), err)).strip()
 
 
-def run_interop(target: str, only: list[str] | None) -> int:
+def run_interop(target: str, tls: ClientTls | None, only: list[str] | None) -> int:
     pb = load_stubs()
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, tls) as channel:
         grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
         checks = interop_checks(Peer(channel, pb))
         if only:
@@ -594,12 +664,14 @@ def run_interop(target: str, only: list[str] | None) -> int:
 # --- load ---
 
 
-async def run_load(target: str, seconds: float, concurrency: int) -> dict:
+async def run_load(
+    target: str, tls: ClientTls | None, seconds: float, concurrency: int
+) -> dict:
     """Unary SayHello calls from ``concurrency`` tasks on one channel, ``seconds`` long."""
     pb = load_stubs()
     ok = 0
     errors: collections.Counter[str] = collections.Counter()
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_aio_channel(target, tls) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=RPC_TIMEOUT)
         stub = pb.hello_grpc.GreeterStub(channel)
         loop = asyncio.get_running_loop()
@@ -627,32 +699,135 @@ async def run_load(target: str, seconds: float, concurrency: int) -> dict:
     return {"ok": ok, "failed": sum(errors.values()), "errors": dict(errors)}
 
 
+# --- hello ---
+
+
+def run_hello(target: str, tls: ClientTls | None, name: str) -> int:
+    """One SayHello call, without waiting for the channel to be ready first: a failed
+    handshake fails the call, and its details say why."""
+    pb = load_stubs()
+    with open_channel(target, tls) as channel:
+        stub = pb.hello_grpc.GreeterStub(channel)
+        try:
+            reply = stub.SayHello(pb.hello.HelloRequest(name=name), timeout=RPC_TIMEOUT)
+        except grpc.RpcError as err:
+            print(f"FAIL {err.code()}: {err.details()}", flush=True)
+            return 1
+    print(f"OK {reply.message}", flush=True)
+    return 0
+
+
+# --- serve ---
+
+
+def peer_report(context: grpc.ServicerContext) -> dict:
+    """What grpc-core read from the client's certificate: the auth context's properties
+    (the PEM certificate left out), each a list of strings, plus ``peer_identities``."""
+    report = {
+        key: sorted(v.decode(errors="replace") for v in values)
+        for key, values in context.auth_context().items()
+        if key != "x509_pem_cert"
+    }
+    report["peer_identities"] = sorted(
+        v.decode(errors="replace") for v in context.peer_identities() or ()
+    )
+    return report
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serves helloworld.Greeter over TLS until standard input ends."""
+    pb = load_stubs()
+    if (args.client_auth == "none") != (args.client_ca is None):
+        raise SystemExit("--client-ca and --client-auth optional|required go together")
+    credentials = grpc.ssl_server_credentials(
+        [(Path(args.key).read_bytes(), Path(args.cert).read_bytes())],
+        root_certificates=(
+            Path(args.client_ca).read_bytes() if args.client_auth != "none" else None
+        ),
+        require_client_auth=args.client_auth == "required",
+    )
+
+    class Greeter(pb.hello_grpc.GreeterServicer):
+        def reply(self, method: str, request, context, greeting: str):
+            line = {
+                "method": method,
+                "name": request.name,
+                "peer": peer_report(context),
+            }
+            print(json.dumps(line, sort_keys=True), flush=True)
+            return pb.hello.HelloReply(message=f"{greeting} {request.name}")
+
+        def SayHello(self, request, context):
+            return self.reply("SayHello", request, context, "Hello")
+
+        def SayHelloAgain(self, request, context):
+            return self.reply("SayHelloAgain", request, context, "Hello again")
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
+    pb.hello_grpc.add_GreeterServicer_to_server(Greeter(), server)
+    port = server.add_secure_port(f"{args.host}:{args.port}", credentials)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {args.host}:{args.port}")
+    server.start()
+    print(f"listening on {port}", flush=True)
+    # The test that started this peer holds its standard input: when that ends (the test
+    # is done or died), so does the server.
+    sys.stdin.read()
+    server.stop(grace=None)
+    return 0
+
+
 # --- CLI ---
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("interop", "load"):
+    for name in ("interop", "load", "hello"):
         sub = commands.add_parser(name)
         sub.add_argument("--host", default="127.0.0.1")
         sub.add_argument("--port", type=int, required=True)
+        sub.add_argument("--ca", help="TLS: the roots (PEM) the server must chain to")
+        sub.add_argument("--cert", help="TLS: this client's certificate chain (PEM)")
+        sub.add_argument("--key", help="TLS: the private key of --cert (PEM)")
+        sub.add_argument(
+            "--server-name", help="TLS: the name the server's certificate must hold"
+        )
         if name == "interop":
             sub.add_argument(
                 "--case", action="append", help="run only this check (repeatable)"
             )
-        else:
+        elif name == "load":
             sub.add_argument("--seconds", type=float, required=True)
             sub.add_argument("--concurrency", type=int, required=True)
+        else:
+            sub.add_argument("--name", default="grpcio")
+    serve = commands.add_parser("serve")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="0: an ephemeral port")
+    serve.add_argument("--cert", required=True, help="certificate chain (PEM)")
+    serve.add_argument("--key", required=True, help="private key of --cert (PEM)")
+    serve.add_argument("--client-ca", help="roots (PEM) client certificates chain to")
+    serve.add_argument(
+        "--client-auth",
+        choices=("none", "optional", "required"),
+        default="none",
+        help="whether client certificates are asked for (optional) or required",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.command == "serve":
+        return run_serve(args)
     target = f"{args.host}:{args.port}"
+    tls = ClientTls.from_args(args)
     if args.command == "interop":
-        return run_interop(target, args.case)
-    result = asyncio.run(run_load(target, args.seconds, args.concurrency))
+        return run_interop(target, tls, args.case)
+    if args.command == "hello":
+        return run_hello(target, tls, args.name)
+    result = asyncio.run(run_load(target, tls, args.seconds, args.concurrency))
     print(json.dumps(result), flush=True)
     return 0
 

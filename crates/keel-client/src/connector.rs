@@ -84,8 +84,24 @@ impl Connector for TlsDial {
             // waits for the server's preface: in TLS 1.3 a server judges the client's
             // certificate after the client's handshake is over, and its refusal is the
             // first thing read.
+            // A server may also just close (grpc-core does when a client certificate it
+            // requires is missing or refused): said as such, with the likely causes.
+            let closed = || {
+                let hint = if self.tls.presents_certificate() {
+                    "did it refuse this client's certificate?"
+                } else {
+                    "if it requires a client certificate, set cert and key"
+                };
+                format!(
+                    "{address}: the server closed the connection right after the TLS \
+                     handshake, without saying why ({hint})"
+                )
+            };
             let mut first = vec![0; 4096];
             let read = stream.read(&mut first).await.map_err(|error| {
+                if error.kind() == std::io::ErrorKind::UnexpectedEof {
+                    return closed();
+                }
                 let reason = error
                     .get_ref()
                     .and_then(|inner| inner.downcast_ref::<keel_tls::rustls::Error>())
@@ -93,9 +109,7 @@ impl Connector for TlsDial {
                 format!("{address}: TLS: {reason}")
             })?;
             if read == 0 {
-                return Err(format!(
-                    "{address}: the server closed the connection right after the TLS handshake"
-                ));
+                return Err(closed());
             }
             first.truncate(read);
             Ok(Box::new(Replay::new(first, stream)) as Box<dyn Io>)

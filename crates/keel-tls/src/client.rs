@@ -186,6 +186,11 @@ impl ClientTls {
         })
     }
 
+    /// Whether this client presents a certificate to servers that ask for one.
+    pub fn presents_certificate(&self) -> bool {
+        self.config.client_auth_cert_resolver.has_certs()
+    }
+
     /// The name a server reached as `host` is verified against: `server_name` when set,
     /// else `host` (a DNS name or an IP address).
     pub fn name_for(&self, host: &str) -> Result<ServerName<'static>, ClientTlsError> {
