@@ -4,14 +4,15 @@
 //! no health, no reflection, no metrics, no logging), on a multi-thread tokio runtime like
 //! `keel serve`. `scripts/bench-greeter.sh` compares Keel's full default stack against it;
 //! `scripts/bench-tls.sh` does the same over TLS, where tonic's own TLS (`ServerTlsConfig`
-//! with an identity and nothing else: rustls with ring, ALPN h2) is the baseline.
+//! with an identity and nothing else: rustls with ring, ALPN h2) is the baseline; `--tls`
+//! needs the `tls` feature.
 //!
 //! Usage: `bare-greeter [ADDR] [--tls CERT KEY]` (default `127.0.0.1:50052`, plaintext).
 //! Prints `grpc listening on ADDR` once the listener is bound.
 
 use std::net::SocketAddr;
 
-use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::{Server, server::TcpIncoming};
 
 /// The address served when none is given on the command line.
 const DEFAULT_ADDR: &str = "127.0.0.1:50052";
@@ -52,12 +53,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut server = Server::builder();
     if let Some((cert, key)) = tls {
-        server =
-            server.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+        server = with_tls(server, cert, key)?;
     }
     server
         .add_service(keel_interop::Greeter.into_service())
         .serve_with_incoming(incoming)
         .await?;
     Ok(())
+}
+
+/// Serves TLS with tonic's defaults: an identity and nothing else.
+#[cfg(feature = "tls")]
+fn with_tls(
+    server: Server,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+) -> Result<Server, Box<dyn std::error::Error>> {
+    use tonic::transport::{Identity, ServerTlsConfig};
+    Ok(server.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?)
+}
+
+/// Refuses `--tls` in a build without tonic's TLS.
+#[cfg(not(feature = "tls"))]
+fn with_tls(
+    _server: Server,
+    _cert: Vec<u8>,
+    _key: Vec<u8>,
+) -> Result<Server, Box<dyn std::error::Error>> {
+    Err("--tls needs a build with TLS: cargo build --release -p bare-greeter --features tls".into())
 }
