@@ -83,14 +83,23 @@ async fn all_pages(
 /// slow group-commit batch, or another instance whose clock is behind). Returns its id.
 async fn insert_stamped(db: &TestDb, payer: &str, payee: &str, created_at_us: i64) -> String {
     let id = format!("pay_{:032x}", rand::random::<u128>());
-    db.execute(&format!(
+    let insert = format!(
         "INSERT INTO payments (payment_id, idempotency_key, payer_account_id, \
          payee_account_id, amount_minor, currency, description, metadata, refunded_minor, \
          created_at_us) VALUES ('{id}', 'raw-{id}', '{payer}', '{payee}', 1, 'USD', '', '{{}}', \
          0, {created_at_us})"
-    ))
-    .await
-    .unwrap();
+    );
+    // The foreign keys lock the payer's row, then the payee's, while the ledger locks the
+    // two in id order: PostgreSQL may end one of them as a deadlock, and as any client
+    // would, the insert is tried again.
+    for attempt in 1.. {
+        match db.execute(&insert).await {
+            Ok(_) => break,
+            Err(sqlx::Error::Database(error))
+                if error.code().as_deref() == Some("40P01") && attempt < 5 => {}
+            Err(error) => panic!("inserting a stamped payment: {error}"),
+        }
+    }
     id
 }
 
