@@ -9,7 +9,12 @@
 //! or against `server_name` when set.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
 
 use keel_core::settings::{Checks, Validate};
 use rustls::RootCertStore;
@@ -54,11 +59,18 @@ pub struct ClientTlsConfig {
     pub expected_identities: Vec<String>,
     /// The lowest TLS version offered: `"1.2"` (default) or `"1.3"`.
     pub min_version: TlsVersion,
+    /// How often `ca`, `cert` and `key` are read to see whether their contents changed
+    /// (`0s`, the default: never; at most a year). New material is checked as at start and
+    /// used for new connections; material that fails the checks is logged and counted, and
+    /// the old stays. Needs a Tokio runtime when the client is built.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 impl Validate for ClientTlsConfig {
     fn check(&self, checks: &mut Checks) {
         crate::settings::check_pair(checks, &self.cert, &self.key);
+        checks.duration("reload_interval", self.reload_interval);
         checks.require(
             self.server_name.is_empty() || ServerName::try_from(self.server_name.as_str()).is_ok(),
             "server_name",
@@ -130,9 +142,18 @@ pub enum ClientTlsError {
 /// certificate, ALPN `h2`) and the checks after the handshake.
 #[derive(Clone)]
 pub struct ClientTls {
-    config: Arc<rustls::ClientConfig>,
+    /// The configuration new connections use; swapped when the files change.
+    config: Arc<ArcSwap<rustls::ClientConfig>>,
+    reloads: Arc<Reloads>,
     server_name: Option<ServerName<'static>>,
     expected: Arc<[String]>,
+}
+
+/// How the reloads of a client's files went.
+#[derive(Debug, Default)]
+struct Reloads {
+    ok: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -145,50 +166,47 @@ impl std::fmt::Debug for ClientTls {
 }
 
 impl ClientTls {
-    /// Checks `settings`, reads and checks their files, and builds the configuration.
+    /// Checks `settings`, reads and checks their files, and builds the configuration; with
+    /// a `reload_interval`, starts watching the files (on the current Tokio runtime) for as
+    /// long as a clone of this client lives.
     pub fn load(settings: &ClientTlsConfig) -> Result<Self, ClientTlsError> {
         settings
             .validate()
             .map_err(|error| ClientTlsError::Config(error.to_string()))?;
-        let bundle = if settings.ca.as_os_str().is_empty() {
-            None
-        } else {
-            Some(CaBundle::load(&settings.ca)?)
-        };
-        let roots = match &bundle {
-            Some(bundle) => bundle.roots().clone(),
-            None => Arc::new(RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            }),
-        };
-        let builder = rustls::ClientConfig::builder_with_provider(crate::provider())
-            .with_protocol_versions(settings.min_version.versions())
-            .map_err(|error| ClientTlsError::Config(error.to_string()))?
-            .with_root_certificates(roots);
-        let mut config = if settings.cert.as_os_str().is_empty() {
-            builder.with_no_client_auth()
-        } else {
-            let credentials =
-                Credentials::load(&settings.cert, &settings.key, Role::Client, bundle.as_ref())?;
-            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
-                credentials.certified_key().clone(),
-            )))
-        };
-        config.alpn_protocols = vec![H2.to_vec()];
+        let files = Files::read(settings)?;
+        let config = build(settings, &files)?;
         let server_name = (!settings.server_name.is_empty())
             .then(|| ServerName::try_from(settings.server_name.clone()))
             .transpose()
             .map_err(|error| ClientTlsError::Config(format!("server_name: {error}")))?;
-        Ok(Self {
-            config: Arc::new(config),
+        let tls = Self {
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            reloads: Arc::default(),
             server_name,
             expected: settings.expected_identities.clone().into(),
-        })
+        };
+        if !settings.reload_interval.is_zero() {
+            tokio::spawn(watch(
+                Arc::downgrade(&tls.config),
+                tls.reloads.clone(),
+                settings.clone(),
+                files.digest,
+            ));
+        }
+        Ok(tls)
+    }
+
+    /// Reloads that swapped in new material, and reloads refused (bad material kept out).
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads.ok.load(Ordering::Relaxed),
+            self.reloads.failed.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether this client presents a certificate to servers that ask for one.
     pub fn presents_certificate(&self) -> bool {
-        self.config.client_auth_cert_resolver.has_certs()
+        self.config.load().client_auth_cert_resolver.has_certs()
     }
 
     /// The name a server reached as `host` is verified against: `server_name` when set,
@@ -217,7 +235,7 @@ impl ClientTls {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let server = name.to_str().into_owned();
-        let stream = tokio_rustls::TlsConnector::from(self.config.clone())
+        let stream = tokio_rustls::TlsConnector::from(self.config.load_full())
             .connect(name, io)
             .await
             .map_err(|error| ClientTlsError::Handshake {
@@ -261,6 +279,122 @@ impl ClientTls {
             Ok(())
         } else {
             Err(unexpected(principals.join(", ")))
+        }
+    }
+}
+
+/// The files of a client's settings, as read once: their contents and their digest.
+struct Files {
+    ca: Option<Vec<u8>>,
+    cert: Option<(Vec<u8>, Vec<u8>)>,
+    digest: [u8; 32],
+}
+
+impl Files {
+    fn read(settings: &ClientTlsConfig) -> Result<Self, ClientTlsError> {
+        let optional = |path: &std::path::Path| {
+            (!path.as_os_str().is_empty())
+                .then(|| crate::material::read(path))
+                .transpose()
+        };
+        let ca = optional(&settings.ca)?;
+        let cert = match (optional(&settings.cert)?, optional(&settings.key)?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => None,
+        };
+        let mut digest = Sha256::new();
+        for part in [
+            ca.as_deref(),
+            cert.as_ref().map(|c| c.0.as_slice()),
+            cert.as_ref().map(|c| c.1.as_slice()),
+        ] {
+            let part = part.unwrap_or_default();
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part);
+        }
+        Ok(Self {
+            ca,
+            cert,
+            digest: digest.finalize().into(),
+        })
+    }
+}
+
+/// The rustls configuration of `settings` from `files`, every check made.
+fn build(
+    settings: &ClientTlsConfig,
+    files: &Files,
+) -> Result<rustls::ClientConfig, ClientTlsError> {
+    let bundle = files
+        .ca
+        .as_deref()
+        .map(|pem| CaBundle::from_pem(&settings.ca, pem))
+        .transpose()?;
+    let roots = match &bundle {
+        Some(bundle) => bundle.roots().clone(),
+        None => Arc::new(RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        }),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(settings.min_version.versions())
+        .map_err(|error| ClientTlsError::Config(error.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match &files.cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let credentials = Credentials::from_pem(
+                (&settings.cert, cert),
+                (&settings.key, key),
+                Role::Client,
+                bundle.as_ref(),
+                SystemTime::now(),
+            )?;
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                credentials.certified_key().clone(),
+            )))
+        }
+    };
+    config.alpn_protocols = vec![H2.to_vec()];
+    Ok(config)
+}
+
+/// Re-reads the files every `reload_interval` while the client lives; swaps in material
+/// that changed and passes the checks, and keeps the old (logged, counted) otherwise.
+async fn watch(
+    config: Weak<ArcSwap<rustls::ClientConfig>>,
+    reloads: Arc<Reloads>,
+    settings: ClientTlsConfig,
+    mut seen: [u8; 32],
+) {
+    let mut tick = tokio::time::interval(settings.reload_interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(config) = config.upgrade() else {
+            return;
+        };
+        let files = match Files::read(&settings) {
+            Ok(files) if files.digest == seen => continue,
+            Ok(files) => files,
+            Err(error) => {
+                reloads.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "client TLS files unreadable; keeping the current ones");
+                continue;
+            }
+        };
+        // Changed: whatever the outcome, not tried again until they change again.
+        seen = files.digest;
+        match build(&settings, &files) {
+            Ok(new) => {
+                config.store(Arc::new(new));
+                reloads.ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("client TLS material reloaded; new connections use it");
+            }
+            Err(error) => {
+                reloads.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "new client TLS material refused; keeping the current");
+            }
         }
     }
 }

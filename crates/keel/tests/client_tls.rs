@@ -14,6 +14,7 @@ use keel::identity::PeerIdentity;
 use keel::{BoundServer, Server};
 use keel_interop::pb::helloworld::greeter_client::GreeterClient;
 use keel_interop::pb::helloworld::{HelloReply, HelloRequest, greeter_server};
+use keel_test_support::eventually_async;
 use keel_test_support::tls::{Ca, Dir, Leaf};
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status};
@@ -354,6 +355,86 @@ async fn the_call_log_names_the_peer_identity() {
         finished.contains(&format!("peer_identity={CLIENT_ID}")),
         "{finished}"
     );
+}
+
+/// A long-lived channel takes up a rotated client certificate without being rebuilt: new
+/// connections present the new one, and material that fails the checks is refused and
+/// counted while the old keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_certificate_is_used_by_new_connections() {
+    let pki = Pki::new();
+    let mut server_config = pki.server_tls(ClientAuth::Required);
+    server_config.reload_interval = Duration::ZERO;
+    let mut config = ServerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.shutdown.drain_delay = Duration::ZERO;
+    // Connections leave after about a second, so the client reconnects.
+    config.connection.max_age = Duration::from_secs(1);
+    config.connection.max_age_grace = Duration::from_secs(1);
+    config.tls = server_config;
+    let server: BoundServer = Server::builder(config)
+        .add_service(greeter_server::GreeterServer::new(WhoAmI))
+        .bind()
+        .await
+        .expect("bind");
+    let addr = server.local_addr();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+
+    let mut settings = pki.client_tls(true);
+    settings.reload_interval = Duration::from_millis(100);
+    let tls = ClientTls::load(&settings).unwrap();
+    let channel = Channel::builder(&format!("static:///{addr}"))
+        .unwrap()
+        .tls(tls.clone())
+        .build()
+        .unwrap();
+    let greeter = GreeterClient::new(channel);
+    let whoami = move || {
+        let mut greeter = greeter.clone();
+        async move {
+            greeter
+                .say_hello(HelloRequest {
+                    name: "rotation".into(),
+                })
+                .await
+                .map(|reply| reply.into_inner().message)
+        }
+    };
+    assert_eq!(whoami().await.unwrap(), CLIENT_ID);
+
+    // A key that does not match the certificate: refused, counted, the old stays.
+    let other = pki
+        .issuing
+        .leaf("other")
+        .uri("spiffe://keel.test/other")
+        .issue();
+    pki.dir.write("client.key", &other.key_pem);
+    eventually_async(
+        "the mismatched key refused",
+        Duration::from_secs(10),
+        || async { tls.reloads().1 >= 1 },
+    )
+    .await;
+    assert_eq!(tls.reloads().0, 0);
+    assert_eq!(whoami().await.unwrap(), CLIENT_ID);
+
+    // The whole new pair: new connections present it.
+    const ROTATED: &str = "spiffe://keel.test/rotated";
+    pki.write_leaf("client", &pki.issuing.leaf("rotated").uri(ROTATED).issue());
+    eventually_async(
+        "the new certificate presented",
+        Duration::from_secs(15),
+        || {
+            let call = whoami();
+            async move { call.await.is_ok_and(|who| who == ROTATED) }
+        },
+    )
+    .await;
+    assert_eq!(tls.reloads().0, 1);
 }
 
 #[test]
