@@ -10,5 +10,5 @@ mod status;
 mod types;
 
 pub use codec::{DynamicCodec, DynamicDecoder, DynamicEncoder};
-pub use status::{Detail, details};
+pub use status::{Detail, details, status_json};
 pub use types::{add_standard, standard};

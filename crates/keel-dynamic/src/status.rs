@@ -1,9 +1,9 @@
 //! The details of an error status (`grpc-status-details-bin`, a `google.rpc.Status`), each
 //! as a `google.protobuf.Any` message ready to print as proto3 JSON with its `@type`, or, for
-//! a type no pool knows, its bytes.
+//! a type no pool knows, its bytes; and the whole status as `google.rpc.Status` JSON.
 
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, Value};
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions, Value};
 use tonic::Status;
 
 use super::types;
@@ -42,6 +42,34 @@ pub fn details(
         .iter()
         .map(|any| Detail::of(&any.type_url, &any.value, &pools))
         .collect())
+}
+
+/// `status` as the JSON of a `google.rpc.Status`: `code` (the number), `message`, and every
+/// detail with its `@type` (types looked up among the standard ones, then in `server`); a
+/// detail of a type no pool knows keeps its bytes as base64 `value`.
+pub fn status_json(status: &Status, server: Option<&DescriptorPool>) -> serde_json::Value {
+    use base64::Engine as _;
+    let options = SerializeOptions::new();
+    let details: Vec<serde_json::Value> = details(status, server)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|detail| match detail {
+            Detail::Known(any) => any
+                .serialize_with_options(serde_json::value::Serializer, &options)
+                .unwrap_or(serde_json::Value::Null),
+            Detail::Unknown {
+                type_url, value, ..
+            } => serde_json::json!({
+                "@type": type_url,
+                "value": base64::engine::general_purpose::STANDARD.encode(value),
+            }),
+        })
+        .collect();
+    serde_json::json!({
+        "code": status.code() as i32,
+        "message": status.message(),
+        "details": details,
+    })
 }
 
 impl Detail {

@@ -6,9 +6,8 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::header::ALLOW;
 use http::{HeaderValue, Method, StatusCode};
-use keel_dynamic::{Detail, details};
-use prost_reflect::{DescriptorPool, SerializeOptions};
-use serde_json::{Value, json};
+use prost_reflect::DescriptorPool;
+use serde_json::Value;
 use tonic::{Code, Status};
 
 use crate::binding::BindError;
@@ -116,21 +115,7 @@ impl Failure {
 /// A `google.rpc.Status` as JSON: code, message, and every detail with its `@type` (types
 /// looked up among the standard ones, then in `pool`).
 pub(crate) fn status_json(status: &Status, pool: &DescriptorPool) -> Value {
-    let options = SerializeOptions::new();
-    let details: Vec<Value> = details(status, Some(pool))
-        .unwrap_or_default()
-        .into_iter()
-        .map(|detail| match detail {
-            Detail::Known(any) => any
-                .serialize_with_options(serde_json::value::Serializer, &options)
-                .unwrap_or(Value::Null),
-            Detail::Unknown { type_url, value, .. } => {
-                use base64::Engine as _;
-                json!({"@type": type_url, "value": base64::engine::general_purpose::STANDARD.encode(value)})
-            }
-        })
-        .collect();
-    json!({"code": status.code() as i32, "message": status.message(), "details": details})
+    keel_dynamic::status_json(status, Some(pool))
 }
 
 fn join(methods: &[Method]) -> String {

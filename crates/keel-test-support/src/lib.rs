@@ -5,6 +5,9 @@
 
 pub mod tls;
 
+/// A fresh temporary directory, removed on drop (also used for test certificates).
+pub use tls::Dir;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
