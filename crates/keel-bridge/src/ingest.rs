@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::AsyncClient;
@@ -49,12 +50,14 @@ struct Job {
 }
 
 /// Runs the ingest stage until `shutdown` completes: subscribes to every route's filter and
-/// appends what arrives to the log through `writer`.
+/// appends what arrives to the log through `writer`. `connected` says whether the broker
+/// connection is up, for readiness.
 pub async fn run<W: LogWriter>(
     config: &MqttConfig,
     intake: Arc<Intake>,
     writer: Arc<W>,
     metrics: BridgeMetrics,
+    connected: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let options = config.options(&config.client_id)?;
@@ -92,11 +95,13 @@ pub async fn run<W: LogWriter>(
                     MqttEvent::Connected { generation, session_present } => {
                         tracing::info!(generation, session_present, "bridge: connected to MQTT");
                         acks.reset(generation);
+                        connected.store(true, Ordering::Relaxed);
                         subscribe(&client, &filters).await?;
                     }
                     MqttEvent::Disconnected(error) => {
                         tracing::warn!(%error, "bridge: MQTT connection lost; reconnecting");
                         metrics.mqtt_disconnected();
+                        connected.store(false, Ordering::Relaxed);
                     }
                     MqttEvent::Publish { generation, publish } => {
                         let job = accept(&intake, &metrics, &mut acks, generation, publish);

@@ -12,6 +12,7 @@
 //! keys turn the repeat into a replay. The log is a trait ([`log::LogWriter`],
 //! [`log::LogReader`]) with backends for Kafka, NATS JetStream and an embedded SQLite file.
 
+pub mod bridge;
 pub mod deliver;
 pub mod ingest;
 pub mod intake;
@@ -21,3 +22,5 @@ pub mod metrics;
 pub mod mqtt;
 pub mod record;
 pub mod route;
+
+pub use bridge::{Backend, Bridge, BridgeConfig, LogConfig};

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -23,12 +24,14 @@ use super::{Appended, DeadLetter, Delivery, LogError, LogReader, LogWriter};
 use crate::record::Record;
 
 /// Where the embedded log lives and how it behaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EmbeddedConfig {
     /// The SQLite file, created with its directory if missing.
     pub path: PathBuf,
     /// How long a key is remembered after its record was appended, so a device's resend is
     /// recognised: at least as long as devices retry. Default 24 h.
+    #[serde(with = "humantime_serde")]
     pub dedupe_window: Duration,
     /// Most appends committed in one transaction. Default 256.
     pub max_batch: usize,
@@ -36,9 +39,11 @@ pub struct EmbeddedConfig {
     pub queue: usize,
     /// How often a reader looks for records appended by another process (records appended
     /// through the same [`EmbeddedLog`] wake it at once). Default 100 ms.
+    #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Most time between a record being done and its consumer's cursor being written.
     /// Default 50 ms.
+    #[serde(with = "humantime_serde")]
     pub cursor_flush_interval: Duration,
 }
 

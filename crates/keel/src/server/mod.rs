@@ -3,6 +3,7 @@
 //! limits and a shutdown deadline), graceful shutdown in logged phases, and the rotation
 //! of TLS material while serving.
 
+mod admin;
 mod builder;
 mod fallback;
 mod http;
@@ -11,6 +12,7 @@ mod rotation;
 mod shutdown;
 mod stack;
 
+pub use admin::{AdminServer, RunningAdmin};
 pub use builder::{BoundServer, Server, ServerBuilder, ServerError};
 pub use fallback::{GrpcStack, HttpService, MakeFallback};
 pub use http::{BoundHttpServer, HttpServer};
