@@ -9,9 +9,10 @@ the fields the README claims and tolerant of extra ones. Claims the README makes
 (a replay comes back with "replayed": true, a reused key is FAILED_PRECONDITION, ...) are
 checked with the README's own commands, changed only where the claim says so.
 
-Servers start on the README's ports (50051, 9090), each from a fresh working directory under
-target/ (payments keeps SQLite in ./data), and are stopped however the check ends. `keel` in
-the README is the keel-cli release binary: target/release goes first on PATH.
+Servers start on the README's ports (50051, 9090; `keel gateway` 8080, 9091), each from a
+fresh working directory under target/ (payments keeps SQLite in ./data), and are stopped
+however the check ends. `keel` in the README is the keel-cli release binary: target/release
+goes first on PATH.
 
 Usage: python3 tests/readme_check.py   (from scripts/test.sh, after the cargo tests)
 """
@@ -40,6 +41,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 GRPC_PORT, ADMIN_PORT = 50051, 9090
+GATEWAY_PORT, GATEWAY_ADMIN_PORT = 8080, 9091
 # Bounds: a client command, a server's start (cargo checks freshness; the build ran before)
 # and a graceful stop (the README's drain delay, 5 s, is well inside it).
 COMMAND_TIMEOUT_S = 120
@@ -193,10 +195,10 @@ def port_in_use(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def http_get(path: str) -> tuple[int, str]:
-    """GET 127.0.0.1:ADMIN_PORT/path: status and body (any status, not an exception)."""
+def http_get(path: str, port: int = ADMIN_PORT) -> tuple[int, str]:
+    """GET 127.0.0.1:port/path: status and body (any status, not an exception)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}{path}", timeout=5) as answer:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as answer:
         return answer.code, answer.read().decode()
@@ -215,11 +217,14 @@ class Server:
 
     Its output is read by threads as it comes, so waiting for a line waits on the line
     itself. `stop` shuts it down the way the README says (SIGTERM); `kill` ends its whole
-    process group at once, whatever state it is in.
+    process group at once, whatever state it is in. `ports` are the ones it listens on,
+    the admin port last.
     """
 
-    def __init__(self, command: str, env: dict[str, str], workdir: Path | None = None):
-        for port in (GRPC_PORT, ADMIN_PORT):
+    def __init__(self, command: str, env: dict[str, str], workdir: Path | None = None,
+                 ports: tuple[int, int] = (GRPC_PORT, ADMIN_PORT)):
+        self.admin_port = ports[-1]
+        for port in ports:
             if port_in_use(port):
                 raise CheckFailed(
                     f"127.0.0.1:{port} is busy: the README's commands need it; stop what "
@@ -276,10 +281,14 @@ class Server:
         server keeps serving for the drain delay (`while_draining` runs then), and exits 0."""
         signalled = time.monotonic()
         os.killpg(self.process.pid, signal.SIGTERM)
+
+        def readyz() -> tuple[int, str]:
+            return http_get("/readyz", self.admin_port)
+
         # The signal is handled asynchronously: poll /readyz, briefly, until it says so.
-        while not not_serving(*http_get("/readyz")):
+        while not not_serving(*readyz()):
             if time.monotonic() - signalled > 2:
-                raise CheckFailed(f"2s after SIGTERM /readyz still answers {http_get('/readyz')}")
+                raise CheckFailed(f"2s after SIGTERM /readyz still answers {readyz()}")
             # sleep: poll interval of a bounded poll on the condition
             time.sleep(0.02)
         if while_draining:
@@ -680,8 +689,37 @@ class Checker:
             Expect("tls doctor localhost:50051 --ca certs/ca.pem --cert", exits(0)),
             Expect("tls doctor localhost:50051 --ca certs/ca.pem", exits(1)),
         ])
+        self.gateway_in_front(title, root, owner)
         self.stop()
         self.cwd = ROOT
+
+    def gateway_in_front(self, title: str, root: Path, owner: str) -> None:
+        """The Security section's gateway: HTTPS in front of payments' mTLS, beside payments
+        (on its own ports), then stopped as the README says servers stop."""
+        serve = commands(blocks(title, "sh")[2])[0]
+        print(f"\n$ {serve}   (server, beside payments)", flush=True)
+        gateway = Server(str(serve), self.env, root, ports=(GATEWAY_PORT, GATEWAY_ADMIN_PORT))
+        try:
+            gateway.wait_for_stdout(serve.notes)
+            self.block(title, 2, [
+                Expect("keel gateway --upstream https://localhost:50051", None),
+                Expect("https://localhost:8080/v1/accounts/erin",
+                       ok_json({"account": {"accountId": "erin", "owner": owner}})),
+            ])
+            print("\n==> README: without its client certificate the gateway stops at start")
+            one_line = " ".join(str(serve).replace("\\\n", " ").split())
+            without = re.sub(r" --upstream-cert \S+ --upstream-key \S+", "", one_line)
+            if without == one_line:
+                raise CheckFailed("the README's gateway no longer presents a client certificate")
+            self.run(without, both(exits(1), stderr_has("requires a client certificate")))
+            print(f"\n$ kill -TERM <{serve}>", flush=True)
+            gateway.stop()
+        except CheckFailed as failure:
+            raise CheckFailed(f"{failure}\n{gateway.log()}") from None
+        finally:
+            if gateway.process.poll() is None:
+                os.killpg(gateway.process.pid, signal.SIGKILL)
+                gateway.process.wait()
 
     def demo_server(self) -> None:
         """ "Keel's demo server", then its Ctrl-C claims."""

@@ -2,7 +2,9 @@
 //! real HTTP/1.1. Descriptors by reflection (Keel's reflection keeps the `google.api.http`
 //! options) or from a descriptor set, business errors with their details, reloads on SIGHUP
 //! and on `--refresh` (a failed one keeps the routes), nothing to serve in front of
-//! `keel serve`, and bad flags.
+//! `keel serve`, bad flags, and TLS: in front of a `payments` that requires mutual TLS,
+//! serving HTTPS itself to curl, and an upstream that refuses the gateway or is not the one
+//! expected stopping it at start, saying why.
 
 mod common;
 
@@ -17,6 +19,7 @@ use common::KeelServe;
 use common::payments::{Payments, TempDir};
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
+use keel_test_support::tls::{Ca, Dir, Leaf};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -210,9 +213,34 @@ fn bad_flags_exit_2_and_an_unreachable_upstream_exits_1() {
         "must be http://HOST:PORT",
     );
     check(
-        &["--upstream", "https://payments.example:443"],
+        &[
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--upstream-cacert",
+            "ca.pem",
+        ],
         2,
-        "TLS upstreams are not supported yet",
+        "`http://127.0.0.1:1` is plaintext (http://) but TLS flags were given; use https://",
+    );
+    check(
+        &[
+            "--upstream",
+            "https://127.0.0.1:1",
+            "--upstream-cacert",
+            "/nonexistent/ca.pem",
+        ],
+        2,
+        "--upstream-cacert /nonexistent/ca.pem: ",
+    );
+    check(
+        &[
+            "--upstream",
+            "https://127.0.0.1:1",
+            "--upstream-cert",
+            "client.pem",
+        ],
+        2,
+        "--upstream-key <FILE>",
     );
     check(&[], 2, "--upstream <URI>");
     check(
@@ -298,9 +326,225 @@ fn help_teaches_examples_reloading_and_exit_codes() {
         "--forward-header",
         "Exit status:",
         "no service with HTTP rules",
+        "keel gateway --upstream https://10.0.0.7:8443 --upstream-cacert ca.pem",
+        "--upstream-cert <FILE>",
+        "--upstream-expect-identity <ID>",
+        "TLS to the upstream: an https:// upstream",
+        "--set tls.cert=FILE --set tls.key=FILE serves HTTPS",
     ] {
         assert!(help.contains(part), "{part:?} in\n{help}");
     }
+    assert!(!help.contains("plaintext only"), "{help}");
+}
+
+/// The SPIFFE ID of payments' server certificate (which also holds localhost and 127.0.0.1).
+const PAYMENTS_ID: &str = "spiffe://keel.test/payments";
+/// The SPIFFE ID of the certificate the gateway presents to payments.
+const GATEWAY_ID: &str = "spiffe://keel.test/gateway";
+
+#[test]
+fn an_mtls_upstream_behind_a_gateway_that_serves_https() {
+    let pki = Pki::new();
+    let payments = Payments::start_with(&strings(&pki.payments_requiring_client_certificates()));
+    let upstream = format!("https://127.0.0.1:{}", payments.grpc.port());
+    let mut args = vec!["--upstream".to_owned(), upstream];
+    args.extend(pki.gateway_client_flags(&["--upstream-expect-identity", PAYMENTS_ID]));
+    // The gateway's own port serves HTTPS, with its own certificate.
+    for setting in [
+        format!("tls.cert={}", pki.file("rest.pem")),
+        format!("tls.key={}", pki.file("rest.key")),
+    ] {
+        args.extend(["--set".to_owned(), setting]);
+    }
+    // Reflection went over mutual TLS, or the gateway would have no routes.
+    let mut gateway = Gateway::start(&strings(&args));
+    let port = gateway.http.port();
+
+    // Each call is forwarded over mutual TLS: payments sees the gateway's certificate, and
+    // the account it creates is owned by the gateway's identity.
+    for (version, http, account) in [("--http2", "2", "alice"), ("--http1.1", "1.1", "bob")] {
+        let create = json!({"accountId": account, "currency": "USD"}).to_string();
+        let created = curl(
+            &pki,
+            port,
+            &[
+                version,
+                "-H",
+                "content-type: application/json",
+                "--data",
+                &create,
+            ],
+            "/v1/accounts",
+        )
+        .unwrap();
+        assert_eq!(
+            (created.status, created.http.as_str()),
+            (200, http),
+            "{created:?}"
+        );
+        assert_eq!(created.body["account"]["accountId"], account, "{created:?}");
+        assert_eq!(created.body["account"]["owner"], GATEWAY_ID, "{created:?}");
+
+        let read = curl(&pki, port, &[version], &format!("/v1/accounts/{account}")).unwrap();
+        assert_eq!((read.status, read.http.as_str()), (200, http), "{read:?}");
+        assert_eq!(read.body["account"]["currency"], "USD", "{read:?}");
+    }
+    // A business error still arrives as JSON, through TLS both ways.
+    let missing = curl(&pki, port, &[], "/v1/accounts/nobody").unwrap();
+    assert_eq!(missing.status, 404, "{missing:?}");
+    assert_eq!(missing.body["code"], 5, "{missing:?}");
+
+    // The port speaks only TLS now.
+    let plaintext = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://127.0.0.1:{port}/v1/accounts/alice"))
+        .output()
+        .unwrap();
+    assert!(!plaintext.status.success(), "{plaintext:?}");
+    gateway.stop_and_expect_success();
+}
+
+#[test]
+fn an_upstream_that_refuses_the_gateway_or_is_not_the_expected_one_stops_it_at_start() {
+    let pki = Pki::new();
+    let payments = Payments::start_with(&strings(&pki.payments_requiring_client_certificates()));
+    let upstream = format!("https://127.0.0.1:{}", payments.grpc.port());
+    let check = |flags: Vec<String>, parts: &[&str]| {
+        let mut args = vec!["--upstream".to_owned(), upstream.clone()];
+        args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        args.extend(["--admin-listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        args.extend(flags);
+        let run = run_gateway(&strings(&args));
+        assert_eq!(run.code, 1, "{args:?}: {run:#?}");
+        assert!(run.stdout.is_empty(), "nothing listened: {run:#?}");
+        let reach = format!("keel gateway: cannot reach the upstream {upstream}: ");
+        for part in std::iter::once(reach.as_str()).chain(parts.iter().copied()) {
+            assert!(run.stderr.contains(part), "{part:?} for {args:?}: {run:#?}");
+        }
+    };
+
+    // No client certificate: payments refuses the handshake.
+    let ca_only = vec!["--upstream-cacert".to_owned(), pki.file("root.pem")];
+    check(ca_only, &["the server requires a client certificate"]);
+    // The right certificates, but payments is not the identity expected; the error names
+    // the one it presented.
+    let other = ["--upstream-expect-identity", "spiffe://keel.test/ledger"];
+    check(
+        pki.gateway_client_flags(&other),
+        &[&format!(
+            "presented identity {PAYMENTS_ID}, which is not among the expected identities \
+             [spiffe://keel.test/ledger]"
+        )],
+    );
+    // https:// alone verifies with the public roots, which do not know the private CA.
+    check(
+        vec![
+            "--upstream-cert".to_owned(),
+            pki.file("gateway-client.pem"),
+            "--upstream-key".to_owned(),
+            pki.file("gateway-client.key"),
+        ],
+        &["the server's certificate is not issued by a trusted CA"],
+    );
+}
+
+/// A root CA and the leaves of the TLS tests as PEM files: payments' server certificate,
+/// the certificate the gateway presents to it, and the one the gateway serves HTTPS with.
+struct Pki {
+    dir: Dir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let root = Ca::root("Keel Gateway Test Root");
+        let pki = Self { dir: Dir::new() };
+        pki.dir.write("root.pem", root.cert_pem());
+        let localhost = |name: &str| root.leaf(name).dns("localhost").ip([127, 0, 0, 1].into());
+        pki.write_leaf("payments", &localhost("payments").uri(PAYMENTS_ID).issue());
+        pki.write_leaf("rest", &localhost("rest").issue());
+        pki.write_leaf(
+            "gateway-client",
+            &root.leaf("gateway").uri(GATEWAY_ID).issue(),
+        );
+        pki
+    }
+
+    fn write_leaf(&self, name: &str, leaf: &Leaf) {
+        self.dir.write(&format!("{name}.pem"), &leaf.chain_pem);
+        self.dir.write(&format!("{name}.key"), &leaf.key_pem);
+    }
+
+    /// The path of `name` in the directory, as text for command lines.
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// payments' flags: mutual TLS on its gRPC port, client certificates required.
+    fn payments_requiring_client_certificates(&self) -> Vec<String> {
+        [
+            format!("server.tls.cert={}", self.file("payments.pem")),
+            format!("server.tls.key={}", self.file("payments.key")),
+            format!("server.tls.client_ca={}", self.file("root.pem")),
+            "server.tls.client_auth=required".to_owned(),
+        ]
+        .into_iter()
+        .flat_map(|setting| ["--set".to_owned(), setting])
+        .collect()
+    }
+
+    /// The gateway's flags for payments: the root, its client certificate, the name
+    /// payments' certificate holds (the upstream is dialled by IP address), and `extra`.
+    fn gateway_client_flags(&self, extra: &[&str]) -> Vec<String> {
+        let mut flags = vec![
+            "--upstream-cacert".to_owned(),
+            self.file("root.pem"),
+            "--upstream-cert".to_owned(),
+            self.file("gateway-client.pem"),
+            "--upstream-key".to_owned(),
+            self.file("gateway-client.key"),
+            "--upstream-server-name".to_owned(),
+            "localhost".to_owned(),
+        ];
+        flags.extend(extra.iter().map(|s| (*s).to_owned()));
+        flags
+    }
+}
+
+fn strings(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// What curl got: the status code, the HTTP version it spoke (`2`, `1.1`) and the body.
+#[derive(Debug)]
+struct Curled {
+    status: u16,
+    http: String,
+    body: Value,
+}
+
+/// `curl ARGS https://localhost:PORT/PATH` (localhost resolved to 127.0.0.1), trusting
+/// only the test root.
+fn curl(pki: &Pki, port: u16, args: &[&str], path: &str) -> Result<Curled, String> {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", &pki.file("root.pem")])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(["--write-out", "\n%{http_code} %{http_version}"])
+        .args(args)
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("curl {}: {stderr}{stdout}", output.status));
+    }
+    let (body, last) = stdout.rsplit_once('\n').expect("curl's --write-out line");
+    let (status, http) = last.split_once(' ').expect("status and version");
+    Ok(Curled {
+        status: status.parse().expect("a status code"),
+        http: http.to_owned(),
+        body: serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned())),
+    })
 }
 
 /// A running `keel gateway`, killed on drop; its stderr (logs) collected.

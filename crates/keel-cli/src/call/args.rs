@@ -10,6 +10,7 @@ use clap::Args;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, MetadataMap};
 
 use super::Failure;
+use crate::tls::client::ClientFlags;
 
 /// Calls any gRPC server that offers reflection (grpc.reflection.v1, or v1alpha): lists its
 /// services, describes its types, and invokes its methods with JSON in and out.
@@ -132,19 +133,6 @@ pub enum Data {
     File(PathBuf),
 }
 
-/// TLS settings; `None` from [`CallArgs::tls`] means plaintext h2c.
-#[derive(Debug, Clone, Default)]
-pub struct Tls {
-    /// PEM CA certificate to verify the server with, instead of the webpki roots.
-    pub ca_certificate: Option<PathBuf>,
-    /// Client certificate chain and key, for mutual TLS.
-    pub identity: Option<(PathBuf, PathBuf)>,
-    /// Name to verify the server certificate against.
-    pub server_name: Option<String>,
-    /// Identities the server may have (SPIFFE IDs or DNS names); empty: any.
-    pub expected_identities: Vec<String>,
-}
-
 /// How to print messages.
 #[derive(Debug, Clone, Copy)]
 pub struct OutputOptions {
@@ -211,19 +199,16 @@ impl CallArgs {
         self.deadline
     }
 
-    /// TLS settings when any TLS flag is given, `None` for plaintext.
-    pub fn tls(&self) -> Option<Tls> {
-        let wanted = self.tls
-            || self.cacert.is_some()
-            || self.cert.is_some()
-            || self.server_name.is_some()
-            || !self.expect_identity.is_empty();
-        wanted.then(|| Tls {
-            ca_certificate: self.cacert.clone(),
+    /// The TLS flags (plaintext when none is given and ADDR is not https://).
+    pub fn tls(&self) -> ClientFlags {
+        ClientFlags {
+            prefix: "",
+            tls: self.tls,
+            ca: self.cacert.clone(),
             identity: self.cert.clone().zip(self.key.clone()),
             server_name: self.server_name.clone(),
             expected_identities: self.expect_identity.clone(),
-        })
+        }
     }
 
     /// How to print messages.
@@ -381,17 +366,17 @@ mod tests {
 
     #[test]
     fn tls_flags_imply_tls() {
-        assert!(parse(&["a:1", "list"]).tls().is_none());
-        assert!(parse(&["a:1", "list", "--tls"]).tls().is_some());
-        let tls = parse(&["a:1", "list", "--cacert", "ca.pem", "--server-name", "x"])
-            .tls()
-            .unwrap();
-        assert_eq!(tls.ca_certificate.as_deref(), Some("ca.pem".as_ref()));
+        assert!(!parse(&["a:1", "list"]).tls().wanted());
+        assert!(parse(&["a:1", "list", "--tls"]).tls().wanted());
+        let tls = parse(&["a:1", "list", "--cacert", "ca.pem", "--server-name", "x"]).tls();
+        assert!(tls.wanted());
+        assert_eq!(tls.ca.as_deref(), Some("ca.pem".as_ref()));
         assert_eq!(tls.server_name.as_deref(), Some("x"));
-        let tls = parse(&["a:1", "list", "--cert", "c.pem", "--key", "k.pem"])
-            .tls()
-            .unwrap();
-        assert!(tls.identity.is_some());
+        let tls = parse(&["a:1", "list", "--cert", "c.pem", "--key", "k.pem"]).tls();
+        assert!(tls.wanted() && tls.identity.is_some());
+        let tls = parse(&["a:1", "list", "--expect-identity", "spiffe://t/s"]).tls();
+        assert!(tls.wanted());
+        assert_eq!(tls.expected_identities, ["spiffe://t/s"]);
         assert!(
             Cli::try_parse_from(["call", "a:1", "list", "--cert", "c.pem"]).is_err(),
             "--cert without --key"

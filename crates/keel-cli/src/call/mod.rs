@@ -82,7 +82,7 @@ async fn call(args: CallArgs) -> Result<(), Failure> {
     let action = args.action()?;
     let metadata = args.metadata()?;
     let printer = Printer::new(args.output());
-    let channel = connect::connect(args.address(), args.tls()).await?;
+    let channel = connect::connect(args.address(), &args.tls()).await?;
     let mut reflection = Reflection::new(channel.clone(), metadata.clone());
     let result = match action {
         Action::List(None) => {

@@ -1,5 +1,7 @@
-//! The flags of `keel gateway`, checked: the upstream (plaintext only), the listen address,
-//! where descriptors come from and how often they are re-read, and the gateway's options.
+//! The flags of `keel gateway`, checked: the upstream and how to reach it (plaintext, or
+//! TLS with the `--upstream-*` flags, read by `crate::tls::client` as `keel call` reads its
+//! own), the listen address, where descriptors come from and how often they are re-read,
+//! and the gateway's options.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +10,8 @@ use std::time::Duration;
 use clap::Args;
 use http::HeaderName;
 use keel_gateway::{GatewayOptions, JsonOptions};
+
+use crate::tls::client::ClientFlags;
 
 /// Serves the `google.api.http` rules of a gRPC service as REST/JSON, forwarding every call
 /// to the service over gRPC. Descriptors come from the service's reflection (or a
@@ -27,6 +31,15 @@ Examples:
     --service payments.v1.PaymentService --proto-names --forward-header x-tenant
   kill -HUP <PID of keel gateway>                            # re-read descriptors now
 
+  # TLS: an upstream that requires mutual TLS, and HTTPS (HTTP/1.1 and h2) on this port
+  keel gateway --upstream https://10.0.0.7:8443 --upstream-cacert ca.pem \\
+    --upstream-cert gateway.pem --upstream-key gateway.key \\
+    --upstream-server-name payments.internal \\
+    --upstream-expect-identity spiffe://example.org/payments \\
+    --set tls.cert=rest.pem --set tls.key=rest.key
+  curl -s --cacert rest-ca.pem https://localhost:8080/v1/accounts/alice
+  keel gateway --upstream https://api.example.com:443        # public roots (Mozilla's)
+
 Descriptors: by default the upstream's reflection (grpc.reflection.v1, or v1alpha) gives
 every service (except reflection and health) with its files; a service without
 google.api.http rules is served nothing over REST, with a warning. With --descriptor-set,
@@ -40,6 +53,21 @@ Reloading: SIGHUP, and every --refresh interval, loads the descriptors again the
 (reflection, or FILE re-read). A reload that fails keeps the routes served and logs a
 warning; one that succeeds swaps the routes at once, and requests in flight finish.
 
+TLS to the upstream: an https:// upstream is reached over TLS, its certificate verified
+with the webpki (Mozilla) roots, or with --upstream-cacert for a private CA, against the
+upstream's host or --upstream-server-name. --upstream-cert and --upstream-key present the
+gateway's certificate to an upstream that asks for one (mutual TLS); the upstream then
+sees every call as the gateway's identity (Authorization headers still pass through).
+--upstream-expect-identity refuses an upstream whose SPIFFE ID or DNS name is another.
+Reflection and every forwarded call use this one channel; its files are re-read every 10s,
+so rotated certificates are taken up without a restart. The --upstream-* flags need an
+https:// upstream.
+
+TLS on this port: --set tls.cert=FILE --set tls.key=FILE serves HTTPS, HTTP/1.1 and h2 by
+ALPN (gRPC and gRPC-Web too); tls.client_ca=FILE with tls.client_auth=required asks
+clients for certificates; admin_tls.* does the same for the admin port. Files are re-read
+every tls.reload_interval (10s) and on SIGHUP.
+
 The same port also takes gRPC-Web and plain gRPC, passed to the upstream as they are.
 Prints `gateway listening on ADDR` and `admin listening on ADDR` once bound. It serves on
 Keel's serving core, as `keel serve` does: connection limits and timeouts, metrics on the
@@ -49,16 +77,41 @@ flight finish, up to shutdown.timeout (30s); a second signal closes everything a
 
 Exit status:
   0       stopped by SIGTERM or SIGINT
-  1       the upstream could not be reached or its reflection failed; cannot listen
-  2       usage or configuration error (bad flags, an https:// upstream, a descriptor set
-          that does not decode, an unknown --service, no service with HTTP rules)")]
+  1       the upstream could not be reached (refused; TLS failed: an untrusted or
+          misnamed certificate, a client certificate required or refused, an identity
+          other than --upstream-expect-identity) or its reflection failed; cannot listen
+  2       usage or configuration error (bad flags, --upstream-* flags with an http://
+          upstream, unreadable TLS files, a descriptor set that does not decode, an
+          unknown --service, no service with HTTP rules)")]
 pub struct GatewayArgs {
-    /// The gRPC service to forward to: http://HOST:PORT (plaintext h2c; TLS upstreams are
-    /// not supported yet)
+    /// The gRPC service to forward to: http://HOST:PORT (plaintext h2c) or https://HOST:PORT
+    /// (TLS)
     #[arg(long, value_name = "URI", value_parser = upstream)]
     upstream: String,
 
-    /// Address to serve HTTP/1.1 and h2c on
+    /// Verify the upstream with this PEM CA certificate instead of the webpki roots
+    #[arg(long, value_name = "FILE")]
+    upstream_cacert: Option<PathBuf>,
+
+    /// Client certificate chain (PEM) the gateway presents to the upstream, for mutual TLS;
+    /// needs --upstream-key
+    #[arg(long, value_name = "FILE", requires = "upstream_key")]
+    upstream_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --upstream-cert
+    #[arg(long, value_name = "FILE", requires = "upstream_cert")]
+    upstream_key: Option<PathBuf>,
+
+    /// Name to verify the upstream's certificate against, instead of the upstream's host
+    #[arg(long, value_name = "NAME")]
+    upstream_server_name: Option<String>,
+
+    /// Accept only an upstream with this identity: a SPIFFE ID or DNS name (repeatable). An
+    /// upstream with another fails, and the error says what it presented
+    #[arg(long = "upstream-expect-identity", value_name = "ID")]
+    upstream_expect_identity: Vec<String>,
+
+    /// Address to serve HTTP/1.1 and h2c on (HTTPS with --set tls.cert=... tls.key=...)
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
@@ -67,7 +120,7 @@ pub struct GatewayArgs {
     admin_listen: SocketAddr,
 
     /// TOML configuration file for the serving side (keys as `keel serve --print-config`
-    /// prints them: connection limits and timeouts, http2, shutdown)
+    /// prints them: connection limits and timeouts, http2, shutdown, tls, admin_tls)
     #[arg(long, env = "KEEL_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -106,9 +159,22 @@ pub struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    /// The upstream URI, `http://HOST:PORT`.
+    /// The upstream URI, `http://HOST:PORT` or `https://HOST:PORT`.
     pub fn upstream(&self) -> &str {
         &self.upstream
+    }
+
+    /// The upstream's TLS flags (TLS when the upstream is https://; with an http://
+    /// upstream, any of them is an error).
+    pub fn upstream_tls(&self) -> ClientFlags {
+        ClientFlags {
+            prefix: "upstream-",
+            tls: false,
+            ca: self.upstream_cacert.clone(),
+            identity: self.upstream_cert.clone().zip(self.upstream_key.clone()),
+            server_name: self.upstream_server_name.clone(),
+            expected_identities: self.upstream_expect_identity.clone(),
+        }
     }
 
     /// The serving configuration: defaults, `--config`, `KEEL_*` variables, `--set`, and
@@ -151,20 +217,20 @@ impl GatewayArgs {
     }
 }
 
-/// `--upstream`: `http://HOST:PORT` only.
+/// `--upstream`: `http://HOST:PORT` or `https://HOST:PORT`, without a trailing slash.
 fn upstream(text: &str) -> Result<String, String> {
-    if text.starts_with("https://") {
+    let Some((scheme, rest)) = ["http", "https"].into_iter().find_map(|scheme| {
+        text.strip_prefix(scheme)
+            .and_then(|rest| rest.strip_prefix("://"))
+            .map(|rest| (scheme, rest.trim_end_matches('/')))
+    }) else {
         return Err(
-            "TLS upstreams are not supported yet; give the plaintext (h2c) \
-                    address as http://HOST:PORT"
+            "the upstream must be http://HOST:PORT (plaintext h2c) or https://HOST:PORT (TLS)"
                 .to_owned(),
         );
-    }
-    let Some(rest) = text.strip_prefix("http://") else {
-        return Err("the upstream must be http://HOST:PORT".to_owned());
     };
-    keel::client::Target::parse(text).map_err(|error| error.to_string())?;
-    Ok(format!("http://{}", rest.trim_end_matches('/')))
+    keel::client::Target::parse(rest).map_err(|error| error.to_string())?;
+    Ok(format!("{scheme}://{rest}"))
 }
 
 /// `--refresh`: a duration of at least one second.
@@ -196,13 +262,88 @@ mod tests {
         check("http://127.0.0.1:50051", Ok("http://127.0.0.1:50051"));
         check("http://payments:50051/", Ok("http://payments:50051"));
         check("http://[::1]:50051", Ok("http://[::1]:50051"));
-        check(
-            "https://payments:443",
-            Err("TLS upstreams are not supported yet"),
-        );
+        check("https://payments:443", Ok("https://payments:443"));
+        check("https://10.0.0.7:8443/", Ok("https://10.0.0.7:8443"));
         check("ftp://x", Err("must be http://HOST:PORT"));
-        check("127.0.0.1:50051", Err("must be http://HOST:PORT"));
+        check("127.0.0.1:50051", Err("or https://HOST:PORT (TLS)"));
+        check("httpx://h:1", Err("must be http://HOST:PORT"));
         check("http://no-port", Err("host:port"));
+        check("https://no-port", Err("host:port"));
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: GatewayArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<GatewayArgs, clap::Error> {
+        use clap::Parser as _;
+        Cli::try_parse_from(["gateway", "--upstream"].iter().chain(args)).map(|cli| cli.args)
+    }
+
+    #[test]
+    fn upstream_tls_flags() {
+        let plain = parse(&["http://127.0.0.1:50051"]).unwrap().upstream_tls();
+        assert!(!plain.wanted());
+        assert_eq!(
+            plain.target("http://127.0.0.1:50051").unwrap(),
+            ("http://127.0.0.1:50051".to_owned(), false)
+        );
+        // https:// alone: TLS with the webpki roots.
+        let public = parse(&["https://api.example.com:443"]).unwrap();
+        let tls = public.upstream_tls();
+        assert!(!tls.wanted() && tls.ca.is_none());
+        assert!(tls.target(public.upstream()).unwrap().1);
+
+        let mutual = parse(&[
+            "https://127.0.0.1:8443",
+            "--upstream-cacert",
+            "ca.pem",
+            "--upstream-cert",
+            "gw.pem",
+            "--upstream-key",
+            "gw.key",
+            "--upstream-server-name",
+            "localhost",
+            "--upstream-expect-identity",
+            "spiffe://keel.test/payments",
+            "--upstream-expect-identity",
+            "payments.internal",
+        ])
+        .unwrap()
+        .upstream_tls();
+        assert!(mutual.wanted());
+        assert_eq!(mutual.prefix, "upstream-");
+        assert_eq!(mutual.ca.as_deref(), Some("ca.pem".as_ref()));
+        assert_eq!(
+            mutual.identity,
+            Some(("gw.pem".into(), "gw.key".into())),
+            "{mutual:?}"
+        );
+        assert_eq!(mutual.server_name.as_deref(), Some("localhost"));
+        assert_eq!(
+            mutual.expected_identities,
+            ["spiffe://keel.test/payments", "payments.internal"]
+        );
+
+        // Each flag asks for TLS, so with an http:// upstream it is a mistake.
+        for flag in [
+            ["--upstream-cacert", "ca.pem"],
+            ["--upstream-server-name", "localhost"],
+            ["--upstream-expect-identity", "spiffe://keel.test/payments"],
+        ] {
+            let args = parse(&["http://127.0.0.1:50051", flag[0], flag[1]]).unwrap();
+            let message = args.upstream_tls().target(args.upstream()).unwrap_err();
+            assert!(
+                message.contains("plaintext (http://)"),
+                "{flag:?}: {message}"
+            );
+        }
+        let error = parse(&["https://h:1", "--upstream-cert", "gw.pem"]).unwrap_err();
+        assert!(error.to_string().contains("--upstream-key"), "{error}");
+        let error = parse(&["https://h:1", "--upstream-key", "gw.key"]).unwrap_err();
+        assert!(error.to_string().contains("--upstream-cert"), "{error}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! interval without dropping requests in flight.
 //!
 //! `args` reads the flags, `descriptors` loads what is served; this file builds the
-//! `keel_gateway::Gateway` over Keel's client channel, serves it behind a
+//! `keel_gateway::Gateway` over Keel's client channel (plaintext, or TLS as the
+//! `--upstream-*` flags say; reflection and forwarded calls share it), serves it behind a
 //! `ReloadableGateway` on Keel's serving core (`keel::server::HttpServer`: admin port,
 //! limits, graceful shutdown), and swaps in a new one whenever a reload succeeds.
 
@@ -56,6 +57,10 @@ impl fmt::Display for Failure {
 /// How long reaching the upstream may take before reflection is given up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the upstream's TLS files are re-read: a gateway runs for months, and its
+/// client certificate is rotated under it (the servers' `tls.reload_interval` default).
+const UPSTREAM_TLS_RELOAD: Duration = Duration::from_secs(10);
+
 /// Runs `keel gateway` until SIGTERM or SIGINT, reporting any failure on stderr, and
 /// returns the exit status.
 pub async fn run(args: GatewayArgs) -> ExitCode {
@@ -74,16 +79,15 @@ async fn gateway(args: GatewayArgs) -> Result<(), Failure> {
     let config = args
         .server_config()
         .map_err(|error| Failure::Usage(format!("{error:#}")))?;
-    let channel = Channel::new(args.upstream())
-        .map_err(|error| Failure::Usage(format!("--upstream: {error}")))?;
+    let (upstream, channel) = args
+        .upstream_tls()
+        .channel(args.upstream(), UPSTREAM_TLS_RELOAD)
+        .map_err(Failure::Usage)?;
     let source = match args.descriptor_set() {
         Some(path) => Source::File(path.clone()),
         None => {
             channel.connect(CONNECT_TIMEOUT).await.map_err(|error| {
-                Failure::Other(format!(
-                    "cannot reach the upstream {}: {error}",
-                    args.upstream()
-                ))
+                Failure::Other(format!("cannot reach the upstream {upstream}: {error}"))
             })?;
             Source::Reflection(channel.clone())
         }
@@ -113,7 +117,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), Failure> {
     let address = server.local_addr();
     println!("gateway listening on {address}");
     println!("admin listening on {}", server.admin_addr());
-    tracing::info!(%address, upstream = args.upstream(), routes, "gateway listening");
+    tracing::info!(%address, %upstream, routes, "gateway listening");
 
     let stops = futures_util::stream::select(SignalStream::new(term), SignalStream::new(int));
     tokio::select! {

@@ -2,7 +2,11 @@
 //! records what the server did; `doctor.rs` follows the seed's decision flow (TCP, TLS,
 //! ALPN, the certificate chain, the client certificate, HTTP/2) and says, for each problem,
 //! what is wrong and the fix.
+//!
+//! `client.rs` is the client side the other commands share: the TLS flags of `keel call`
+//! and `keel gateway` (its upstream's), read the same way into Keel's channel.
 
+pub mod client;
 mod doctor;
 mod probe;
 
