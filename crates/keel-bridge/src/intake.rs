@@ -134,7 +134,7 @@ impl Intake {
             route: route.name().to_owned(),
             device: device.to_owned(),
         };
-        let message = decode(route.payload(), input, publish.payload)
+        let mut message = decode(route.payload(), input, publish.payload)
             .map_err(|detail| reject("UNPARSEABLE_PAYLOAD", detail, ""))?;
         let device = read(route.device(), &levels, publish.properties, &message)
             .filter(|device| !device.is_empty())
@@ -158,6 +158,15 @@ impl Intake {
             format!("{device}:{request}")
         } else {
             request
+        };
+        // The key the target is called with replaces the request id in the payload, so
+        // the message and the `idempotency-key` metadata agree.
+        let rewritten = match &route.key().source {
+            Source::Field(path) if route.key().with_device => {
+                set_string_field(&mut message, path, &key);
+                true
+            }
+            _ => false,
         };
 
         let mut headers = vec![
@@ -184,8 +193,8 @@ impl Intake {
             ));
         }
         let payload = match route.payload() {
-            PayloadFormat::Protobuf => Bytes::copy_from_slice(publish.payload),
-            PayloadFormat::Json => Bytes::from(message.encode_to_vec()),
+            PayloadFormat::Protobuf if !rewritten => Bytes::copy_from_slice(publish.payload),
+            _ => Bytes::from(message.encode_to_vec()),
         };
         Ok(Record {
             device,
@@ -238,6 +247,27 @@ fn read(
             Value::U64(n) => Some(n.to_string()),
             _ => None,
         },
+    }
+}
+
+/// Sets the string field at `path` (checked by [`Intake::new`] to exist) to `value`;
+/// integer fields keep their request id, the metadata carries the full key.
+fn set_string_field(message: &mut DynamicMessage, path: &[String], value: &str) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        let is_string = message
+            .descriptor()
+            .get_field_by_name(first)
+            .is_some_and(|field| field.kind() == prost_reflect::Kind::String);
+        if is_string {
+            message.set_field_by_name(first, Value::String(value.to_owned()));
+        }
+        return;
+    }
+    if let Some(Value::Message(inner)) = message.get_field_by_name_mut(first) {
+        set_string_field(inner, rest, value);
     }
 }
 
@@ -371,6 +401,14 @@ mod tests {
         assert_eq!(
             decoded.get_field_by_name("amount_minor").unwrap().as_i64(),
             Some(250)
+        );
+        assert_eq!(
+            decoded
+                .get_field_by_name("idempotency_key")
+                .unwrap()
+                .as_str(),
+            Some("dev-7:r-1"),
+            "the payload's key matches the metadata the target is called with"
         );
     }
 

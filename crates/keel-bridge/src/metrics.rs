@@ -68,10 +68,10 @@ impl Default for BridgeMetrics {
 }
 
 impl BridgeMetrics {
-    /// Registers every family in `keel` (the `keel_` sub-registry).
-    pub fn register(keel: &mut Registry) -> Self {
+    /// Registers every family in `registry`, named `keel_bridge_*`.
+    pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        let bridge = keel.sub_registry_with_prefix("bridge");
+        let bridge = registry.sub_registry_with_prefix("keel_bridge");
         bridge.register(
             "received",
             "MQTT messages received, by route (\"\" for none)",

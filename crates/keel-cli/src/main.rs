@@ -1,6 +1,7 @@
 //! `keel`: one binary for Keel's tools. It parses arguments, builds configuration, calls the
 //! libraries and maps errors to exit codes; nothing else lives here.
 
+mod bridge;
 mod call;
 mod certs;
 mod gateway;
@@ -40,6 +41,9 @@ enum Command {
     /// Serve a gRPC service's google.api.http rules as REST/JSON, forwarding to it over
     /// gRPC; descriptors from its reflection, reloaded on SIGHUP.
     Gateway(gateway::GatewayArgs),
+    /// Carry device requests from MQTT to a gRPC method through a durable log, with exactly
+    /// one effect per request.
+    Bridge(bridge::BridgeArgs),
     /// Make a development CA and server and client certificates (PEM), for TLS and mTLS.
     Certs(certs::CertsArgs),
     /// TLS tools: `keel tls doctor HOST:PORT` performs a handshake and explains what is wrong.
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
             // `keel call` reports its own failures: its exit status tells the gRPC code.
             Command::Call(args) => Ok(call::run(args).await),
             Command::Gateway(args) => Ok(gateway::run(args).await),
+            Command::Bridge(args) => Ok(bridge::run(args).await),
             Command::Certs(_) | Command::Tls(_) => unreachable!("run before the runtime starts"),
         }
     });

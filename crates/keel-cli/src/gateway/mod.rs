@@ -9,7 +9,7 @@
 //! limits, graceful shutdown), and swaps in a new one whenever a reload succeeds.
 
 mod args;
-mod descriptors;
+pub(crate) mod descriptors;
 
 use std::convert::Infallible;
 use std::fmt;
