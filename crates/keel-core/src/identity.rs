@@ -1,7 +1,8 @@
 //! Who is calling: the identity a peer proved with its certificate, and the end user a
 //! bearer token names. The TLS layer puts a [`PeerIdentity`] in each request's extensions
 //! (an `Arc`, shared by the connection's requests); token verification puts [`Claims`].
-//! Handlers, logs, spans and the authorization policy read them from there.
+//! Handlers, logs, spans and the authorization policy read them from there (metric labels
+//! too, when `observe.identity_label` is on).
 
 use std::collections::BTreeMap;
 use std::fmt;

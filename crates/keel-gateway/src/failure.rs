@@ -1,16 +1,18 @@
 //! Why a REST request got no answer from the service, and the HTTP answer it gets instead:
 //! one variant per kind of failure, each with its HTTP status and a `google.rpc.Status` JSON
-//! body saying what was wrong (with every detail and its `@type`).
+//! body saying what was wrong (with every detail and its `@type`); a 401 also carries its
+//! `WWW-Authenticate` challenge (`challenge.rs`).
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::header::ALLOW;
+use http::header::{ALLOW, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, StatusCode};
 use prost_reflect::DescriptorPool;
 use serde_json::Value;
 use tonic::{Code, Status};
 
 use crate::binding::BindError;
+use crate::challenge::challenge;
 use crate::response::json_response;
 use crate::router::Miss;
 use crate::status::http_status;
@@ -76,8 +78,10 @@ impl Failure {
         Self::Status(Status::internal(message.to_owned()))
     }
 
-    /// The HTTP answer: the status's JSON with the HTTP status of its kind.
-    pub(crate) fn into_response(self) -> http::Response<Body> {
+    /// The HTTP answer: the status's JSON with the HTTP status of its kind. `token_sent`
+    /// says whether the request carried an `Authorization` header, for the challenge of a
+    /// 401.
+    pub(crate) fn into_response(self, token_sent: bool) -> http::Response<Body> {
         let empty = DescriptorPool::new();
         let (http, status, allow) = match self {
             Self::Status(status) => (http_status(status.code()), status, None),
@@ -103,6 +107,10 @@ impl Failure {
         };
         let body = serde_json::to_vec(&status_json(&status, &empty)).unwrap_or_default();
         let mut response = json_response(http, Bytes::from(body));
+        if http == StatusCode::UNAUTHORIZED {
+            let challenge = challenge(&status, token_sent);
+            response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        }
         if let Some(allow) = allow
             && let Ok(value) = HeaderValue::from_str(&join(&allow))
         {

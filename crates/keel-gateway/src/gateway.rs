@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::header::ACCEPT;
+use http::header::{ACCEPT, AUTHORIZATION};
 use http::{HeaderName, Method, StatusCode};
 use keel_core::status_check::CheckStatus;
 use keel_dynamic::DynamicCodec;
@@ -170,10 +170,13 @@ where
             Face::GrpcWeb => {
                 web::grpc_web(self.upstream.clone(), request.map(tonic::body::Body::new)).await
             }
-            Face::Rest => match self.try_handle(request).await {
-                Ok(response) => response,
-                Err(failure) => failure.into_response(),
-            },
+            Face::Rest => {
+                let token_sent = request.headers().contains_key(AUTHORIZATION);
+                match self.try_handle(request).await {
+                    Ok(response) => response,
+                    Err(failure) => failure.into_response(token_sent),
+                }
+            }
         }
     }
 
@@ -259,7 +262,7 @@ where
             )));
         }
         let trailers = stream.trailers().await?.unwrap_or_default();
-        Ok(shared.writer.unary(binding, &message, &metadata, &trailers))
+        shared.writer.unary(binding, &message, &metadata, &trailers)
     }
 }
 

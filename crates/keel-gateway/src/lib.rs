@@ -15,10 +15,12 @@
 //! matched request (path, query, body) into the method's request message (its scalars read
 //! by `json` as Go's `protojson` reads them, at every type's extremes), `response` writes
 //! the answer as JSON, NDJSON or SSE, `failure` turns what went wrong into an HTTP status and
-//! a `google.rpc.Status` body (`status` maps gRPC codes as grpc-gateway does), and `web` holds
-//! the gRPC, gRPC-Web and CORS faces.
+//! a `google.rpc.Status` body (`status` maps gRPC codes as grpc-gateway does; `challenge`
+//! adds RFC 6750's `WWW-Authenticate` to a 401), and `web` holds the gRPC, gRPC-Web and
+//! CORS faces.
 
 mod binding;
+mod challenge;
 mod failure;
 mod gateway;
 mod json;

@@ -40,14 +40,12 @@ impl Writer {
         message: &DynamicMessage,
         metadata: &MetadataMap,
         trailers: &MetadataMap,
-    ) -> http::Response<Body> {
-        let mut response = match self.message_json(binding.response_body.as_ref(), message) {
-            Ok(json) => json_response(StatusCode::OK, json),
-            Err(failure) => return failure.into_response(),
-        };
+    ) -> Result<http::Response<Body>, Failure> {
+        let json = self.message_json(binding.response_body.as_ref(), message)?;
+        let mut response = json_response(StatusCode::OK, json);
         metadata_headers(metadata, "grpc-metadata-", response.headers_mut());
         metadata_headers(trailers, "grpc-trailer-", response.headers_mut());
-        response
+        Ok(response)
     }
 
     /// A server-streaming call's answer: NDJSON, or Server-Sent Events if `events`. An error

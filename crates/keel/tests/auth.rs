@@ -97,6 +97,15 @@ async fn say_hello(server: &TestServer, headers: &[(&str, &str)]) -> (Code, Opti
 
 /// `POST /v1/hello` over HTTP/1.1 with `headers`; the HTTP status and the JSON body.
 async fn post_hello(server: &TestServer, headers: &[(&str, &str)]) -> (u16, Value) {
+    let (status, _, body) = post_hello_challenged(server, headers).await;
+    (status, body)
+}
+
+/// [`post_hello`], with the answer's `WWW-Authenticate` header.
+async fn post_hello_challenged(
+    server: &TestServer,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, Value) {
     let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -114,8 +123,16 @@ async fn post_hello(server: &TestServer, headers: &[(&str, &str)]) -> (u16, Valu
         .await
         .unwrap();
     let status = response.status().as_u16();
+    let challenges: Vec<String> = response
+        .headers()
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .map(|value| value.to_str().unwrap().to_owned())
+        .collect();
+    assert!(challenges.len() <= 1, "{challenges:?}");
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (status, challenges.into_iter().next(), body)
 }
 
 fn bearer(token: &str) -> String {
@@ -167,7 +184,7 @@ async fn bad_tokens_are_unauthenticated_over_grpc_and_401_over_rest() {
             (Code::Unauthenticated, Some((*reason).to_owned())),
             "gRPC, {reason}"
         );
-        let (status, body) = post_hello(&server, &headers).await;
+        let (status, challenge, body) = post_hello_challenged(&server, &headers).await;
         assert_eq!(status, 401, "REST, {reason}: {body}");
         assert_eq!(body["code"], 16, "{body}");
         assert!(
@@ -177,12 +194,30 @@ async fn bad_tokens_are_unauthenticated_over_grpc_and_401_over_rest() {
                 .contains("WWW-Authenticate: Bearer error="),
             "{body}"
         );
+        // RFC 6750's challenge, as a header too.
+        let challenge = challenge.unwrap_or_else(|| panic!("REST, {reason}: no challenge"));
+        assert!(
+            challenge.starts_with(r#"Bearer error="invalid_token", error_description=""#),
+            "{reason}: {challenge}"
+        );
+        if *reason == "TOKEN_EXPIRED" {
+            assert_eq!(
+                challenge,
+                r#"Bearer error="invalid_token", error_description="the token has expired: get a new one""#
+            );
+        }
     }
     assert_eq!(
         say_hello(&server, &[]).await,
         (Code::Unauthenticated, Some("TOKEN_MISSING".into()))
     );
-    assert_eq!(post_hello(&server, &[]).await.0, 401);
+    // No token at all: a bare challenge, without an error code (RFC 6750 §3.1).
+    let (status, challenge, body) = post_hello_challenged(&server, &[]).await;
+    assert_eq!(
+        (status, challenge.as_deref()),
+        (401, Some("Bearer")),
+        "{body}"
+    );
 
     let good = bearer(&key.sign(&valid));
     assert_eq!(

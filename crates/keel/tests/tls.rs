@@ -181,6 +181,8 @@ impl Running {
     async fn start(config: ServerConfig) -> Self {
         let server = Server::builder(config)
             .add_service(greeter_server::GreeterServer::new(WhoAmI))
+            // Names SayHello in the metrics' labels.
+            .file_descriptor_set(keel_interop::FILE_DESCRIPTOR_SET)
             .bind()
             .await
             .expect("bind");
@@ -642,6 +644,94 @@ async fn the_peer_identity_reaches_the_handler_and_spiffe_rules_hold() {
         .ca()
         .issue();
     assert!(principal(ca_leaf).await.is_err());
+}
+
+/// `series{labels,peer_identity="identity"}` of SayHello, or without `peer_identity`.
+fn say_hello_series(series: &str, extra: &str, identity: Option<&str>) -> String {
+    let peer = identity.map_or_else(String::new, |id| format!(",peer_identity=\"{id}\""));
+    format!(
+        "{series}{{grpc_type=\"unary\",grpc_service=\"helloworld.Greeter\",\
+         grpc_method=\"SayHello\"{extra}{peer}}}"
+    )
+}
+
+/// `grpc_server_handled_total` of OK SayHello calls from `identity`.
+fn handled(identity: Option<&str>) -> String {
+    say_hello_series("grpc_server_handled_total", ",grpc_code=\"OK\"", identity)
+}
+
+/// Calls SayHello over plaintext HTTP/2; the principal the server saw.
+async fn plaintext_call(addr: SocketAddr) -> String {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let task = tokio::spawn(connection);
+    let mut client = GreeterClient::with_origin(H2(sender), "http://localhost".parse().unwrap());
+    let reply = client
+        .say_hello(HelloRequest {
+            name: "plain".into(),
+        })
+        .await
+        .unwrap();
+    task.abort();
+    reply.into_inner().message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_identity_labels_metrics_only_when_asked() {
+    let pki = Pki::new();
+    let spiffe = "spiffe://keel.test/ns/prod/sa/billing";
+    let workload = pki.issuing.leaf("billing").uri(spiffe).issue();
+    let mut optional = pki.mtls();
+    optional.client_auth = ClientAuth::Optional;
+
+    // Off (the default): go-grpc-middleware's labels, whoever calls.
+    let server = Running::start(config(optional.clone())).await;
+    let seen = call(server.addr, pki.client(Some(&workload)), "localhost").await;
+    assert_eq!(seen.unwrap(), spiffe);
+    server.reaches(&handled(None), 1.0).await;
+    let (_, text) = http_get(server.admin, "/metrics").await;
+    assert!(!text.contains("peer_identity"), "{text}");
+    drop(server);
+
+    // On, over TLS: the caller's SPIFFE ID, and "" for a caller without a certificate.
+    let mut on = config(optional);
+    on.observe.identity_label = true;
+    let server = Running::start(on).await;
+    for _ in 0..2 {
+        let seen = call(server.addr, pki.client(Some(&workload)), "localhost").await;
+        assert_eq!(seen.unwrap(), spiffe);
+    }
+    let seen = call(server.addr, pki.client(None), "localhost").await;
+    assert_eq!(seen.unwrap(), "anonymous");
+    server.reaches(&handled(Some(spiffe)), 2.0).await;
+    server.reaches(&handled(Some("")), 1.0).await;
+    let (_, text) = http_get(server.admin, "/metrics").await;
+    for series in [
+        say_hello_series("grpc_server_started_total", "", Some(spiffe)),
+        say_hello_series("grpc_server_msg_received_total", "", Some(spiffe)),
+        say_hello_series("grpc_server_msg_sent_total", "", Some(spiffe)),
+        say_hello_series("grpc_server_handling_seconds_count", "", Some(spiffe)),
+    ] {
+        assert_eq!(metric(&text, &series), Some(2.0), "{series} in\n{text}");
+    }
+    // Every series is split by caller: none is left without the label.
+    let unlabelled: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("grpc_server_") && !line.contains("peer_identity="))
+        .collect();
+    assert!(unlabelled.is_empty(), "{unlabelled:#?}");
+    drop(server);
+
+    // On, over plaintext: "".
+    let mut plaintext = config(TlsConfig::default());
+    plaintext.observe.identity_label = true;
+    let server = Running::start(plaintext).await;
+    assert_eq!(plaintext_call(server.addr).await, "anonymous");
+    server.reaches(&handled(Some("")), 1.0).await;
+    assert_eq!(server.metric(&handled(None)).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

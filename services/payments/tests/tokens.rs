@@ -110,6 +110,15 @@ async fn a_token_owns_its_accounts_and_no_other_caller_moves_their_money() {
     let stranger = TestIssuer::es256("key-1").sign(&claims(ISSUER, AUDIENCE, "alice"));
     let forged = rest_pay(&app, &stranger, "forged-1", "alice-eur", "bob-eur").await;
     assert!(forged.starts_with("HTTP/1.1 401"), "{forged}");
+    // RFC 6750: the 401 says a bearer token is wanted and that this one was refused.
+    let challenge = forged
+        .lines()
+        .find_map(|line| line.strip_prefix("www-authenticate: "))
+        .unwrap_or_else(|| panic!("no WWW-Authenticate in {forged}"));
+    assert!(
+        challenge.starts_with(r#"Bearer error="invalid_token", error_description=""#),
+        "{challenge}"
+    );
 
     // No money moved; Alice's own payment goes through.
     let balance = |token: String, id: &'static str| {

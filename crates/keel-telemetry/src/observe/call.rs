@@ -12,6 +12,7 @@ use opentelemetry::trace::TraceContextExt;
 use prost_reflect::MessageDescriptor;
 use tonic::Code;
 
+use super::by_peer::{Identities, MethodSeries};
 use super::log_budget::{self, Outcome};
 use super::payload::{Capture, PayloadConfig};
 use super::rpc_metrics::{MethodMetrics, RpcMetrics, Side};
@@ -28,7 +29,8 @@ pub(crate) const LOG_TARGET: &str = "keel::rpc";
 #[derive(Debug)]
 pub(crate) struct ObservedMethod {
     pub(crate) info: MethodInfo,
-    pub(crate) metrics: Arc<MethodMetrics>,
+    /// Its series: one set, or one per caller identity.
+    pub(crate) series: MethodSeries,
     /// `service/method`, the span name.
     pub(crate) span_name: &'static str,
     /// How to show its responses on a span, when payload capture is on.
@@ -52,28 +54,31 @@ pub(crate) struct Methods {
 const MAX_UNKNOWN_PATH: usize = 256;
 
 impl Methods {
-    /// The methods of `table` with their series in `metrics`, and payload capture where
-    /// `capture` gives one.
+    /// The methods of `table` with their series in `metrics` (split by caller identity when
+    /// `identities` is given), and payload capture where `capture` gives one.
     pub(crate) fn new(
         table: &MethodTable,
         metrics: &RpcMetrics,
+        identities: Option<&Arc<Identities>>,
         traces: &Traces,
         capture: impl Fn(&MethodInfo) -> Option<MethodPayloads>,
     ) -> Self {
         let by_path = table
             .iter()
             .map(|(path, info)| {
-                let method = ObservedMethod::new(info.clone(), metrics, capture(info));
+                let series = MethodSeries::new(info, metrics, identities);
+                let method = ObservedMethod::new(info.clone(), series, capture(info));
                 (path.to_owned(), method)
             })
             .collect();
+        let unknown = MethodInfo {
+            service: "unknown".into(),
+            method: "unknown".into(),
+            rpc_type: RpcType::Unary,
+        };
         let unknown = ObservedMethod::new(
-            MethodInfo {
-                service: "unknown".into(),
-                method: "unknown".into(),
-                rpc_type: RpcType::Unary,
-            },
-            metrics,
+            unknown.clone(),
+            MethodSeries::new(&unknown, metrics, identities),
             None,
         );
         Self {
@@ -117,14 +122,14 @@ pub(crate) struct MethodPayloads {
 }
 
 impl ObservedMethod {
-    /// `info` with its series in `metrics`, and its payload capture if any.
+    /// `info` with its `series`, and its payload capture if any.
     pub(crate) fn new(
         info: MethodInfo,
-        metrics: &RpcMetrics,
+        series: MethodSeries,
         payloads: Option<MethodPayloads>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            metrics: metrics.method(&info),
+            series,
             span_name: intern(format!("{}/{}", info.service, info.method)),
             payloads: payloads.map(Arc::new),
             info,
@@ -139,6 +144,8 @@ pub(crate) struct Call {
     method: Arc<ObservedMethod>,
     /// The request path when the method is not in the table (labels say `unknown`).
     unknown_path: Option<Box<str>>,
+    /// The series the call is counted in.
+    metrics: Arc<MethodMetrics>,
     peer: Option<SocketAddr>,
     /// The identity the peer's certificate proved (server side, over mutual TLS).
     identity: Option<Arc<PeerIdentity>>,
@@ -157,26 +164,26 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    /// Records the identity the peer's certificate proved, for the call's log record.
-    pub(crate) fn identify(&mut self, identity: Option<Arc<PeerIdentity>>) {
-        self.identity = identity;
-    }
-
+    /// Counts a call of `method` as started. `peer` is its address and `identity` the one
+    /// its certificate proved (server side, over mutual TLS): both go in the log record,
+    /// and the identity picks the series when they are split by caller.
     pub(crate) fn start(
         side: Side,
         method: Arc<ObservedMethod>,
         unknown_path: Option<Box<str>>,
-        peer: Option<SocketAddr>,
+        (peer, identity): (Option<SocketAddr>, Option<Arc<PeerIdentity>>),
         (cx, span): (Context, CallSpan),
     ) -> Self {
-        method.metrics.started();
+        let metrics = method.series.of(identity.as_deref());
+        metrics.started();
         let call = Self {
             side,
             method,
             caller_at_fault: unknown_path.is_some(),
             unknown_path,
+            metrics,
             peer,
-            identity: None,
+            identity,
             start: Instant::now(),
             cx,
             span,
@@ -234,9 +241,9 @@ impl Call {
         self.request_failed.clone()
     }
 
-    /// The method's metrics.
+    /// The series the call is counted in.
     pub(crate) fn metrics(&self) -> &Arc<MethodMetrics> {
-        &self.method.metrics
+        &self.metrics
     }
 
     fn service(&self) -> &str {
@@ -274,7 +281,7 @@ impl Call {
         let exemplar = span_context
             .is_sampled()
             .then(|| span_context.trace_id().to_string());
-        self.method.metrics.handled(code, elapsed, exemplar);
+        self.metrics.handled(code, elapsed, exemplar);
 
         let (side, capture, method) = (self.side, &self.capture, &self.method);
         self.span.end(&self.cx, || {

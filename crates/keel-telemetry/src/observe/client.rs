@@ -56,7 +56,7 @@ impl ClientObserver {
     pub fn new(table: &MethodTable, registry: &mut Registry, traces: &Traces) -> Arc<Self> {
         let metrics = RpcMetrics::register(Side::Client, registry);
         Arc::new(Self {
-            methods: Methods::new(table, &metrics, traces, |_| None),
+            methods: Methods::new(table, &metrics, None, traces, |_| None),
         })
     }
 }
@@ -187,7 +187,13 @@ where
         }
 
         let server = target.and_then(|target| target.address);
-        let call = Call::start(Side::Client, method, unknown_path, server, (cx, span));
+        let call = Call::start(
+            Side::Client,
+            method,
+            unknown_path,
+            (server, None),
+            (cx, span),
+        );
         let metrics = call.metrics().clone();
         let request = request
             .map(|body| tonic::body::Body::new(ObservedBody::new(body, metrics, Flow::Sent, None)));

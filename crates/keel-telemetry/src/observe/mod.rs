@@ -8,6 +8,7 @@
 //! ends without one.
 //!
 //! - [`rpc_metrics`]: `grpc_server_*` / `grpc_client_*` families and per-method handles;
+//! - [`by_peer`]: the server's series per caller identity (`peer_identity`), when on;
 //! - `log_budget`: at most a few "finished call" records a second per outcome;
 //! - [`semconv`]: the OpenTelemetry attribute names, in one place;
 //! - [`payload`]: optional response payloads on spans, selected, redacted and truncated;
@@ -20,6 +21,7 @@
 //! metadata are never logged.
 
 mod body;
+pub mod by_peer;
 mod call;
 pub mod client;
 mod log_budget;

@@ -4,12 +4,13 @@
 //!
 //! The families are looked up once per method (when the method table is built, or at a
 //! method's first call for paths no descriptor names), so a call costs a few atomic updates,
-//! not label hashing.
+//! not label hashing. With `observe.identity_label` on, a server's series also carry
+//! `peer_identity` (see `by_peer.rs`); otherwise that label is absent, not empty.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
@@ -28,21 +29,39 @@ pub enum Side {
     Client,
 }
 
-/// `grpc_type`, `grpc_service`, `grpc_method`.
+/// `grpc_type`, `grpc_service`, `grpc_method`, and `peer_identity` when labelled by peer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct MethodLabels {
     grpc_type: &'static str,
     grpc_service: String,
     grpc_method: String,
+    #[prometheus(flatten)]
+    peer: PeerLabel,
 }
 
-/// [`MethodLabels`] and `grpc_code`.
+/// [`MethodLabels`] and `grpc_code` (`peer_identity` last, when present).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HandledLabels {
     grpc_type: &'static str,
     grpc_service: String,
     grpc_method: String,
     grpc_code: &'static str,
+    #[prometheus(flatten)]
+    peer: PeerLabel,
+}
+
+/// `peer_identity="<value>"`, or no label at all: absent by default, so that the series
+/// are go-grpc-middleware's exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct PeerLabel(Option<Arc<str>>);
+
+impl EncodeLabelSet for PeerLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(identity) => [("peer_identity", &**identity)].encode(encoder),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The exemplar of a latency observation: the trace it belongs to, when sampled.
@@ -131,10 +150,21 @@ impl RpcMetrics {
 
     /// The handles of one method's series.
     pub fn method(&self, info: &MethodInfo) -> Arc<MethodMetrics> {
+        self.series(info, PeerLabel::default())
+    }
+
+    /// The handles of one method's series for the calls of one peer: `identity` is the
+    /// `peer_identity` label's value.
+    pub fn method_of_peer(&self, info: &MethodInfo, identity: Arc<str>) -> Arc<MethodMetrics> {
+        self.series(info, PeerLabel(Some(identity)))
+    }
+
+    fn series(&self, info: &MethodInfo, peer: PeerLabel) -> Arc<MethodMetrics> {
         let labels = MethodLabels {
             grpc_type: info.rpc_type.as_str(),
             grpc_service: info.service.to_string(),
             grpc_method: info.method.to_string(),
+            peer,
         };
         Arc::new(MethodMetrics {
             started: self.started.get_or_create(&labels).clone(),
@@ -188,6 +218,7 @@ impl MethodMetrics {
                     grpc_service: self.labels.grpc_service.clone(),
                     grpc_method: self.labels.grpc_method.clone(),
                     grpc_code: code_name(code),
+                    peer: self.labels.peer.clone(),
                 };
                 self.handled_family.get_or_create(&labels).clone()
             })
@@ -232,6 +263,7 @@ mod tests {
         ] {
             assert!(text.contains(&line), "missing {line} in\n{text}");
         }
+        assert!(!text.contains("peer_identity"), "{text}");
         let exemplar = format!("# {{trace_id=\"{}\"}} 0.007", "ab".repeat(16));
         assert!(
             text.lines()
@@ -240,5 +272,37 @@ mod tests {
                     && l.contains(&exemplar)),
             "no exemplar on the 10 ms bucket in\n{text}"
         );
+    }
+
+    #[test]
+    fn a_peer_series_carries_peer_identity_last() {
+        let mut registry = Registry::default();
+        let metrics = RpcMetrics::register(Side::Server, &mut registry);
+        let info = MethodInfo {
+            service: "helloworld.Greeter".into(),
+            method: "SayHello".into(),
+            rpc_type: RpcType::Unary,
+        };
+        metrics
+            .method_of_peer(&info, "spiffe://keel.test/a".into())
+            .handled(Code::Ok, Duration::from_millis(1), None);
+        metrics
+            .method_of_peer(&info, "".into())
+            .handled(Code::Ok, Duration::from_millis(1), None);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let labels =
+            r#"grpc_type="unary",grpc_service="helloworld.Greeter",grpc_method="SayHello""#;
+        for line in [
+            format!(
+                "grpc_server_handled_total{{{labels},grpc_code=\"OK\",peer_identity=\"spiffe://keel.test/a\"}} 1"
+            ),
+            format!("grpc_server_handled_total{{{labels},grpc_code=\"OK\",peer_identity=\"\"}} 1"),
+            format!(
+                "grpc_server_handling_seconds_count{{{labels},peer_identity=\"spiffe://keel.test/a\"}} 1"
+            ),
+        ] {
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
     }
 }

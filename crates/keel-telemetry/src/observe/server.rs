@@ -16,6 +16,7 @@ use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
 use super::body::{Flow, ObservedBody};
+use super::by_peer::Identities;
 use super::call::{Call, MethodPayloads, Methods};
 use super::payload::PayloadConfig;
 use super::rpc_metrics::{RpcMetrics, Side};
@@ -36,15 +37,19 @@ impl ServerObserver {
     /// Observes the methods of `table` into `metrics`, tracing as `traces` says
     /// ([`Traces::global`]: as [`crate::init`] set up the process). With `payloads` (a
     /// capture policy and the descriptors of the methods' response types), selected
-    /// responses go on the spans.
+    /// responses go on the spans. With `identity_label` (`observe.identity_label`), the
+    /// series carry the caller's identity as `peer_identity` (see
+    /// [`MAX_IDENTITIES`](super::by_peer::MAX_IDENTITIES)); without, no such label.
     pub fn new(
         table: &MethodTable,
         metrics: &RpcMetrics,
         traces: &Traces,
         payloads: Option<(PayloadConfig, &DescriptorPool)>,
+        identity_label: bool,
     ) -> Self {
         let payloads = payloads.map(|(config, pool)| (Arc::new(config), pool));
-        let methods = Methods::new(table, metrics, traces, |info| {
+        let identities = identity_label.then(Arc::<Identities>::default);
+        let methods = Methods::new(table, metrics, identities.as_ref(), traces, |info| {
             let (config, pool) = payloads.as_ref()?;
             let service = pool.get_service_by_name(&info.service)?;
             let method = service.methods().find(|m| m.name() == &*info.method)?;
@@ -163,8 +168,13 @@ where
             cx = cx.with_value(Deadline(deadline));
         }
 
-        let mut call = Call::start(Side::Server, method, unknown_path, peer, (cx.clone(), span));
-        call.identify(identity);
+        let mut call = Call::start(
+            Side::Server,
+            method,
+            unknown_path,
+            (peer, identity),
+            (cx.clone(), span),
+        );
         if timeout.is_err() {
             // The deadline layer refuses the call; the caller sent a malformed header.
             call.fault_the_caller();

@@ -280,6 +280,14 @@ pub struct ObserveConfig {
     pub enabled: bool,
     /// Response payloads on sampled spans, for the responses a predicate selects.
     pub payloads: PayloadConfig,
+    /// Label the `grpc_server_*` series with the caller's identity: `peer_identity` is the
+    /// principal its client certificate proved (SPIFFE ID, else first DNS SAN, else
+    /// subject), `""` for a caller without one (plaintext, or no client certificate). Off:
+    /// go-grpc-middleware's labels exactly, as dashboards and alerts expect, and logs and
+    /// spans carry the identity anyway. Meant for the bounded set of services that call a
+    /// service over mutual TLS, never end users: every identity multiplies each method's
+    /// series, and past 100 identities the rest share `peer_identity="other"`.
+    pub identity_label: bool,
 }
 
 impl Default for ObserveConfig {
@@ -287,6 +295,7 @@ impl Default for ObserveConfig {
         Self {
             enabled: true,
             payloads: PayloadConfig::default(),
+            identity_label: false,
         }
     }
 }

@@ -298,6 +298,7 @@ impl ServerBuilder {
             &self.metrics.rpc,
             &self.traces,
             pool.as_ref().map(|pool| (payloads.clone(), pool)),
+            self.config.observe.identity_label,
         ));
 
         let metrics = Arc::new(self.metrics);
