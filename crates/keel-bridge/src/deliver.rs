@@ -287,6 +287,9 @@ where
         return (device, token);
     };
     let outcome = call_until_final(&shared, target, &record).await;
+    if outcome.is_ok() {
+        crate::fault::reached(crate::fault::Point::AfterGrpcOk);
+    }
     let code = outcome.as_ref().err().map_or(Code::Ok, Status::code);
     if let Some(received) = record
         .header(header::RECEIVED_AT_MS)

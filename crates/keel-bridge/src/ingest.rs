@@ -21,6 +21,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Publish as MqttPublish;
 use tokio::task::JoinSet;
 
+use crate::fault::{self, Point};
 use crate::intake::{Intake, Publish};
 use crate::lanes::Lanes;
 use crate::log::{DeadLetter, LogError, LogWriter};
@@ -104,6 +105,7 @@ pub async fn run<W: LogWriter>(
                         connected.store(false, Ordering::Relaxed);
                     }
                     MqttEvent::Publish { generation, publish } => {
+                        fault::reached(Point::AfterReceipt);
                         let job = accept(&intake, &metrics, &mut acks, generation, publish);
                         if let Some(job) = lanes.push(&job.lane.clone(), job) {
                             running.spawn(perform(job, writer.clone(), metrics.clone()));
@@ -192,7 +194,10 @@ async fn perform<W: LogWriter>(job: Job, writer: Arc<W>, metrics: BridgeMetrics)
             }),
         };
         match attempt {
-            Ok(()) => return job,
+            Ok(()) => {
+                fault::reached(Point::AfterLogAck);
+                return job;
+            }
             Err(LogError::Refused(reason)) => {
                 // The log will never take it: keep it as a dead letter instead.
                 if let Work::Append(record) = &job.work {

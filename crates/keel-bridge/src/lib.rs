@@ -14,6 +14,7 @@
 
 pub mod bridge;
 pub mod deliver;
+pub mod fault;
 pub mod ingest;
 pub mod intake;
 pub mod lanes;

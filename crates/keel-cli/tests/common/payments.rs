@@ -87,29 +87,42 @@ impl Drop for Payments {
 pub fn payments_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            // target/<profile>/deps/<test>-<hash>
-            let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-            let target_dir = profile_dir.parent().unwrap();
-            let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") | None => "dev",
-                Some(other) => other,
-            };
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "-p", "payments", "--bin", "payments"])
-                .args(["--profile", profile])
-                .arg("--manifest-path")
-                .arg(&manifest)
-                .arg("--target-dir")
-                .arg(target_dir)
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p payments failed");
-            profile_dir.join("payments")
-        })
+        .get_or_init(|| build_payments_bin("payments"))
         .clone()
+}
+
+/// The `payments-devices` simulator, built like [`payments_binary`].
+pub fn devices_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| build_payments_bin("payments-devices"))
+        .clone()
+}
+
+fn build_payments_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let target_dir = profile_dir.parent().unwrap();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "payments", "--bin", name])
+        .args(["--profile", profile])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p payments --bin {name} failed"
+    );
+    profile_dir.join(name)
 }
 
 /// A fresh directory under the system temporary directory, removed on drop.
