@@ -1,7 +1,7 @@
 """Runs README.md's commands as written against the real binaries and checks their answers.
 
 The commands come from README.md itself: every ```sh block of the sections "The two
-commands", "A first payment", "keel call", "Security: ..." and "Keel's demo server", split into shell
+commands", "A first payment", "keel call", "Devices over MQTT", "Security: ..." and "Keel's demo server", split into shell
 commands. What each command must answer (exit status, JSON fields, lines) lives here, one
 expectation per command in README order; a command without an expectation, or an expectation
 whose command is gone, fails the check, so the two stay in step. JSON checks are strict on
@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 GRPC_PORT, ADMIN_PORT = 50051, 9090
 GATEWAY_PORT, GATEWAY_ADMIN_PORT = 8080, 9091
+BRIDGE_ADMIN_PORT = 9093
 # Bounds: a client command, a server's start (cargo checks freshness; the build ran before)
 # and a graceful stop (the README's drain delay, 5 s, is well inside it).
 COMMAND_TIMEOUT_S = 120
@@ -666,6 +667,46 @@ class Checker:
         self.stop()
         self.run(f"{call} list", exits(1))
 
+    def bridge(self) -> None:
+        """ "Devices over MQTT": payments on its defaults, `keel bridge` beside it on the
+        machine's Mosquitto, then a device's payment and a refused one, each answered on the
+        response topic."""
+        title = "Devices over MQTT (keel bridge)"
+        run_command = commands(blocks("The two commands", "sh")[0])[0]
+        self.start(run_command, run_command.notes)
+        serve = commands(blocks(title, "sh")[0])[0]
+        print(f"\n$ {serve}   (server, beside payments)", flush=True)
+        bridge = Server(str(serve), self.env, self.server.workdir, ports=(BRIDGE_ADMIN_PORT,))
+        try:
+            bridge.wait_for_stdout(serve.notes)
+            ready = {"status": "serving", "checks": {
+                name: {"status": "passing"} for name in ("mqtt", "log", "target")}}
+            self.block(title, 1, [
+                Expect('"dora"', ok_json({"account": {"accountId": "dora"}})),
+                Expect('"ezra"', ok_json({"account": {"accountId": "ezra"}})),
+                Expect("Deposit", ok_json({"account": {"balanceMinor": "1000"}})),
+                Expect('"m-1"', ok_json({"code": "OK", "device": "meter-7", "key": "meter-7:m-1",
+                                         "response": {"payment": {"amountMinor": "300"}}})),
+                Expect('"m-2"', ok_json({"code": "FAILED_PRECONDITION", "status": {
+                    "details": [{"reason": "INSUFFICIENT_FUNDS"}, {}]}})),
+                Expect("9093/readyz", ok_json(ready)),
+            ])
+            print("\n==> README: one payment moved 300, the refused one nothing")
+            self.run("keel call 127.0.0.1:50051 payments.v1.AccountService/GetAccount "
+                     "-d '{\"account_id\":\"dora\"}'",
+                     ok_json({"account": {"balanceMinor": "700"}}))
+            print(f"\n$ kill -TERM <{serve}>", flush=True)
+            os.killpg(bridge.process.pid, signal.SIGTERM)
+            if bridge.process.wait(timeout=STOP_TIMEOUT_S) != 0:
+                raise CheckFailed(f"keel bridge exited with {bridge.process.returncode} on SIGTERM")
+        except CheckFailed as failure:
+            raise CheckFailed(f"{failure}\n{bridge.log()}") from None
+        finally:
+            if bridge.process.poll() is None:
+                os.killpg(bridge.process.pid, signal.SIGKILL)
+                bridge.process.wait()
+        self.stop()
+
     def security(self) -> None:
         """ "Security": certificates, payments with mTLS and a policy, then its callers, in a
         fresh directory standing for the repository root (deploy/ linked in)."""
@@ -781,6 +822,7 @@ def main() -> int:
         built = time.monotonic()
         checker.payments_over_rest()
         checker.payments_over_grpc()
+        checker.bridge()
         checker.security()
         checker.demo_server()
     except CheckFailed as failure:

@@ -306,6 +306,9 @@ impl Bridge {
     }
 }
 
+/// How often the broker connection's readiness is looked at.
+const MQTT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
 /// How long a readiness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -316,17 +319,21 @@ async fn add_checks<W: LogWriter>(
     channel: &Channel,
 ) {
     let connected = connected.clone();
+    // An atomic load: checked often, so readiness follows the connection closely.
     health
-        .add_check(ReadinessCheck::new("mqtt", move || {
-            let up = connected.load(Ordering::Relaxed);
-            async move {
-                if up {
-                    Ok(())
-                } else {
-                    Err("not connected to the MQTT broker")
+        .add_check(
+            ReadinessCheck::new("mqtt", move || {
+                let up = connected.load(Ordering::Relaxed);
+                async move {
+                    if up {
+                        Ok(())
+                    } else {
+                        Err("not connected to the MQTT broker")
+                    }
                 }
-            }
-        }))
+            })
+            .interval(MQTT_CHECK_INTERVAL),
+        )
         .await;
     let writer = writer.clone();
     health
