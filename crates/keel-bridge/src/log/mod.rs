@@ -12,8 +12,12 @@
 //! - [`LogReader::next`] hands out records of one device in append order. A record handed
 //!   out and not yet [done](LogReader::done) is handed out again after a restart (and never
 //!   to this reader again while it holds it); one that is done is not.
+//!
+//! Backends: [`embedded`] (one SQLite file, for a bridge on one machine) and [`jetstream`]
+//! (NATS JetStream: a work-queue stream and one durable pull consumer).
 
 pub mod embedded;
+pub mod jetstream;
 
 use std::future::Future;
 use std::time::Duration;
