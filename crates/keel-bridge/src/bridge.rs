@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::deliver::{Deliver, DeliverConfig, Target};
 use crate::intake::Intake;
 use crate::log::embedded::{EmbeddedConfig, EmbeddedLog};
+use crate::log::jetstream::{JetStreamConfig, JetStreamLog};
 use crate::log::{LogReader, LogWriter};
 use crate::metrics::BridgeMetrics;
 use crate::mqtt::{self, MqttConfig};
@@ -64,13 +65,16 @@ impl Default for BridgeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// `embedded` (default: a SQLite file, nothing to install).
+    /// `embedded` (default: a SQLite file, nothing to install) or `jetstream` (a NATS
+    /// JetStream stream).
     pub backend: Backend,
-    /// The durable consumer the deliver stage reads as (default `keel-bridge`): instances
-    /// that share it share the work.
+    /// The embedded log's consumer, the cursor the deliver stage reads with (default
+    /// `keel-bridge`).
     pub consumer: String,
     /// The embedded log.
     pub embedded: EmbeddedConfig,
+    /// The JetStream log (its consumer is `jetstream.consumer`).
+    pub jetstream: JetStreamConfig,
 }
 
 impl Default for LogConfig {
@@ -79,6 +83,7 @@ impl Default for LogConfig {
             backend: Backend::Embedded,
             consumer: "keel-bridge".into(),
             embedded: EmbeddedConfig::default(),
+            jetstream: JetStreamConfig::default(),
         }
     }
 }
@@ -89,6 +94,8 @@ impl Default for LogConfig {
 pub enum Backend {
     /// [`EmbeddedLog`].
     Embedded,
+    /// [`JetStreamLog`].
+    JetStream,
 }
 
 impl Validate for BridgeConfig {
@@ -211,6 +218,14 @@ impl Bridge {
                     .reader(&self.config.log.consumer)
                     .await
                     .map_err(|error| error.to_string())?;
+                self.run_on(Arc::new(log.writer()), reader, health, shutdown)
+                    .await
+            }
+            Backend::JetStream => {
+                let log = JetStreamLog::open(self.config.log.jetstream.clone())
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let reader = log.reader().await.map_err(|error| error.to_string())?;
                 self.run_on(Arc::new(log.writer()), reader, health, shutdown)
                     .await
             }

@@ -42,8 +42,25 @@ impl Scope {
     /// The bridge's configuration: the payments route on this scope's topics, the embedded
     /// log in this scope's directory.
     fn config(&self, target: &str) -> PathBuf {
+        self.config_with(target, "")
+    }
+
+    /// The same on JetStream (at 127.0.0.1:4222), with this scope's streams and subjects.
+    fn jetstream_config(&self, target: &str) -> PathBuf {
+        let name = self.id.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        self.config_with(
+            target,
+            &format!(
+                "[log]\nbackend = \"jetstream\"\n\n[log.jetstream]\nstream = \"KB_{name}\"\n\
+                 dead_letter_stream = \"KB_{name}_DEAD\"\nsubject_prefix = \"kb.{name}\"\n"
+            ),
+        )
+    }
+
+    fn config_with(&self, target: &str, log: &str) -> PathBuf {
         let text = format!(
             r#"target = "{target}"
+{log}
 
 [mqtt]
 url = "mqtt://127.0.0.1:1883"
@@ -188,7 +205,18 @@ async fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
 async fn a_thousand_device_requests_make_a_thousand_payments_with_every_outcome_published() {
     let payments = Payments::start();
     let scope = Scope::new("happy");
-    let bridge = Bridge::start(&scope.config(&payments.url()), &[]);
+    a_thousand_requests(&payments, &scope, &scope.config(&payments.url())).await;
+}
+
+#[tokio::test]
+async fn a_thousand_device_requests_through_jetstream_make_a_thousand_payments() {
+    let payments = Payments::start();
+    let scope = Scope::new("jetstream");
+    a_thousand_requests(&payments, &scope, &scope.jetstream_config(&payments.url())).await;
+}
+
+async fn a_thousand_requests(payments: &Payments, scope: &Scope, config: &Path) {
+    let bridge = Bridge::start(config, &[]);
     let simulator = scope.simulate(
         &payments,
         &[

@@ -42,8 +42,10 @@ retries UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED and ABORTED with the 
 (honouring RetryInfo), publishes the outcome, and only then marks the record done. A
 payload that does not parse, or lacks its device or key, goes to the dead-letter queue.
 
-Log: the embedded log (log.backend = \"embedded\") is a SQLite file, data/bridge-log.db
-by default: nothing else to install.
+Log: the embedded log (log.backend = \"embedded\", the default) is a SQLite file,
+data/bridge-log.db: nothing else to install. log.backend = \"jetstream\" uses NATS JetStream
+(log.jetstream.url, nats://127.0.0.1:4222 by default): a work-queue stream with a duplicate
+window keyed by Nats-Msg-Id, a durable pull consumer and explicit acks.
 
 Admin: /healthz, /readyz (ready when the broker, the log and the target answer) and
 /metrics (keel_bridge_*) on --admin-listen, on Keel's serving core (server.admin_tls.*
