@@ -10,7 +10,7 @@
 //! While the log is down appends are retried and nothing is acknowledged, so the broker stops
 //! sending once the receive maximum is reached, and keeps the rest in the persistent session.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +28,9 @@ use crate::log::{DeadLetter, LogError, LogWriter};
 use crate::metrics::BridgeMetrics;
 use crate::mqtt::{self, MqttConfig, MqttEvent};
 use crate::record::Record;
+
+/// How soon PUBACKs that found the client's queue full are tried again.
+const ACK_RETRY: Duration = Duration::from_millis(5);
 
 /// Longest pause between attempts to append to a log that is down.
 const MAX_APPEND_PAUSE: Duration = Duration::from_secs(2);
@@ -72,17 +75,21 @@ pub async fn run<W: LogWriter>(
     let mut lanes: Lanes<String, Job> = Lanes::new();
     let mut running: JoinSet<Job> = JoinSet::new();
     let mut acks = AckOrder::default();
+    // PUBACKs the client's request queue had no room for yet. Never awaited: the event
+    // loop task drains that queue only while this loop takes its events, so waiting here
+    // for room would stop both (and the keep-alive pings with them).
+    let mut unsent: VecDeque<MqttPublish> = VecDeque::new();
+    let mut retry_acks = tokio::time::interval(ACK_RETRY);
+    retry_acks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            _ = retry_acks.tick(), if !unsent.is_empty() => send_acks(&client, &mut unsent),
             Some(finished) = running.join_next() => {
                 let job = finished.map_err(|error| format!("an append task failed: {error}"))?;
-                for publish in acks.complete(job.generation, job.arrival) {
-                    // An error means the event loop is gone, and with it the connection the
-                    // message came on: the broker will send it again.
-                    let _ = client.ack(&publish).await;
-                }
+                unsent.extend(acks.complete(job.generation, job.arrival));
+                send_acks(&client, &mut unsent);
                 if let Some(next) = lanes.finish(&job.lane) {
                     running.spawn(perform(next, writer.clone(), metrics.clone()));
                 }
@@ -96,6 +103,8 @@ pub async fn run<W: LogWriter>(
                     MqttEvent::Connected { generation, session_present } => {
                         tracing::info!(generation, session_present, "bridge: connected to MQTT");
                         acks.reset(generation);
+                        // Acknowledgements for the old connection must not reach the new one.
+                        unsent.clear();
                         connected.store(true, Ordering::Relaxed);
                         subscribe(&client, &filters).await?;
                     }
@@ -119,6 +128,20 @@ pub async fn run<W: LogWriter>(
     // Unacknowledged messages stay with the broker, in the session.
     let _ = client.disconnect().await;
     Ok(())
+}
+
+/// Queues the PUBACKs the client has room for, in order; the rest wait for the next try.
+fn send_acks(client: &AsyncClient, unsent: &mut VecDeque<MqttPublish>) {
+    while let Some(publish) = unsent.front() {
+        match client.try_ack(publish) {
+            Ok(()) => {
+                unsent.pop_front();
+            }
+            // Full: try again shortly. Closed: the event loop is gone, and the broker
+            // sends unacknowledged messages again on the next connection.
+            Err(_) => return,
+        }
+    }
 }
 
 async fn subscribe(client: &AsyncClient, filters: &[String]) -> Result<(), String> {
