@@ -8,8 +8,8 @@
 //! - [`limit`]: the per-payer rate limiter, in process or in Redis.
 //! - [`redis_conn`]: the Redis handle both share, quick to give up so Redis never stalls or
 //!   fails a payment.
-//! - [`load`]: what the load tools share: opening and funding their accounts, reading
-//!   balances and payments back.
+//! - [`load`]: what the load tools (`payments-load`, the `payments-devices` simulator)
+//!   share: account setup, the simulator's plan, MQTT side and tally, and the ledger check.
 //! - [`app`]: all of it assembled from [`config::PaymentsConfig`] on Keel's server, with the
 //!   readiness checks of the database and Redis: what the `payments` binary runs.
 //!
