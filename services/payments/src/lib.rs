@@ -8,6 +8,8 @@
 //! - [`limit`]: the per-payer rate limiter, in process or in Redis.
 //! - [`redis_conn`]: the Redis handle both share, quick to give up so Redis never stalls or
 //!   fails a payment.
+//! - [`load`]: what the load tools (`payments-load`, the `payments-devices` simulator)
+//!   share: account setup, the simulator's plan, MQTT side and tally, and the ledger check.
 //! - [`app`]: all of it assembled from [`config::PaymentsConfig`] on Keel's server, with the
 //!   readiness checks of the database and Redis: what the `payments` binary runs.
 //!
@@ -29,6 +31,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 pub mod app;
 pub mod config;
 pub mod limit;
+pub mod load;
 pub mod redis_conn;
 pub mod rest;
 pub mod service;

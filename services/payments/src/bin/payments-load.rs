@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use payments::pb::v1::account_service_client::AccountServiceClient;
+use payments::load::accounts;
+use payments::pb::v1::ProcessRequest;
 use payments::pb::v1::payment_service_client::PaymentServiceClient;
-use payments::pb::v1::{CreateAccountRequest, DepositRequest, GetAccountRequest, ProcessRequest};
 use rand::{Rng, SeedableRng};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Closed-loop load generator for payments.v1 PaymentService/Process.
 ///
@@ -181,10 +181,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
 /// Opens `--connections` HTTP/2 connections to the target.
 async fn connect(cli: &Cli) -> anyhow::Result<Vec<Channel>> {
-    let endpoint = Endpoint::from_shared(cli.target.clone())
-        .with_context(|| format!("invalid --target {:?}", cli.target))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5));
+    let endpoint = accounts::endpoint(&cli.target)
+        .with_context(|| format!("invalid --target {:?}", cli.target))?;
     let mut channels = Vec::with_capacity(cli.connections);
     for _ in 0..cli.connections {
         let channel = endpoint
@@ -196,44 +194,17 @@ async fn connect(cli: &Cli) -> anyhow::Result<Vec<Channel>> {
     Ok(channels)
 }
 
-/// Creates and funds the run's accounts, sixteen at a time; returns their ids.
+/// Creates and funds the run's accounts; returns their ids.
 async fn create_accounts(
     cli: &Cli,
     channel: &Channel,
     run_id: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let ids: Vec<String> = (0..cli.accounts)
-        .map(|i| format!("{run_id}-acct{i}"))
+    let funded: Vec<(String, i64)> = (0..cli.accounts)
+        .map(|i| (format!("{run_id}-acct{i}"), cli.deposit))
         .collect();
-    for chunk in ids.chunks(16) {
-        let mut tasks = Vec::with_capacity(chunk.len());
-        for id in chunk {
-            let mut client = AccountServiceClient::new(channel.clone());
-            let (id, currency, deposit) = (id.clone(), cli.currency.clone(), cli.deposit);
-            tasks.push(tokio::spawn(async move {
-                client
-                    .create_account(CreateAccountRequest {
-                        account_id: id.clone(),
-                        currency,
-                    })
-                    .await
-                    .with_context(|| format!("CreateAccount {id}"))?;
-                client
-                    .deposit(DepositRequest {
-                        account_id: id.clone(),
-                        amount_minor: deposit,
-                        idempotency_key: format!("{id}-deposit"),
-                    })
-                    .await
-                    .with_context(|| format!("Deposit into {id}"))?;
-                anyhow::Ok(())
-            }));
-        }
-        for task in tasks {
-            task.await.context("account setup panicked")??;
-        }
-    }
-    Ok(ids)
+    accounts::open_accounts(channel, &funded, &cli.currency).await?;
+    Ok(funded.into_iter().map(|(id, _)| id).collect())
 }
 
 /// One worker's share of the load.
@@ -302,25 +273,13 @@ async fn check_balances(
     channel: &Channel,
     accounts: &[String],
 ) -> anyhow::Result<Option<String>> {
-    let mut client = AccountServiceClient::new(channel.clone());
     let mut total: i128 = 0;
     for id in accounts {
-        let account = client
-            .get_account(GetAccountRequest {
-                account_id: id.clone(),
-            })
-            .await
-            .with_context(|| format!("GetAccount {id}"))?
-            .into_inner()
-            .account
-            .with_context(|| format!("GetAccount {id}: no account in the response"))?;
-        if account.balance_minor < 0 {
-            return Ok(Some(format!(
-                "{id} has a negative balance {}",
-                account.balance_minor
-            )));
+        let balance = accounts::balance(channel, id).await?;
+        if balance < 0 {
+            return Ok(Some(format!("{id} has a negative balance {balance}")));
         }
-        total += i128::from(account.balance_minor);
+        total += i128::from(balance);
     }
     let expected = i128::from(cli.deposit) * accounts.len() as i128;
     Ok((total != expected).then(|| format!("balances sum to {total}, deposits to {expected}")))
