@@ -68,7 +68,7 @@ client_id = "bridge-{id}"
 shared_group = "g-{id}"
 
 [log.embedded]
-path = "{log}"
+path = "{log_path}"
 
 [[routes]]
 name = "payments"
@@ -78,7 +78,7 @@ key = "device+field:idempotency_key"
 response_topic = "{responses}/{{device}}"
 "#,
             id = self.id,
-            log = self.dir.path().join("log.db").display(),
+            log_path = self.dir.path().join("log.db").display(),
             requests = self.requests(),
             responses = self.responses(),
         );
