@@ -218,7 +218,7 @@ async fn a_thousand_device_requests_through_jetstream_make_a_thousand_payments()
 async fn a_thousand_requests(payments: &Payments, scope: &Scope, config: &Path) {
     let bridge = Bridge::start(config, &[]);
     let simulator = scope.simulate(
-        &payments,
+        payments,
         &[
             "--devices",
             "20",
