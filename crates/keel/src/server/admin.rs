@@ -88,7 +88,7 @@ impl RunningAdmin {
         self.health.set_all_not_serving();
     }
 
-    /// Stops serving: open requests get [`ADMIN_GRACE`] to finish, then every connection
+    /// Stops serving: open requests get one second to finish, then every connection
     /// is closed.
     pub async fn stop(mut self) {
         self.health.set_all_not_serving();
