@@ -106,28 +106,19 @@ mkdir -p "$out/logs"
 out=$(cd "$out" && pwd)
 rev=${BENCH_REV:-$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)}
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/bench-lib.sh
+. "$root/scripts/bench-lib.sh"
 
 # ---------------------------------------------------------------- cleanup of what we started
 server_pid='' sqlite_dir='' pg_db=''
-psql_admin() { psql "$PG/postgres" -v ON_ERROR_STOP=1 -Atq "$@"; }
 # shellcheck disable=SC2317 # invoked by the trap and between runs
 stop_everything() {
     if [ -n "$server_pid" ]; then
-        kill -TERM "$server_pid" 2>/dev/null || true
-        local i
-        for i in $(seq 50); do
-            kill -0 "$server_pid" 2>/dev/null || break
-            sleep 0.1
-            [ "$i" != 50 ] || kill -KILL "$server_pid" 2>/dev/null || true
-        done
-        wait "$server_pid" 2>/dev/null || true
+        stop_process "$server_pid"
         server_pid=''
     fi
     if [ -n "$pg_db" ]; then
-        psql_admin -c "DROP DATABASE IF EXISTS \"$pg_db\" WITH (FORCE)" >/dev/null 2>&1 ||
-            log "could not drop database $pg_db"
+        drop_pg_database "$pg_db"
         pg_db=''
     fi
     if [ -n "$sqlite_dir" ]; then
@@ -177,30 +168,6 @@ label() {
     esac
 }
 
-# ---------------------------------------------------------------- CPU accounting
-clk_tck=$(getconf CLK_TCK)
-# cpu_ticks PID...: utime + stime of the given processes (0 for any that is gone).
-cpu_ticks() {
-    local total=0 p stat rest
-    for p in "$@"; do
-        stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        rest=${stat##*) }
-        # shellcheck disable=SC2086 # split into fields on purpose
-        set -- $rest
-        total=$((total + ${12} + ${13}))
-    done
-    echo "$total"
-}
-# pg_pids DB: the backends serving DB and the WAL writer.
-pg_pids() {
-    ps -eo pid=,args= | awk -v db="$1" '$2 == "postgres:" && ($0 ~ " " db " " || $0 ~ "walwriter") { print $1 }'
-}
-# pg_ticks_by_pid DB: "PID TICKS" lines, to diff before/after (new backends count in full).
-pg_ticks_by_pid() {
-    local p
-    for p in $(pg_pids "$1"); do echo "$p $(cpu_ticks "$p")"; done
-}
-
 # ---------------------------------------------------------------- one run
 results=$out/payments-runs.jsonl
 : >"$results"
@@ -214,8 +181,7 @@ run_one() {
             sqlite_dir=$(mktemp -d "$out/sqlite.XXXXXX") || return 1
             url="sqlite://$sqlite_dir/payments.db" ;;
         *)
-            pg_db="payments_bench_$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
-            psql_admin -c "CREATE DATABASE \"$pg_db\"" >/dev/null || return 1
+            pg_db=$(new_pg_database payments_bench) || return 1
             case "$backend" in
                 postgres-delay)
                     psql_admin -c "ALTER DATABASE \"$pg_db\" SET commit_delay = 200" \
@@ -231,13 +197,8 @@ run_one() {
         --database-url "$url" --set server.shutdown.drain_delay=0s \
         >"$logbase.out" 2>"$logbase.err" &
     server_pid=$!
-    addr='' deadline=$((SECONDS + 60))
-    while [ -z "$addr" ]; do
-        kill -0 "$server_pid" 2>/dev/null || { log "payments exited: $(tail -3 "$logbase.err" | tr '\n' ' ')"; return 1; }
-        [ $SECONDS -lt $deadline ] || { log "payments not listening after 60 s"; return 1; }
-        sleep 0.1
-        addr=$(sed -n 's/^grpc listening on \(.*\)$/\1/p' "$logbase.out" | head -1)
-    done
+    addr=$(wait_listening "$logbase.out" "grpc listening on" "$server_pid" 60) ||
+        { log "payments did not start: $(tail -3 "$logbase.err" | tr '\n' ' ')"; return 1; }
 
     log "$(label "$backend"): concurrency $c, ${warmup} s warm-up + ${duration} s"
     s0=$(cpu_ticks "$server_pid")
@@ -252,8 +213,7 @@ run_one() {
     local pg_delta=null
     if [ -n "$pg_db" ]; then
         # Per process: ticks after minus ticks before (0 for a process that is new).
-        pg_delta=$(awk 'NR == FNR { before[$1] = $2; next } { d += $2 - ($1 in before ? before[$1] : 0) } END { print d + 0 }' \
-            <(echo "$pg0") <(echo "$pg1"))
+        pg_delta=$(pg_ticks_delta "$pg0" "$pg1")
     fi
     stop_everything
 
@@ -298,8 +258,7 @@ pgbench_one() {
 }
 if [ "$do_pgbench" = 1 ] && [ "$pg_ok" = 1 ] && [[ " ${backends[*]} " == *" postgres"* ]]; then
     command -v pgbench >/dev/null || die "pgbench not found (Debian: postgresql-client)"
-    pg_db="payments_bench_$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
-    psql_admin -c "CREATE DATABASE \"$pg_db\"" >/dev/null || die "cannot create $pg_db"
+    pg_db=$(new_pg_database payments_bench) || die "cannot create a bench database"
     psql "$PG/$pg_db" -v ON_ERROR_STOP=1 -Atq -f services/payments/migrations/postgres/0001_ledger.sql \
         -c "INSERT INTO accounts SELECT 'a' || g, 'EUR', 1000000000000, 0 FROM generate_series(0, 99) g" \
         >/dev/null || die "cannot load the schema into $pg_db"

@@ -49,7 +49,9 @@ use tokio::time::Instant;
 ///    payer holds its funding minus its OK payments, the payee the sum of them all.
 ///
 /// The summary reports publishes, resends, acknowledgements, outcomes by code (unique keys;
-/// a resend answered again counts as a duplicate), missing outcomes, and the ledger check.
+/// a resend answered again counts as a duplicate), missing outcomes, the timing (outcomes per
+/// second from the first publish to the last first outcome; latency from a request's first
+/// publish to its first outcome, p50/p90/p99/max), and the ledger check.
 /// A progress line is shown on stderr while it runs, when stderr is a terminal.
 ///
 /// Exit status: 0 when every acknowledged request has its outcome, the outcomes are exactly
@@ -433,6 +435,13 @@ impl Summary<'_> {
                 "payments": check.payments,
                 "problems": check.problems,
             })),
+            "timing": self.tally.timings().map(|t| serde_json::json!({
+                "outcomes_per_s": round3(t.outcomes_per_s),
+                "p50_ms": round3(t.p50_ms),
+                "p90_ms": round3(t.p90_ms),
+                "p99_ms": round3(t.p99_ms),
+                "max_ms": round3(t.max_ms),
+            })),
             "publish_s": round3(self.published_in.as_secs_f64()),
             "elapsed_s": round3(self.elapsed.as_secs_f64()),
             "ok": self.reasons.is_empty(),
@@ -460,11 +469,20 @@ impl Summary<'_> {
             ),
             None => "not checked".to_owned(),
         };
+        let timing = match self.tally.timings() {
+            Some(t) => format!(
+                "{:.0} outcomes/s; publish to outcome p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, \
+                 max {:.1} ms",
+                t.outcomes_per_s, t.p50_ms, t.p90_ms, t.p99_ms, t.max_ms
+            ),
+            None => "no outcomes".to_owned(),
+        };
         format!(
             "run {}: {} devices, {} requests ({ok} to succeed, {refused} to overdraw)\n\
              published {} requests, {} resends, {} malformed in {:.1} s; acknowledged {} \
              requests ({} PUBACKs, {} unacknowledged publishes)\n\
              outcomes for {} requests, {} duplicates: {}; missing {}\n\
+             timing: {timing}\n\
              ledger: {ledger}\n\
              result: {}",
             self.plan.run_id,

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Serialize;
+use tokio::time::Instant;
 
 use super::ledger::ExpectedPayment;
 use super::mqtt::{Ack, Event};
 use super::plan::{Plan, Send};
+use super::timing::{TimingSummary, Timings};
 
 /// One outcome as the bridge publishes it on a response topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +139,7 @@ pub struct Tally {
     subscribed: bool,
     subscriber_lost: Option<String>,
     publishing_done: bool,
+    timings: Timings,
 }
 
 impl Tally {
@@ -161,6 +164,7 @@ impl Tally {
             subscribed: false,
             subscriber_lost: None,
             publishing_done: false,
+            timings: Timings::new(requests),
             plan,
         }
     }
@@ -215,6 +219,9 @@ impl Tally {
         self.sends[send] = SendState::Published;
         let planned = self.plan.sends[send];
         self.count_send(planned, true);
+        if let Send::Request { request, .. } = planned {
+            self.timings.published(request, Instant::now());
+        }
         let device = self.plan.device_of(planned);
         if self.lost[device].is_none() {
             self.awaiting += 1;
@@ -350,6 +357,7 @@ impl Tally {
             None => {
                 *self.codes.entry(outcome.code.clone()).or_default() += 1;
                 self.counts.outcomes += 1;
+                self.timings.answered(request, Instant::now());
                 if self.acked[request] {
                     self.acked_without_outcome -= 1;
                 }
@@ -376,6 +384,11 @@ impl Tally {
     /// The counts so far.
     pub fn counts(&self) -> &Counts {
         &self.counts
+    }
+
+    /// Publish-to-outcome latencies and the outcome rate so far, once anything was answered.
+    pub fn timings(&self) -> Option<TimingSummary> {
+        self.timings.summary()
     }
 
     /// Unique outcomes by code name.
