@@ -58,6 +58,13 @@ async fn report_progress(
 /// The shortest pause between two reports of held records.
 const PROGRESS_MIN: Duration = Duration::from_millis(10);
 
+/// The longest a single pull request waits for records: also the longest a record received
+/// by a pull waits for the pull to end.
+const PULL_EXPIRES: Duration = Duration::from_millis(50);
+
+/// How long past its expiry a pull is still read, for the server's answer to arrive.
+const PULL_GRACE: Duration = Duration::from_millis(200);
+
 /// How long a consumer's pending count is taken as current when no record said otherwise.
 const LAG_REFRESH: Duration = Duration::from_secs(1);
 
@@ -128,20 +135,24 @@ impl JetStreamReader {
             token: sequence,
         })
     }
-}
 
-impl LogReader for JetStreamReader {
-    /// The record's stream sequence.
-    type Token = u64;
-
-    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery<u64>>, LogError> {
-        // The server answers at `wait`; past this it is not answering at all.
-        let deadline = Instant::now() + wait + self.config.request_timeout;
+    /// One pull request for at most `max` records, expiring after `expires` (at once when
+    /// zero). The server ends a pull with a status when it expires, but drops one that has
+    /// expired before it got to it without a word: so a pull is read until `expires` plus
+    /// [`PULL_GRACE`] at most, and one that got no answer by then counts as empty. A server
+    /// that is down fails the request itself, or the next one.
+    async fn pull(
+        &mut self,
+        max: usize,
+        expires: Duration,
+    ) -> Result<Vec<Delivery<u64>>, LogError> {
+        let deadline = Instant::now() + expires + PULL_GRACE;
         let mut fetch = self.consumer.fetch().max_messages(max.max(1));
-        if !wait.is_zero() {
-            fetch = fetch.expires(wait);
+        if !expires.is_zero() {
+            fetch = fetch.expires(expires);
         }
-        let mut batch = match tokio::time::timeout_at(deadline, fetch.messages()).await {
+        let request = tokio::time::timeout(self.config.request_timeout, fetch.messages());
+        let mut batch = match request.await {
             Ok(Ok(batch)) => batch,
             Ok(Err(error)) => {
                 return Err(LogError::Unavailable(format!(
@@ -155,13 +166,12 @@ impl LogReader for JetStreamReader {
             // Records already received are handed out even if the rest of the answer fails:
             // the server counts them as delivered.
             let failure = match tokio::time::timeout_at(deadline, batch.next()).await {
-                Ok(None) => break,
+                Ok(None) | Err(_) => break,
                 Ok(Some(Ok(message))) => {
                     deliveries.extend(self.take(message));
                     continue;
                 }
                 Ok(Some(Err(error))) => format!("the server ended a pull request: {error}"),
-                Err(_) => "the server did not answer a pull request in time".to_owned(),
             };
             if deliveries.is_empty() {
                 return Err(LogError::Unavailable(failure));
@@ -170,6 +180,26 @@ impl LogReader for JetStreamReader {
             break;
         }
         Ok(deliveries)
+    }
+}
+
+impl LogReader for JetStreamReader {
+    /// The record's stream sequence.
+    type Token = u64;
+
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery<u64>>, LogError> {
+        // Short pulls, one after another until `wait` is used up: a pull holds what it got
+        // until it is full or expires, so its expiry bounds how long a record waits here.
+        let until = Instant::now() + wait;
+        loop {
+            let expires = until
+                .saturating_duration_since(Instant::now())
+                .min(PULL_EXPIRES);
+            let deliveries = self.pull(max, expires).await?;
+            if !deliveries.is_empty() || Instant::now() >= until {
+                return Ok(deliveries);
+            }
+        }
     }
 
     async fn done(&mut self, sequence: u64) -> Result<(), LogError> {
