@@ -390,3 +390,24 @@ async fn a_bad_configuration_is_refused() {
         outcome.map(drop)
     );
 }
+
+/// A record appended while a long read waits is handed out at once, not when the read's
+/// wait is over (a pull holds what it got until it is full or expires).
+#[tokio::test]
+async fn a_record_arriving_during_a_long_wait_is_handed_out_at_once() {
+    let fixture = Fixture::new();
+    let log = fixture.open().await;
+    let writer = log.writer();
+    let mut reader = log.reader().await.unwrap();
+    let long_wait = Duration::from_secs(20);
+    let started = Instant::now();
+    let read = tokio::spawn(async move { reader.next(10, long_wait).await });
+    writer.append(record("d1", "late")).await.unwrap();
+    let batch = read.await.unwrap().unwrap();
+    assert_eq!(keys(&batch), ["late"]);
+    assert!(
+        started.elapsed() < long_wait / 4,
+        "the record waited {:?} for the read to end",
+        started.elapsed()
+    );
+}
