@@ -53,11 +53,12 @@ for TLS). SIGTERM or SIGINT stops taking messages at once (the broker keeps them
 finishes the calls under way, exports the spans still queued, and exits.
 
 Tracing: a device that sets the MQTT 5 user property traceparent gets the bridge's spans
-in its trace: `ingest FILTER` (receipt to the log's acknowledgement) and `deliver FILTER`
-(the record's delivery, retries included), whose context every gRPC call carries, so the
-target's server span is its child. Without one, ingest starts the trace. KEEL_LOG=debug
-sets the log level; OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4317 exports traces
-(OTEL_TRACES_SAMPLER, OTEL_SERVICE_NAME, default keel-bridge, OTEL_PROPAGATORS as usual).
+in its trace: \"ingest FILTER\" (receipt to the log's acknowledgement) and \"deliver
+FILTER\" (the record's delivery, retries included), whose context every gRPC call carries,
+so the target's server span is its child. Without one, ingest starts the trace.
+OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4317 exports traces (OTEL_TRACES_SAMPLER,
+OTEL_SERVICE_NAME, default keel-bridge, OTEL_PROPAGATORS as usual); KEEL_LOG sets the
+log level.
 
 Exit status:
   0       stopped by SIGTERM or SIGINT
