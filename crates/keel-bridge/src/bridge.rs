@@ -22,6 +22,7 @@ use crate::log::{LogReader, LogWriter};
 use crate::metrics::BridgeMetrics;
 use crate::mqtt::{self, MqttConfig};
 use crate::route::{Route, RouteConfig};
+use crate::spans::BridgeSpans;
 
 /// Everything the bridge needs, as `keel bridge` reads it (TOML, `KEEL_BRIDGE_*`, `--set`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +99,16 @@ pub enum Backend {
     JetStream,
 }
 
+impl Backend {
+    /// The name settings use, and the deliver spans' `messaging.system`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::JetStream => "jetstream",
+        }
+    }
+}
+
 impl Validate for BridgeConfig {
     fn check(&self, checks: &mut Checks) {
         checks.require(
@@ -158,11 +169,13 @@ pub struct Bridge {
     pool: DescriptorPool,
     channel: Channel,
     metrics: BridgeMetrics,
+    spans: Arc<BridgeSpans>,
 }
 
 impl Bridge {
     /// Checks every route against `pool` (the target's descriptors); calls go through
-    /// `channel`.
+    /// `channel`. Spans go where the process's tracing is set up to send them
+    /// (`keel_telemetry::init`, before this).
     pub fn new(
         config: BridgeConfig,
         pool: DescriptorPool,
@@ -191,8 +204,15 @@ impl Bridge {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let spans = BridgeSpans::new(
+            &keel_telemetry::Traces::global(),
+            intake.routes(),
+            config.log.backend.name(),
+            &config.mqtt.shared_group,
+        );
         Ok(Self {
             config,
+            spans,
             intake: Arc::new(intake),
             targets,
             pool,
@@ -251,6 +271,7 @@ impl Bridge {
             writer.clone(),
             responses,
             self.metrics.clone(),
+            self.spans.clone(),
         )?;
         let (stop, stopped) = watch::channel(false);
         let when_stopped = |mut stopped: watch::Receiver<bool>| async move {
@@ -261,6 +282,7 @@ impl Bridge {
             self.intake,
             writer,
             self.metrics,
+            self.spans,
             connected,
             when_stopped(stopped.clone()),
         );

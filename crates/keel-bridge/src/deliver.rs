@@ -8,6 +8,9 @@
 //! stops the stage, it does not lose requests. Any other status is final. The outcome is
 //! published on the record's response topic as JSON; a final status in `dead_letter_codes`
 //! also goes to the dead-letter queue. Only then is the record done.
+//!
+//! Each record's delivery is a span ([`BridgeSpans::deliver`]) under the trace context the
+//! record carries; every call carries the span's context, so the target's span is its child.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BufMut, Bytes};
 use futures_util::FutureExt as _;
 use http::uri::PathAndQuery;
+use opentelemetry::Context;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
@@ -31,6 +35,7 @@ use crate::lanes::Lanes;
 use crate::log::{DeadLetter, Delivery, LogError, LogReader, LogWriter};
 use crate::metrics::BridgeMetrics;
 use crate::record::{Record, header};
+use crate::spans::BridgeSpans;
 
 /// How the deliver stage calls the target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +107,7 @@ struct Shared<C, W> {
     writer: Arc<W>,
     responses: Option<AsyncClient>,
     metrics: BridgeMetrics,
+    spans: Arc<BridgeSpans>,
     retry_codes: Vec<Code>,
     dead_letter_codes: Vec<Code>,
     config: DeliverConfig,
@@ -121,8 +127,13 @@ where
     W: LogWriter,
 {
     /// A stage calling `targets` through `channel` (Keel's channel in production), with
-    /// `pool` to write responses and status details as JSON, dead-lettering through `writer`
-    /// and publishing outcomes through `responses` (none: outcomes are not published).
+    /// `pool` to write responses and status details as JSON, dead-lettering through `writer`,
+    /// publishing outcomes through `responses` (none: outcomes are not published) and
+    /// tracing each delivery with `spans`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "eight collaborators, each its own: a struct of them would only rename this list"
+    )]
     pub fn new(
         config: DeliverConfig,
         channel: C,
@@ -131,6 +142,7 @@ where
         writer: Arc<W>,
         responses: Option<AsyncClient>,
         metrics: BridgeMetrics,
+        spans: Arc<BridgeSpans>,
     ) -> Result<Self, String> {
         let parse = |key: &str, names: &[String]| {
             names
@@ -157,6 +169,7 @@ where
                 writer,
                 responses,
                 metrics,
+                spans,
                 retry_codes,
                 dead_letter_codes,
                 config,
@@ -274,6 +287,7 @@ where
 {
     let Delivery { record, token } = delivery;
     let device = record.device.clone();
+    let span = shared.spans.deliver(&record);
     let Some(target) = shared.targets.iter().find(|t| t.route == record.route) else {
         let letter = DeadLetter {
             detail: format!(
@@ -283,10 +297,11 @@ where
             record,
             reason: "NO_ROUTE".into(),
         };
-        keep_dead_letter(&shared, letter).await;
+        keep_dead_letter(&shared, &letter).await;
+        BridgeSpans::delivered(span, None, 0, Some(&letter));
         return (device, token);
     };
-    let outcome = call_until_final(&shared, target, &record).await;
+    let (outcome, retries) = call_until_final(&shared, target, &record, span.context()).await;
     if outcome.is_ok() {
         crate::fault::reached(crate::fault::Point::AfterGrpcOk);
     }
@@ -300,27 +315,32 @@ where
     }
     let json = outcome_json(&shared.pool, target, &record, &outcome);
     publish_outcome(&shared, &record, &json).await;
+    let mut letter = None;
     if let Err(status) = &outcome
         && shared.dead_letter_codes.contains(&code)
     {
-        let letter = DeadLetter {
+        let kept = DeadLetter {
             record,
             reason: "TERMINAL_STATUS".into(),
             detail: json["status"].to_string(),
         };
         tracing::warn!(route = %target.route, code = ?status.code(), message = status.message(),
             "bridge: the target refused a request for good; dead-lettered");
-        keep_dead_letter(&shared, letter).await;
+        keep_dead_letter(&shared, &kept).await;
+        letter = Some(kept);
     }
+    BridgeSpans::delivered(span, Some(code), retries, letter.as_ref());
     (device, token)
 }
 
-/// One call after another until the status is final: OK, or a code not in `retry_codes`.
+/// One call after another, each under the delivery's context `cx`, until the status is
+/// final (OK, or a code not in `retry_codes`); with the number of retries it took.
 async fn call_until_final<C, W>(
     shared: &Shared<C, W>,
     target: &Target,
     record: &Record,
-) -> Result<Bytes, Status>
+    cx: &Context,
+) -> (Result<Bytes, Status>, u32)
 where
     C: GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
     C::Future: Send,
@@ -328,8 +348,9 @@ where
     <C::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
     let mut pause = shared.config.retry_pause;
+    let mut retries = 0u32;
     loop {
-        let outcome = call(shared, target, record).await;
+        let outcome = call(shared, target, record, cx).await;
         let code = outcome.as_ref().err().map_or(Code::Ok, Status::code);
         shared.metrics.call(&target.route, code_name(code));
         match outcome {
@@ -342,17 +363,19 @@ where
                 // sleep: the retry pause (or the target's RetryInfo delay)
                 tokio::time::sleep(wait).await;
                 pause = (pause * 2).min(shared.config.retry_max_pause);
+                retries = retries.saturating_add(1);
             }
-            final_outcome => return final_outcome,
+            final_outcome => return (final_outcome, retries),
         }
     }
 }
 
-/// One unary call with the record's key and trace context, under the deadline.
+/// One unary call with the record's key and the trace context `cx`, under the deadline.
 async fn call<C, W>(
     shared: &Shared<C, W>,
     target: &Target,
     record: &Record,
+    cx: &Context,
 ) -> Result<Bytes, Status>
 where
     C: GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
@@ -362,16 +385,10 @@ where
 {
     let mut request = Request::new(record.payload.clone());
     let metadata = request.metadata_mut();
-    let pairs = [
-        ("idempotency-key", Some(record.key.as_str())),
-        (header::TRACEPARENT, record.header(header::TRACEPARENT)),
-        (header::TRACESTATE, record.header(header::TRACESTATE)),
-    ];
-    for (name, value) in pairs {
-        if let Some(value) = value.and_then(|v| AsciiMetadataValue::from_str(v).ok()) {
-            metadata.insert(MetadataKey::from_static(name), value);
-        }
+    if let Ok(key) = AsciiMetadataValue::from_str(&record.key) {
+        metadata.insert(MetadataKey::from_static("idempotency-key"), key);
     }
+    shared.spans.inject(cx, metadata);
     request.set_timeout(shared.config.deadline);
     let mut grpc = tonic::client::Grpc::new(shared.channel.clone());
     let attempt = async {
@@ -456,7 +473,7 @@ async fn publish_outcome<C, W>(shared: &Shared<C, W>, record: &Record, json: &se
 }
 
 /// Stores a dead letter, retrying while the log is down.
-async fn keep_dead_letter<C, W: LogWriter>(shared: &Shared<C, W>, letter: DeadLetter) {
+async fn keep_dead_letter<C, W: LogWriter>(shared: &Shared<C, W>, letter: &DeadLetter) {
     let mut pause = shared.config.retry_pause;
     loop {
         match shared.writer.dead_letter(letter.clone()).await {

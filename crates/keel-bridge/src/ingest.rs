@@ -9,6 +9,9 @@
 //!
 //! While the log is down appends are retried and nothing is acknowledged, so the broker stops
 //! sending once the receive maximum is reached, and keeps the rest in the persistent session.
+//!
+//! Each message has an ingest span from its receipt to the log's acknowledgement
+//! ([`BridgeSpans::ingest`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -16,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use keel_telemetry::AppSpan;
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Publish as MqttPublish;
@@ -28,6 +32,7 @@ use crate::log::{DeadLetter, LogError, LogWriter};
 use crate::metrics::BridgeMetrics;
 use crate::mqtt::{self, MqttConfig, MqttEvent};
 use crate::record::Record;
+use crate::spans::BridgeSpans;
 
 /// How soon PUBACKs that found the client's queue full are tried again.
 const ACK_RETRY: Duration = Duration::from_millis(5);
@@ -51,16 +56,19 @@ struct Job {
     route: String,
     received: Instant,
     work: Work,
+    /// The ingest span, until the log has the message.
+    span: Option<AppSpan>,
 }
 
 /// Runs the ingest stage until `shutdown` completes: subscribes to every route's filter and
-/// appends what arrives to the log through `writer`. `connected` says whether the broker
-/// connection is up, for readiness.
+/// appends what arrives to the log through `writer`, tracing each message with `spans`.
+/// `connected` says whether the broker connection is up, for readiness.
 pub async fn run<W: LogWriter>(
     config: &MqttConfig,
     intake: Arc<Intake>,
     writer: Arc<W>,
     metrics: BridgeMetrics,
+    spans: Arc<BridgeSpans>,
     connected: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
@@ -115,7 +123,8 @@ pub async fn run<W: LogWriter>(
                     }
                     MqttEvent::Publish { generation, publish } => {
                         fault::reached(Point::AfterReceipt);
-                        let job = accept(&intake, &metrics, &mut acks, generation, publish);
+                        let job =
+                            accept(&intake, &metrics, &spans, &mut acks, generation, publish);
                         if let Some(job) = lanes.push(&job.lane.clone(), job) {
                             running.spawn(perform(job, writer.clone(), metrics.clone()));
                         }
@@ -158,6 +167,7 @@ async fn subscribe(client: &AsyncClient, filters: &[String]) -> Result<(), Strin
 fn accept(
     intake: &Intake,
     metrics: &BridgeMetrics,
+    spans: &BridgeSpans,
     acks: &mut AckOrder,
     generation: u64,
     publish: MqttPublish,
@@ -174,13 +184,18 @@ fn accept(
     if publish.dup {
         metrics.duplicate("mqtt");
     }
-    let (route, work) = match intake.take(&view) {
+    let (route, mut work) = match intake.take(&view) {
         Ok(record) => (record.route.clone(), Work::Append(record)),
         Err(rejected) => (
             rejected.route.clone(),
             Work::DeadLetter(rejected.dead_letter(&view)),
         ),
     };
+    let record = match &mut work {
+        Work::Append(record) => record,
+        Work::DeadLetter(letter) => &mut letter.record,
+    };
+    let span = spans.ingest(&topic, &properties.user_properties, record);
     metrics.received(&route);
     let lane = match &work {
         Work::Append(record) => record.device.clone(),
@@ -195,18 +210,21 @@ fn accept(
         route,
         received: Instant::now(),
         work,
+        span: Some(span),
     }
 }
 
 /// Appends (or dead-letters) until the log has it, pausing between attempts while the log
 /// is unavailable.
-async fn perform<W: LogWriter>(job: Job, writer: Arc<W>, metrics: BridgeMetrics) -> Job {
+async fn perform<W: LogWriter>(mut job: Job, writer: Arc<W>, metrics: BridgeMetrics) -> Job {
     let mut pause = Duration::from_millis(50);
     loop {
+        // Ok(true): the log already had the key.
         let attempt = match &job.work {
             Work::Append(record) => writer.append(record.clone()).await.map(|appended| {
                 let duplicate = appended == crate::log::Appended::Duplicate;
                 metrics.appended(&job.route, duplicate, job.received.elapsed().as_secs_f64());
+                duplicate
             }),
             Work::DeadLetter(letter) => writer.dead_letter(letter.clone()).await.map(|()| {
                 tracing::warn!(
@@ -214,10 +232,18 @@ async fn perform<W: LogWriter>(job: Job, writer: Arc<W>, metrics: BridgeMetrics)
                     "bridge: dead-lettered a message"
                 );
                 metrics.dead_lettered(&job.route, &letter.reason);
+                false
             }),
         };
         match attempt {
-            Ok(()) => {
+            Ok(duplicate) => {
+                if let Some(span) = job.span.take() {
+                    let outcome = match &job.work {
+                        Work::Append(_) => Ok(duplicate),
+                        Work::DeadLetter(letter) => Err(letter),
+                    };
+                    BridgeSpans::ingested(span, outcome);
+                }
                 fault::reached(Point::AfterLogAck);
                 return job;
             }

@@ -175,11 +175,6 @@ impl Intake {
             (header::MQTT_TOPIC.to_owned(), publish.topic.to_owned()),
             (header::RECEIVED_AT_MS.to_owned(), now_ms().to_string()),
         ];
-        for name in [header::TRACEPARENT, header::TRACESTATE] {
-            if let Some((_, value)) = publish.properties.iter().find(|(key, _)| key == name) {
-                headers.push((name.to_owned(), value.clone()));
-            }
-        }
         let response_topic = publish
             .response_topic
             .map(str::to_owned)
@@ -379,7 +374,7 @@ mod tests {
     const PAYMENT: &str = r#"{"idempotencyKey":"r-1","payerAccountId":"alice","payeeAccountId":"bob","amountMinor":"250","currency":"USD"}"#;
 
     #[test]
-    fn a_json_request_becomes_a_binary_record_with_its_key_and_trace() {
+    fn a_json_request_becomes_a_binary_record_with_its_key() {
         let properties = vec![("traceparent".to_owned(), "00-aa-bb-01".to_owned())];
         let record = intake("device+field:idempotency_key", PayloadFormat::Json)
             .take(&publish(
@@ -391,7 +386,11 @@ mod tests {
         assert_eq!(record.device, "dev-7");
         assert_eq!(record.key, "dev-7:r-1");
         assert_eq!(record.route, "pay");
-        assert_eq!(record.header(header::TRACEPARENT), Some("00-aa-bb-01"));
+        assert_eq!(
+            record.header(header::TRACEPARENT),
+            None,
+            "ingest writes the trace context (spans.rs)"
+        );
         assert_eq!(
             record.header(header::RESPONSE_TOPIC),
             Some("payment/response/dev-7")

@@ -23,5 +23,6 @@ pub mod metrics;
 pub mod mqtt;
 pub mod record;
 pub mod route;
+pub mod spans;
 
 pub use bridge::{Backend, Bridge, BridgeConfig, LogConfig};

@@ -37,10 +37,12 @@ impl Record {
 
 /// The headers the bridge itself writes. Backends store every header verbatim.
 pub mod header {
-    /// The W3C trace context the device sent (MQTT 5 user property `traceparent`), passed on
-    /// to the gRPC call so one trace runs from the device to the database.
+    /// The W3C trace context deliver continues: the device's (MQTT 5 user property
+    /// `traceparent`), or the ingest span's when the device sent none. Ingest writes it with
+    /// the process's propagators, so other trace headers (`b3`) may come with it
+    /// (`crate::spans`).
     pub const TRACEPARENT: &str = "traceparent";
-    /// The W3C `tracestate` that came with [`TRACEPARENT`].
+    /// The W3C `tracestate` that goes with [`TRACEPARENT`], when not empty.
     pub const TRACESTATE: &str = "tracestate";
     /// The MQTT topic the request was published on.
     pub const MQTT_TOPIC: &str = "keel-mqtt-topic";

@@ -26,6 +26,7 @@
 //! - **Resource**: `OTEL_SERVICE_NAME` (else the binary's name) and `OTEL_RESOURCE_ATTRIBUTES`.
 //! - `OTEL_SDK_DISABLED=true` turns spans off; propagation still works.
 
+mod app_spans;
 mod b3;
 pub mod logging;
 pub mod observe;
@@ -35,6 +36,7 @@ pub(crate) mod recorder;
 mod sampler;
 mod traces;
 
+pub use app_spans::{AppSpan, AppSpans, Pairs, PairsMut};
 pub use b3::{B3Format, B3Propagator};
 pub use traces::Traces;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use opentelemetry::Context;
 use opentelemetry::global;
-use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 
 use crate::observe::spans::Spans;
 use crate::recorder::SpanRecorder;
@@ -66,20 +66,29 @@ impl Traces {
 
     /// The trace context `headers` carry.
     pub(crate) fn extract(&self, headers: &HeaderMap) -> Context {
-        match &self.propagator {
-            Some(propagator) => propagator.extract(&HeaderExtractor(headers)),
-            None => global::get_text_map_propagator(|propagator| {
-                propagator.extract(&HeaderExtractor(headers))
-            }),
-        }
+        self.extract_from(&HeaderExtractor(headers))
     }
 
     /// Writes `cx`'s trace context into `headers`.
     pub(crate) fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
+        self.inject_into(cx, &mut HeaderInjector(headers));
+    }
+
+    /// The trace context `carrier` holds (message headers, MQTT user properties:
+    /// [`crate::Pairs`]), read by this tracing's propagators.
+    pub fn extract_from(&self, carrier: &dyn Extractor) -> Context {
         match &self.propagator {
-            Some(propagator) => propagator.inject_context(cx, &mut HeaderInjector(headers)),
+            Some(propagator) => propagator.extract(carrier),
+            None => global::get_text_map_propagator(|propagator| propagator.extract(carrier)),
+        }
+    }
+
+    /// Writes `cx`'s trace context into `carrier` with this tracing's propagators.
+    pub fn inject_into(&self, cx: &Context, carrier: &mut dyn Injector) {
+        match &self.propagator {
+            Some(propagator) => propagator.inject_context(cx, carrier),
             None => global::get_text_map_propagator(|propagator| {
-                propagator.inject_context(cx, &mut HeaderInjector(headers));
+                propagator.inject_context(cx, carrier);
             }),
         }
     }

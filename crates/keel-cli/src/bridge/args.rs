@@ -50,7 +50,15 @@ window keyed by Nats-Msg-Id, a durable pull consumer and explicit acks.
 Admin: /healthz, /readyz (ready when the broker, the log and the target answer) and
 /metrics (keel_bridge_*) on --admin-listen, on Keel's serving core (server.admin_tls.*
 for TLS). SIGTERM or SIGINT stops taking messages at once (the broker keeps them),
-finishes the calls under way, and exits.
+finishes the calls under way, exports the spans still queued, and exits.
+
+Tracing: a device that sets the MQTT 5 user property traceparent gets the bridge's spans
+in its trace: \"ingest FILTER\" (receipt to the log's acknowledgement) and \"deliver
+FILTER\" (the record's delivery, retries included), whose context every gRPC call carries,
+so the target's server span is its child. Without one, ingest starts the trace.
+OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4317 exports traces (OTEL_TRACES_SAMPLER,
+OTEL_SERVICE_NAME, default keel-bridge, OTEL_PROPAGATORS as usual); KEEL_LOG sets the
+log level.
 
 Exit status:
   0       stopped by SIGTERM or SIGINT

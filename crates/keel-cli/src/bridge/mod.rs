@@ -2,7 +2,9 @@
 //! `keel_bridge`. This file loads the settings and the target's descriptors (by reflection,
 //! as `keel gateway` does, or a descriptor set), serves the admin port on Keel's serving
 //! core (`keel::server::AdminServer`) with the bridge's readiness checks and metrics, and
-//! runs the bridge until SIGTERM or SIGINT.
+//! runs the bridge until SIGTERM or SIGINT. Tracing is set up from the `OTEL_*` variables
+//! as for `keel serve` and payments (`keel::telemetry::init`), and what is queued is
+//! exported before the process exits.
 
 mod args;
 
@@ -53,6 +55,8 @@ async fn bridge(args: BridgeArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let (config, server) = settings.split();
+    let telemetry = keel::telemetry::init("keel-bridge")
+        .map_err(|error| Failure::Usage(format!("telemetry: {error}")))?;
 
     let channel =
         Channel::new(&config.target).map_err(|error| Failure::Usage(format!("target: {error}")))?;
@@ -97,5 +101,7 @@ async fn bridge(args: BridgeArgs) -> Result<(), Failure> {
     };
     let outcome = bridge.run(&health, shutdown).await;
     admin.stop().await;
+    // Blocks this thread while the runtime's workers export the last spans.
+    telemetry.shutdown();
     outcome.map_err(Failure::Other)
 }

@@ -24,6 +24,12 @@ impl Payments {
 
     /// [`Payments::start`] with extra flags, e.g. `["--set", "server.connection.body_timeout=2s"]`.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`Payments::start_with`] with extra environment variables, e.g.
+    /// `[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")]`.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("payments");
         let database = format!("sqlite://{}", dir.path().join("ledger.db").display());
         let mut child = Command::new(payments_binary())
@@ -32,6 +38,7 @@ impl Payments {
             .args(extra)
             .env_remove("PAYMENTS_CONFIG")
             .env("PAYMENTS_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

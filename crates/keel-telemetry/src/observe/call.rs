@@ -296,7 +296,8 @@ impl Call {
                 _ => None,
             };
             SpanEnd {
-                code: i64::from(code as i32),
+                code: Some(i64::from(code as i32)),
+                attributes: Vec::new(),
                 error: fault.then(|| message.unwrap_or_default().to_owned()),
                 payload,
             }
@@ -364,7 +365,7 @@ impl Drop for Call {
 /// `name` with a static lifetime, shared by every server and client of the process that
 /// names it: span names are needed per call, and a borrowed name costs no allocation. The
 /// set only grows with the distinct methods the process serves or calls.
-fn intern(name: String) -> &'static str {
+pub(crate) fn intern(name: String) -> &'static str {
     static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
     let mut names = NAMES
         .lock()

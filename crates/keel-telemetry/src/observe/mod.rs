@@ -32,6 +32,7 @@ pub mod server;
 pub(crate) mod spans;
 
 pub use body::ObservedBody;
+pub(crate) use call::intern;
 pub use client::{ClientObserve, ClientObserveLayer, ClientObserver};
 pub use rpc_metrics::{RpcMetrics, Side};
 pub use server::{Observe, ObserveLayer, ServerObserver};

@@ -59,8 +59,10 @@ pub(crate) struct OpenSpan {
 
 /// How a call ended, for its span.
 pub(crate) struct SpanEnd {
-    /// `rpc.grpc.status_code`.
-    pub(crate) code: i64,
+    /// `rpc.grpc.status_code`, for an RPC span.
+    pub(crate) code: Option<i64>,
+    /// More attributes.
+    pub(crate) attributes: Vec<KeyValue>,
     /// The error status's message, when the outcome is a fault on this side.
     pub(crate) error: Option<String>,
     /// A captured response payload.
@@ -84,10 +86,17 @@ impl CallSpan {
                 if span.is_recording() {
                     let SpanEnd {
                         code,
+                        attributes,
                         error,
                         payload,
                     } = end();
-                    span.set_attribute(KeyValue::new(super::semconv::RPC_GRPC_STATUS_CODE, code));
+                    if let Some(code) = code {
+                        span.set_attribute(KeyValue::new(
+                            super::semconv::RPC_GRPC_STATUS_CODE,
+                            code,
+                        ));
+                    }
+                    span.set_attributes(attributes);
                     if let Some(message) = error {
                         span.set_status(Status::error(message));
                     }
@@ -104,12 +113,16 @@ impl CallSpan {
                 let OpenSpan { recorder, mut span } = *open;
                 let SpanEnd {
                     code,
+                    attributes,
                     error,
                     payload,
                 } = end();
                 span.end = SystemTime::now();
-                span.attributes
-                    .push(KeyValue::new(super::semconv::RPC_GRPC_STATUS_CODE, code));
+                if let Some(code) = code {
+                    span.attributes
+                        .push(KeyValue::new(super::semconv::RPC_GRPC_STATUS_CODE, code));
+                }
+                span.attributes.extend(attributes);
                 span.error = error;
                 if let Some(text) = payload {
                     span.events.push(SpanEvent {
