@@ -101,8 +101,13 @@ impl KafkaLog {
             .map_err(|error| LogError::Refused(error.to_string()))?;
         create_topics(&config).await?;
         let config = Arc::new(config);
+        let producer = Producer::new(config.clone())?;
+        // Learns the records topic now, so the first append waits for nothing else.
+        producer
+            .partitions(&config.topic, config.request_timeout)
+            .await?;
         Ok(Self {
-            producer: Arc::new(Producer::new(config.clone())?),
+            producer: Arc::new(producer),
             config,
         })
     }
