@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's single test command, for developers and CI (.ci/run) alike:
-#   1. local services the tests use are up (installed and started if need be), and Prometheus's
+#   1. local services the tests use are up (installed and started if need be; tansu, the Kafka
+#      broker, is built with cargo install the first time), and Prometheus's
 #      promtool and server binaries are installed;
 #   2. .venv has tests/python/requirements.txt (the Python grpcio peer, the reference metrics parsers);
 #   3. cargo fmt --check, buf lint of proto/, the crate-boundary and test-sleep checks, 4. clippy -D warnings, 5. tests (nextest if installed), 6. doctests,
@@ -98,12 +99,63 @@ ensure_service() {
     echo "$name: up on 127.0.0.1:$port"
 }
 
+# Kafka, for the bridge's Kafka log backend: no registry this project reaches ships Apache
+# Kafka, so the broker is tansu, a Kafka-protocol broker from crates.io, built with its
+# SQLite storage engine so that acknowledged records and committed offsets survive a restart
+# (docs/notes/kafka-broker.md). It has no Debian package: cargo builds it, once per machine,
+# in the debug profile without debug info: about 15 CPU-minutes (the release profile takes
+# 41), and the broker answers as fast either way.
+TANSU_VERSION=0.6.0
+KAFKA_PORT=9092
+KAFKA_DIR=/var/lib/keel-kafka
+
+tansu_installed() {
+    command -v tansu >/dev/null 2>&1 && [[ "$(tansu --version 2>/dev/null)" == "tansu $TANSU_VERSION" ]]
+}
+
+# One broker at most: start-stop-daemon does nothing while the process in the pidfile runs.
+# It runs in $KAFKA_DIR, where its database lives (tansu resolves sqlite:// paths against its
+# working directory) and where no project .env is read; explicit flags beat tansu's
+# environment variables (CLUSTER_ID, STORAGE_ENGINE, ...).
+start_kafka() {
+    mkdir -p "$KAFKA_DIR"
+    start-stop-daemon --start --oknodo --background --make-pidfile --pidfile "$KAFKA_DIR/tansu.pid" \
+        --chdir "$KAFKA_DIR" --output /var/log/keel-kafka.log --exec "$(command -v tansu)" -- \
+        broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --storage-engine sqlite://tansu.db --silent
+}
+
+ensure_kafka() {
+    if port_open "$KAFKA_PORT"; then
+        echo "Kafka: up on 127.0.0.1:$KAFKA_PORT"
+        return
+    fi
+    if ! tansu_installed; then
+        echo "Kafka: tansu $TANSU_VERSION not installed; building it with cargo install (takes a while)"
+        CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=0 \
+            cargo install --locked --debug --no-default-features --features libsql \
+            "tansu@$TANSU_VERSION"
+    fi
+    echo "Kafka: starting tansu $TANSU_VERSION (data in $KAFKA_DIR)"
+    start_kafka || echo "Kafka: start command exited with $? (waiting for the port anyway)"
+    local deadline=$((SECONDS + 30))
+    until port_open "$KAFKA_PORT"; do
+        if ((SECONDS >= deadline)); then
+            die "Kafka (tansu) did not open 127.0.0.1:$KAFKA_PORT within 30s; see /var/log/keel-kafka.log"
+        fi
+        sleep 0.5
+    done
+    echo "Kafka: up on 127.0.0.1:$KAFKA_PORT"
+}
+
 ensure_services() {
     ensure_service PostgreSQL 5432 pg_ctlcluster postgresql 60 start_postgresql
     ensure_service Redis 6379 redis-server redis-server 30 start_redis
     ensure_service Mosquitto 1883 mosquitto mosquitto 30 start_mosquitto
     ensure_service NATS 4222 nats-server nats-server 30 start_nats
     ensure_service RabbitMQ 5672 rabbitmq-server rabbitmq-server 120 start_rabbitmq
+    ensure_kafka
 }
 
 # The tests check deploy/prometheus and /metrics with promtool, and scrape a Keel server with

@@ -18,6 +18,7 @@ use crate::deliver::{Deliver, DeliverConfig, Target};
 use crate::intake::Intake;
 use crate::log::embedded::{EmbeddedConfig, EmbeddedLog};
 use crate::log::jetstream::{JetStreamConfig, JetStreamLog};
+use crate::log::kafka::{KafkaConfig, KafkaLog};
 use crate::log::{LogReader, LogWriter};
 use crate::metrics::BridgeMetrics;
 use crate::mqtt::{self, MqttConfig};
@@ -66,8 +67,8 @@ impl Default for BridgeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// `embedded` (default: a SQLite file, nothing to install) or `jetstream` (a NATS
-    /// JetStream stream).
+    /// `embedded` (default: a SQLite file, nothing to install), `jetstream` (a NATS
+    /// JetStream stream) or `kafka` (a Kafka topic and consumer group).
     pub backend: Backend,
     /// The embedded log's consumer, the cursor the deliver stage reads with (default
     /// `keel-bridge`).
@@ -76,6 +77,8 @@ pub struct LogConfig {
     pub embedded: EmbeddedConfig,
     /// The JetStream log (its consumer is `jetstream.consumer`).
     pub jetstream: JetStreamConfig,
+    /// The Kafka log (its consumer group is `kafka.consumer`).
+    pub kafka: KafkaConfig,
 }
 
 impl Default for LogConfig {
@@ -85,6 +88,7 @@ impl Default for LogConfig {
             consumer: "keel-bridge".into(),
             embedded: EmbeddedConfig::default(),
             jetstream: JetStreamConfig::default(),
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -97,6 +101,8 @@ pub enum Backend {
     Embedded,
     /// [`JetStreamLog`].
     JetStream,
+    /// [`KafkaLog`].
+    Kafka,
 }
 
 impl Backend {
@@ -158,6 +164,9 @@ impl Validate for BridgeConfig {
             "\"\"",
             "must name the durable consumer",
         );
+        if self.log.backend == Backend::Kafka {
+            checks.nested("log.kafka", &self.log.kafka);
+        }
     }
 }
 
@@ -246,6 +255,14 @@ impl Bridge {
                     .await
                     .map_err(|error| error.to_string())?;
                 let reader = log.reader().await.map_err(|error| error.to_string())?;
+                self.run_on(Arc::new(log.writer()), reader, health, shutdown)
+                    .await
+            }
+            Backend::Kafka => {
+                let log = KafkaLog::open(self.config.log.kafka.clone())
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let reader = log.reader().map_err(|error| error.to_string())?;
                 self.run_on(Arc::new(log.writer()), reader, health, shutdown)
                     .await
             }
@@ -425,5 +442,15 @@ mod tests {
             ..BridgeConfig::default()
         };
         assert_eq!(config.validate().unwrap_err().key, "mqtt.url");
+
+        let mut config = BridgeConfig::default();
+        config.log.kafka.partitions = 0;
+        assert_eq!(
+            config.validate(),
+            Ok(()),
+            "checked only when it is the backend"
+        );
+        config.log.backend = Backend::Kafka;
+        assert_eq!(config.validate().unwrap_err().key, "log.kafka.partitions");
     }
 }

@@ -57,6 +57,18 @@ impl Scope {
         )
     }
 
+    /// The same on Kafka (tansu at 127.0.0.1:9092), with this scope's topics and group.
+    fn kafka_config(&self, target: &str) -> PathBuf {
+        let name = format!("kb-{}", self.id);
+        self.config_with(
+            target,
+            &format!(
+                "[log]\nbackend = \"kafka\"\n\n[log.kafka]\ntopic = \"{name}\"\n\
+                 dead_letter_topic = \"{name}-dead\"\nconsumer = \"{name}\"\n"
+            ),
+        )
+    }
+
     fn config_with(&self, target: &str, log: &str) -> PathBuf {
         let text = format!(
             r#"target = "{target}"
@@ -213,6 +225,13 @@ async fn a_thousand_device_requests_through_jetstream_make_a_thousand_payments()
     let payments = Payments::start();
     let scope = Scope::new("jetstream");
     a_thousand_requests(&payments, &scope, &scope.jetstream_config(&payments.url())).await;
+}
+
+#[tokio::test]
+async fn a_thousand_device_requests_through_kafka_make_a_thousand_payments() {
+    let payments = Payments::start();
+    let scope = Scope::new("kafka");
+    a_thousand_requests(&payments, &scope, &scope.kafka_config(&payments.url())).await;
 }
 
 async fn a_thousand_requests(payments: &Payments, scope: &Scope, config: &Path) {

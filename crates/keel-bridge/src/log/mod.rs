@@ -13,11 +13,14 @@
 //!   out and not yet [done](LogReader::done) is handed out again after a restart (and never
 //!   to this reader again while it holds it); one that is done is not.
 //!
-//! Backends: [`embedded`] (one SQLite file, for a bridge on one machine) and [`jetstream`]
-//! (NATS JetStream: a work-queue stream and one durable pull consumer).
+//! Backends: [`embedded`] (one SQLite file, for a bridge on one machine), [`jetstream`]
+//! (NATS JetStream: a work-queue stream and one durable pull consumer) and [`kafka`] (a topic
+//! keyed by device and one consumer group).
 
 pub mod embedded;
+mod headers;
 pub mod jetstream;
+pub mod kafka;
 
 use std::future::Future;
 use std::time::Duration;

@@ -7,18 +7,12 @@ use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
 use crate::log::DeadLetter;
+use crate::log::headers::{self, DETAIL, DEVICE, KEY, REASON, ROUTE};
 use crate::record::Record;
 
-/// The record's idempotency key, which JetStream deduplicates on (records only).
+/// The record's idempotency key, which JetStream deduplicates on (records only; a dead letter
+/// has `Keel-Key` instead, since it shares its record's key).
 pub(super) const MSG_ID: &str = "Nats-Msg-Id";
-/// The record's key on a dead letter (which has no `Nats-Msg-Id`: it shares its record's key).
-const KEY: &str = "Keel-Key";
-const DEVICE: &str = "Keel-Device";
-const ROUTE: &str = "Keel-Route";
-const REASON: &str = "Keel-Reason";
-const DETAIL: &str = "Keel-Detail";
-/// The bridge's own headers; a record header may not take one of these names, nor `Nats-*`.
-const RESERVED: [&str; 6] = [MSG_ID, KEY, DEVICE, ROUTE, REASON, DETAIL];
 
 /// Longest subject token made from a device, route or reason; longer ones are cut and end in
 /// `+`. Subjects are for people and filters only: the headers carry the full values.
@@ -65,16 +59,12 @@ pub(super) fn dead_letter_headers(letter: &DeadLetter, note: Option<String>) -> 
     headers.insert(name(KEY), escape(&letter.record.key));
     headers.insert(name(REASON), escape(&letter.reason));
     let refused = put_record_headers(&mut headers, &letter.record);
-    let mut detail = letter.detail.clone();
-    if !refused.is_empty() {
-        detail.push_str(&format!(
-            " (headers not kept, their names cannot be NATS headers: {})",
-            refused.join(", ")
-        ));
-    }
-    if let Some(note) = note {
-        detail.push_str(&format!(" ({note})"));
-    }
+    let detail = headers::dead_letter_detail(
+        &letter.detail,
+        &refused,
+        "their names cannot be NATS headers",
+        note.as_deref(),
+    );
     headers.insert(name(DETAIL), escape(&detail));
     headers
 }
@@ -98,10 +88,11 @@ fn put_record_headers(headers: &mut HeaderMap, record: &Record) -> Vec<String> {
     refused
 }
 
+/// The bridge's own headers and `Nats-*`, which a record header may not take.
 fn is_reserved(name: &str) -> bool {
     name.get(..5)
         .is_some_and(|start| start.eq_ignore_ascii_case("nats-"))
-        || RESERVED.iter().any(|own| own.eq_ignore_ascii_case(name))
+        || headers::is_own(name)
 }
 
 /// The record a message holds. Headers come back sorted by name (a NATS header map keeps no
