@@ -111,6 +111,7 @@ impl Backend {
         match self {
             Self::Embedded => "embedded",
             Self::JetStream => "jetstream",
+            Self::Kafka => "kafka",
         }
     }
 }
