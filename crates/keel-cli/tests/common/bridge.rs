@@ -11,18 +11,43 @@ use std::time::{Duration, Instant};
 
 use super::payments::{Payments, TempDir, devices_binary};
 
-/// One test's names: topics, client id and group, unique to the test run.
+/// One test's names: topics, client id and group, unique to the test run; and the MQTT
+/// broker it uses (the machine's Mosquitto unless [`Scope::with_broker`] says otherwise).
 pub struct Scope {
     id: String,
     dir: TempDir,
+    /// The broker as the devices reach it.
+    mqtt: String,
+    /// The broker as the bridge reaches it (through a proxy, say).
+    bridge_mqtt: String,
+    /// The bridge's shared-subscription group ("": a plain subscription).
+    shared_group: String,
 }
 
 impl Scope {
     pub fn new(name: &str) -> Self {
+        let id = format!("{name}-{}-{:x}", std::process::id(), rand::random::<u32>());
         Self {
-            id: format!("{name}-{}-{:x}", std::process::id(), rand::random::<u32>()),
+            shared_group: format!("g-{id}"),
+            id,
             dir: TempDir::new("bridge"),
+            mqtt: "mqtt://127.0.0.1:1883".into(),
+            bridge_mqtt: "mqtt://127.0.0.1:1883".into(),
         }
+    }
+
+    /// The same scope on another broker: `devices` is its URL for the simulator, `bridge`
+    /// for the bridge.
+    pub fn with_broker(mut self, devices: &str, bridge: &str) -> Self {
+        self.mqtt = devices.to_owned();
+        self.bridge_mqtt = bridge.to_owned();
+        self
+    }
+
+    /// The same scope with the bridge subscribed plainly, not through a shared subscription.
+    pub fn plain_subscription(mut self) -> Self {
+        self.shared_group.clear();
+        self
     }
 
     pub fn requests(&self) -> String {
@@ -41,11 +66,17 @@ impl Scope {
 
     /// The same on JetStream (at 127.0.0.1:4222), with this scope's streams and subjects.
     pub fn jetstream_config(&self, target: &str) -> PathBuf {
+        self.jetstream_config_at(target, "nats://127.0.0.1:4222")
+    }
+
+    /// [`Scope::jetstream_config`] on the NATS server at `url`.
+    pub fn jetstream_config_at(&self, target: &str, url: &str) -> PathBuf {
         let name = self.id.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
         self.config_with(
             target,
             &format!(
-                "[log]\nbackend = \"jetstream\"\n\n[log.jetstream]\nstream = \"KB_{name}\"\n\
+                "[log]\nbackend = \"jetstream\"\n\n[log.jetstream]\nurl = \"{url}\"\n\
+                 stream = \"KB_{name}\"\n\
                  dead_letter_stream = \"KB_{name}_DEAD\"\nsubject_prefix = \"kb.{name}\"\n"
             ),
         )
@@ -57,9 +88,9 @@ impl Scope {
 {log}
 
 [mqtt]
-url = "mqtt://127.0.0.1:1883"
+url = "{mqtt}"
 client_id = "bridge-{id}"
-shared_group = "g-{id}"
+shared_group = "{shared_group}"
 
 [log.embedded]
 path = "{log_path}"
@@ -72,6 +103,8 @@ key = "device+field:idempotency_key"
 response_topic = "{responses}/{{device}}"
 "#,
             id = self.id,
+            mqtt = self.bridge_mqtt,
+            shared_group = self.shared_group,
             log_path = self.dir.path().join("log.db").display(),
             requests = self.requests(),
             responses = self.responses(),
@@ -84,12 +117,7 @@ response_topic = "{responses}/{{device}}"
     /// Starts the simulator against this scope's topics.
     pub fn simulate(&self, payments: &Payments, extra: &[&str]) -> Child {
         Command::new(devices_binary())
-            .args([
-                "--mqtt",
-                "mqtt://127.0.0.1:1883",
-                "--target",
-                &payments.url(),
-            ])
+            .args(["--mqtt", &self.mqtt, "--target", &payments.url()])
             .args(["--topic-prefix", &self.requests()])
             .args(["--response-prefix", &self.responses()])
             .args(["--run-id", &self.id, "--json"])
