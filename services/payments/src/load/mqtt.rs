@@ -31,7 +31,7 @@ const MAX_PACKET: u32 = 256 * 1024;
 /// How long the broker keeps a connection's session (its unacknowledged publishes, and the
 /// responses queued for the subscription) while the client is away: long enough to ride out
 /// a broker restart, short enough that a run's sessions do not pile up on a shared broker.
-pub const SESSION_EXPIRY: Duration = Duration::from_secs(300);
+const SESSION_EXPIRY: Duration = Duration::from_secs(300);
 /// First pause before connecting again after a connection was lost; it doubles up to
 /// [`MAX_RECONNECT_PAUSE`].
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
