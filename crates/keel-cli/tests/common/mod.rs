@@ -4,6 +4,7 @@
     reason = "each test binary uses a different part of the fixture"
 )]
 
+pub mod bridge;
 pub mod payments;
 
 use std::io::{BufRead, BufReader};

@@ -1,6 +1,6 @@
 //! The real `payments` binary for keel-cli's tests: built on demand into this test run's
-//! target directory, started on ephemeral ports with a SQLite database in a temporary
-//! directory, killed on drop.
+//! target directory, started on ephemeral ports (or a [`stable_port`], to be killed and
+//! started again on it) with a SQLite database in a temporary directory, killed on drop.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -13,7 +13,9 @@ pub struct Payments {
     pub child: Child,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
-    _dir: TempDir,
+    extra: Vec<String>,
+    /// Shared with the process started again, which keeps the database.
+    dir: Arc<TempDir>,
 }
 
 impl Payments {
@@ -30,10 +32,43 @@ impl Payments {
     /// [`Payments::start_with`] with extra environment variables, e.g.
     /// `[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")]`.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = TempDir::new("payments");
+        Self::launch(
+            "127.0.0.1:0",
+            Arc::new(TempDir::new("payments")),
+            extra,
+            env,
+        )
+    }
+
+    /// [`Payments::start`] with the gRPC listener on `listen`, so that it can be started
+    /// again on the same address ([`Payments::start_again`]); see [`stable_port`].
+    pub fn start_on(listen: SocketAddr) -> Self {
+        Self::launch(
+            &listen.to_string(),
+            Arc::new(TempDir::new("payments")),
+            &[],
+            &[],
+        )
+    }
+
+    /// Kills the process (SIGKILL: nothing is finished or flushed) and waits for it to end.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts payments again after [`Payments::kill`]: on the same gRPC address, with the same
+    /// database and flags. The admin listener gets a new port.
+    pub fn start_again(&mut self) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        // The old process (ended already) is dropped; the directory lives on in the new one.
+        *self = Self::launch(&self.grpc.to_string(), self.dir.clone(), &extra, &[]);
+    }
+
+    fn launch(listen: &str, dir: Arc<TempDir>, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let database = format!("sqlite://{}", dir.path().join("ledger.db").display());
         let mut child = Command::new(payments_binary())
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
             .args(["--database-url", &database])
             .args(extra)
             .env_remove("PAYMENTS_CONFIG")
@@ -72,7 +107,8 @@ impl Payments {
             child,
             grpc: grpc.unwrap(),
             admin: admin.unwrap(),
-            _dir: dir,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            dir,
         }
     }
 
@@ -87,6 +123,21 @@ impl Drop for Payments {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A free loopback address for a server that a test stops and starts again on the same
+/// port. The port lies below Linux's ephemeral range (32768 and up), where the kernel never
+/// picks a port for an outgoing connection or a `:0` bind: the many connections of tests
+/// running alongside cannot take it while the server is down.
+pub fn stable_port() -> SocketAddr {
+    for _ in 0..1000 {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 /// The `payments` binary, built once per test run into this test's target directory

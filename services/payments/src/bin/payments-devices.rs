@@ -22,7 +22,8 @@ use tokio::time::Instant;
 /// Simulated devices paying over MQTT: the load and correctness check of `keel bridge`.
 ///
 /// Each of --devices devices connects to the broker as an MQTT 5 client of its own (client id
-/// = device id, clean start) and publishes payment requests with QoS 1 on
+/// = device id, a session the broker keeps 5 minutes while the device is away) and
+/// publishes payment requests with QoS 1 on
 /// `{--topic-prefix}/{device}`: the proto3 JSON of a payments.v1 ProcessRequest whose
 /// `idempotencyKey` is a request id unique to the run. Each publish carries a random W3C
 /// `traceparent` user property and, as MQTT 5 correlation data, the key the bridge will use:
@@ -48,10 +49,17 @@ use tokio::time::Instant;
 ///    with the payment id the outcome named; no payment exists for any other request; every
 ///    payer holds its funding minus its OK payments, the payee the sum of them all.
 ///
+/// Connections ride out a broker that goes away (a restart): a device or the response
+/// subscription whose connection is lost connects again to its session, the device publishes
+/// again what the broker had not acknowledged, and the broker sends the responses it kept.
+/// A publish counts as acknowledged only once its PUBACK came. A broker that comes back
+/// without the sessions has lost what they held: the run fails.
+///
 /// The summary reports publishes, resends, acknowledgements, outcomes by code (unique keys;
-/// a resend answered again counts as a duplicate), missing outcomes, the timing (outcomes per
-/// second from the first publish to the last first outcome; latency from a request's first
-/// publish to its first outcome, p50/p90/p99/max), and the ledger check.
+/// a resend answered again counts as a duplicate), missing outcomes, lost and resumed
+/// connections, the timing (outcomes per second from the first publish to the last first
+/// outcome; latency from a request's first publish to its first outcome, p50/p90/p99/max),
+/// and the ledger check.
 /// A progress line is shown on stderr while it runs, when stderr is a terminal.
 ///
 /// Exit status: 0 when every acknowledged request has its outcome, the outcomes are exactly
@@ -424,6 +432,8 @@ impl Summary<'_> {
             "acknowledged": counts.acknowledged,
             "pubacks": counts.pubacks,
             "no_subscribers": counts.no_subscribers,
+            "disconnects": counts.disconnects,
+            "subscriber_disconnects": counts.subscriber_disconnects,
             "unacknowledged": self.tally.unacknowledged(),
             "outcomes": counts.outcomes,
             "duplicates": counts.duplicates,
@@ -481,6 +491,7 @@ impl Summary<'_> {
             "run {}: {} devices, {} requests ({ok} to succeed, {refused} to overdraw)\n\
              published {} requests, {} resends, {} malformed in {:.1} s; acknowledged {} \
              requests ({} PUBACKs, {} unacknowledged publishes)\n\
+             connections lost and resumed: {} of devices, {} of the response subscription\n\
              outcomes for {} requests, {} duplicates: {}; missing {}\n\
              timing: {timing}\n\
              ledger: {ledger}\n\
@@ -495,6 +506,8 @@ impl Summary<'_> {
             counts.acknowledged,
             counts.pubacks,
             self.tally.unacknowledged(),
+            counts.disconnects,
+            counts.subscriber_disconnects,
             counts.outcomes,
             counts.duplicates,
             if codes.is_empty() {

@@ -1,7 +1,13 @@
 //! The devices' MQTT side: one MQTT 5 connection per device, publishing its part of the
-//! [`Plan`] with QoS 1 and telling which publish each PUBACK is for; and one clean-session
-//! subscription to the response topics, taken before the first publish. Everything the
-//! connections see arrives as [`Event`]s on one channel.
+//! [`Plan`] with QoS 1 and telling which publish each PUBACK is for; and one subscription to
+//! the response topics, taken before the first publish. Everything the connections see
+//! arrives as [`Event`]s on one channel.
+//!
+//! Every connection rides out a broker that goes away: its session is kept by the broker for
+//! [`SESSION_EXPIRY`] while the client is away, and it reconnects to it. On the resumed
+//! session the client publishes again what the broker had not acknowledged (same
+//! packet id), and the broker sends the responses it queued meanwhile. A broker that comes
+//! back without the session has lost what was in flight: the connection ends as lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,6 +28,15 @@ use super::plan::{Plan, Send};
 const REQUEST_QUEUE: usize = 64;
 /// Largest packet the response subscription accepts (an outcome is a few hundred bytes).
 const MAX_PACKET: u32 = 256 * 1024;
+/// How long the broker keeps a connection's session (its unacknowledged publishes, and the
+/// responses queued for the subscription) while the client is away: long enough to ride out
+/// a broker restart, short enough that a run's sessions do not pile up on a shared broker.
+const SESSION_EXPIRY: Duration = Duration::from_secs(300);
+/// First pause before connecting again after a connection was lost; it doubles up to
+/// [`MAX_RECONNECT_PAUSE`].
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between attempts to reach a broker that is down.
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 /// An MQTT broker, `mqtt://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,10 +68,17 @@ impl Broker {
         })
     }
 
+    /// A session the broker keeps for [`SESSION_EXPIRY`], which reconnections resume (see
+    /// [`Session`]). Clean start is off from the first connection on: Mosquitto writes only
+    /// such sessions to its persistence file, so one begun with a clean start would not
+    /// survive a broker restart. (The run id makes every client id new: there is no older
+    /// session to resume by mistake.)
     fn options(&self, client_id: &str) -> MqttOptions {
         let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
+        let expiry = u32::try_from(SESSION_EXPIRY.as_secs()).unwrap_or(u32::MAX);
         options
-            .set_clean_start(true)
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(expiry))
             .set_keep_alive(Duration::from_secs(30))
             .set_request_channel_capacity(REQUEST_QUEUE)
             .set_max_packet_size(Some(MAX_PACKET));
@@ -133,7 +155,15 @@ pub enum Event {
         /// The device.
         device: usize,
     },
-    /// Device `device` lost its connection, or never made it; it publishes no more.
+    /// Device `device` lost its connection and is connecting again, to resume its session.
+    DeviceDisconnected {
+        /// The device.
+        device: usize,
+        /// Why.
+        error: String,
+    },
+    /// Device `device` never connected, or the broker lost its session (and with it the
+    /// publishes it had not acknowledged); it publishes no more.
     DeviceLost {
         /// The device.
         device: usize,
@@ -163,7 +193,14 @@ pub enum Event {
     PublishingDone,
     /// The response subscription is in place.
     Subscribed,
-    /// The response subscription was refused or its connection lost.
+    /// The response subscription's connection was lost; it is connecting again, to resume
+    /// its session and get the responses queued meanwhile.
+    SubscriberDisconnected {
+        /// Why.
+        error: String,
+    },
+    /// The response subscription was refused, never connected, or lost its session (and
+    /// with it the responses queued for it).
     SubscriberLost {
         /// Why.
         error: String,
@@ -193,8 +230,8 @@ struct Link {
 }
 
 impl Devices {
-    /// Connects each device as an MQTT 5 client named by its id (clean start), reporting
-    /// to `events`. The connections are made in the background: wait for a
+    /// Connects each device as an MQTT 5 client named by its id (a fresh session, resumed
+    /// after a lost connection), reporting to `events`. The connections are made in the background: wait for a
     /// [`Event::Connected`] (or [`Event::DeviceLost`]) of each.
     pub fn connect(broker: &Broker, ids: &[String], events: &mpsc::Sender<Event>) -> Self {
         let mut drivers = JoinSet::new();
@@ -315,9 +352,48 @@ pub async fn publish_plan(
     let _ = events.send(Event::PublishingDone).await;
 }
 
-/// Drives one device's connection: matches each PUBACK to its publish, and ends at the
-/// first error (no reconnection: a publish resent on a new connection could not be told
-/// apart from a new one).
+/// How a connection goes on after a CONNACK or an error: the first connection starts the
+/// session, every later one must resume it.
+#[derive(Debug, Default)]
+struct Session {
+    /// Whether the broker ever accepted a connection: a session exists to resume.
+    started: bool,
+    /// The pause before the next attempt to connect.
+    pause: Duration,
+}
+
+impl Session {
+    /// The broker accepted a connection, resuming the session (`session_present`) or not;
+    /// `Err` says why the connection cannot go on: the broker lost the session it had.
+    fn connected(&mut self, session_present: bool) -> Result<(), String> {
+        if self.started && !session_present {
+            return Err(
+                "the broker came back without this connection's session: what it \
+                        had not acknowledged or delivered is lost"
+                    .to_owned(),
+            );
+        }
+        self.started = true;
+        self.pause = RECONNECT_PAUSE;
+        Ok(())
+    }
+
+    /// The connection failed: the pause before connecting again, or `None` if it never
+    /// connected (the broker is unreachable or refuses it: there is nothing to resume).
+    fn failed(&mut self) -> Option<Duration> {
+        if !self.started {
+            return None;
+        }
+        let pause = self.pause;
+        self.pause = (self.pause * 2).min(MAX_RECONNECT_PAUSE);
+        Some(pause)
+    }
+}
+
+/// Drives one device's connection: matches each PUBACK to its publish, and reconnects to
+/// the device's session when the connection is lost. The client publishes again, with the
+/// same packet id, what the broker had not acknowledged; the broker may then have the
+/// request twice, and the bridge's idempotency key makes that one request.
 async fn drive_device(
     device: usize,
     mut eventloop: EventLoop,
@@ -325,10 +401,25 @@ async fn drive_device(
     events: mpsc::Sender<Event>,
 ) {
     let mut in_flight: HashMap<u16, usize> = HashMap::new();
+    let mut session = Session::default();
     loop {
         let event = match eventloop.poll().await {
-            Ok(rumqttc::v5::Event::Incoming(Packet::ConnAck(_))) => Event::Connected { device },
+            Ok(rumqttc::v5::Event::Incoming(Packet::ConnAck(connack))) => {
+                match session.connected(connack.session_present) {
+                    Ok(()) => Event::Connected { device },
+                    Err(error) => {
+                        let _ = events.send(Event::DeviceLost { device, error }).await;
+                        return;
+                    }
+                }
+            }
             Ok(rumqttc::v5::Event::Outgoing(Outgoing::Publish(pkid))) => {
+                // A publish sent again on the resumed session: its PUBACK is still awaited.
+                // (The client gives a packet id to a new publish only once the broker has
+                // acknowledged the last publish that had it.)
+                if in_flight.contains_key(&pkid) {
+                    continue;
+                }
                 let front = queued
                     .lock()
                     .expect("the queue lock is never held across a panic")
@@ -353,13 +444,21 @@ async fn drive_device(
             Ok(_) => continue,
             Err(ConnectionError::RequestsDone) => return,
             Err(error) => {
-                let _ = events
-                    .send(Event::DeviceLost {
-                        device,
-                        error: error.to_string(),
-                    })
-                    .await;
-                return;
+                let error = error.to_string();
+                let Some(pause) = session.failed() else {
+                    let _ = events.send(Event::DeviceLost { device, error }).await;
+                    return;
+                };
+                if events
+                    .send(Event::DeviceDisconnected { device, error })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // sleep: the pause before connecting again to a broker that went away
+                tokio::time::sleep(pause).await;
+                continue;
             }
         };
         if events.send(event).await.is_err() {
@@ -368,7 +467,8 @@ async fn drive_device(
     }
 }
 
-/// The response subscription: one clean-session client subscribed with QoS 1.
+/// The response subscription: one client subscribed with QoS 1, whose session keeps the
+/// responses while its connection is down.
 pub struct Subscription {
     client: AsyncClient,
     driver: tokio::task::JoinHandle<()>,
@@ -401,8 +501,17 @@ impl Subscription {
 }
 
 async fn drive_subscription(mut eventloop: EventLoop, events: mpsc::Sender<Event>) {
+    let mut session = Session::default();
     loop {
         let event = match eventloop.poll().await {
+            Ok(rumqttc::v5::Event::Incoming(Packet::ConnAck(connack))) => {
+                // The subscription is part of the session: a resumed one still has it.
+                if let Err(error) = session.connected(connack.session_present) {
+                    let _ = events.send(Event::SubscriberLost { error }).await;
+                    return;
+                }
+                continue;
+            }
             Ok(rumqttc::v5::Event::Incoming(Packet::SubAck(suback))) => {
                 let granted = suback
                     .return_codes
@@ -431,12 +540,21 @@ async fn drive_subscription(mut eventloop: EventLoop, events: mpsc::Sender<Event
             Ok(_) => continue,
             Err(ConnectionError::RequestsDone) => return,
             Err(error) => {
-                let _ = events
-                    .send(Event::SubscriberLost {
-                        error: error.to_string(),
-                    })
-                    .await;
-                return;
+                let error = error.to_string();
+                let Some(pause) = session.failed() else {
+                    let _ = events.send(Event::SubscriberLost { error }).await;
+                    return;
+                };
+                if events
+                    .send(Event::SubscriberDisconnected { error })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // sleep: the pause before connecting again to a broker that went away
+                tokio::time::sleep(pause).await;
+                continue;
             }
         };
         if events.send(event).await.is_err() {
@@ -469,6 +587,28 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn a_session_is_started_once_then_resumed_or_the_connection_is_lost() {
+        let broker = Broker::parse("mqtt://127.0.0.1:1").unwrap();
+        let options = broker.options("d");
+        assert!(!options.clean_start(), "a session Mosquitto persists");
+        let mut session = Session::default();
+        assert_eq!(session.failed(), None, "never connected: nothing to resume");
+        session.connected(false).unwrap();
+        let pauses: Vec<Duration> = (0..7).map(|_| session.failed().unwrap()).collect();
+        assert_eq!(pauses[0], RECONNECT_PAUSE);
+        assert_eq!(pauses[1], RECONNECT_PAUSE * 2);
+        assert_eq!(pauses[6], MAX_RECONNECT_PAUSE);
+        session.connected(true).unwrap();
+        assert_eq!(
+            session.failed(),
+            Some(RECONNECT_PAUSE),
+            "a connection resets the pause"
+        );
+        let lost = session.connected(false).unwrap_err();
+        assert!(lost.contains("without this connection's session"), "{lost}");
     }
 
     #[test]

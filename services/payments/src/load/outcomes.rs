@@ -90,6 +90,10 @@ pub struct Counts {
     pub duplicates: usize,
     /// Outcomes of devices not in this run, ignored.
     pub foreign: usize,
+    /// Device connections lost and resumed (a broker restart, a network cut).
+    pub disconnects: usize,
+    /// Times the response subscription's connection was lost and resumed.
+    pub subscriber_disconnects: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +181,8 @@ impl Tally {
                     self.connected += 1;
                 }
             }
+            Event::DeviceDisconnected { .. } => self.counts.disconnects += 1,
+            Event::SubscriberDisconnected { .. } => self.counts.subscriber_disconnects += 1,
             Event::DeviceLost { device, error } => {
                 if self.lost[device].is_none() {
                     self.lost[device] = Some(error);
@@ -697,6 +703,36 @@ mod tests {
         assert!(
             failures.contains("13 publishes were never acknowledged"),
             "{failures}"
+        );
+    }
+
+    #[test]
+    fn a_device_that_reconnects_is_counted_and_its_publishes_still_awaited() {
+        let plan = plan();
+        let mut tally = Tally::new(plan.clone());
+        tally.handle(Event::Connected { device: 0 });
+        tally.handle(Event::Published { send: 0 });
+        tally.handle(Event::PublishingDone);
+        let error = "connection reset".to_owned();
+        tally.handle(Event::DeviceDisconnected { device: 0, error });
+        tally.handle(Event::SubscriberDisconnected {
+            error: "connection reset".into(),
+        });
+        tally.handle(Event::Connected { device: 0 });
+        assert_eq!(tally.connected(), 1);
+        assert_eq!(tally.first_lost(), None);
+        assert!(!tally.complete(), "the publish is still awaited");
+        tally.handle(Event::Acked {
+            send: 0,
+            ack: Ack::Accepted,
+        });
+        assert_eq!(tally.unacknowledged(), 0);
+        let counts = tally.counts();
+        assert_eq!((counts.disconnects, counts.subscriber_disconnects), (1, 1));
+        assert!(
+            !tally.failures().iter().any(|f| f.contains("lost")),
+            "{:?}",
+            tally.failures()
         );
     }
 
