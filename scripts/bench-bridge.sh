@@ -66,7 +66,7 @@ Output: the tables on stdout and as Markdown in $BENCH_OUT/bridge.md; one JSON l
 in $BENCH_OUT/bridge-runs.jsonl; logs in $BENCH_OUT/logs/bridge-*.
 
 Exit status: non-zero if the build fails, a process does not start, or a run's ledger check
-fails. Reaching 0.8x of the direct throughput is reported, not enforced.
+fails (the other backends are still measured and tabled). Reaching 0.8x of the direct throughput is reported, not enforced.
 EOF
 }
 
@@ -325,13 +325,18 @@ run_bridge() {
 
 # ---------------------------------------------------------------- the runs
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+failed=''
 run_direct || { stop_everything; die "the direct run failed (logs: $out/logs/bridge-direct.*)"; }
 for backend in "${backends[@]}"; do
     if [ "$backend" = kafka ] && ! command -v tansu >/dev/null; then
         log "kafka skipped: tansu is not installed (scripts/test.sh installs it)"
         continue
     fi
-    run_bridge "$backend" || { stop_everything; die "the $backend run failed (logs: $out/logs/bridge-$backend.*)"; }
+    run_bridge "$backend" || {
+        stop_everything
+        log "the $backend run failed (logs: $out/logs/bridge-$backend.*); going on without it"
+        failed="$failed $backend"
+    }
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -362,3 +367,4 @@ echo
 cat "$md"
 echo
 log "tables written to $md; raw results in $results"
+[ -z "$failed" ] || die "these runs failed:$failed"

@@ -1,7 +1,7 @@
 //! `keel bridge` end to end: the real binary between the machine's Mosquitto and the real
-//! `payments` binary, fed by the `payments-devices` simulator, whose ledger check is the
-//! verdict: every acknowledged request has exactly one payment, money is conserved, and every
-//! outcome came back on the response topic.
+//! `payments` binary on a PostgreSQL database of its own, fed by the `payments-devices`
+//! simulator, whose ledger check is the verdict: every acknowledged request has exactly one
+//! payment, money is conserved, and every outcome came back on the response topic.
 //!
 //! Each test uses its own topics, MQTT client id, shared-subscription group and log file, so
 //! the tests share the broker without seeing each other's messages.
@@ -16,21 +16,21 @@ use common::payments::Payments;
 
 #[tokio::test]
 async fn a_thousand_device_requests_make_a_thousand_payments_with_every_outcome_published() {
-    let payments = Payments::start();
+    let payments = Payments::start_on_postgres();
     let scope = Scope::new("happy");
     a_thousand_requests(&payments, &scope, &scope.config(&payments.url())).await;
 }
 
 #[tokio::test]
 async fn a_thousand_device_requests_through_jetstream_make_a_thousand_payments() {
-    let payments = Payments::start();
+    let payments = Payments::start_on_postgres();
     let scope = Scope::new("jetstream");
     a_thousand_requests(&payments, &scope, &scope.jetstream_config(&payments.url())).await;
 }
 
 #[tokio::test]
 async fn a_thousand_device_requests_through_kafka_make_a_thousand_payments() {
-    let payments = Payments::start();
+    let payments = Payments::start_on_postgres();
     let scope = Scope::new("kafka");
     a_thousand_requests(&payments, &scope, &scope.kafka_config(&payments.url())).await;
 }
@@ -50,12 +50,25 @@ async fn a_thousand_requests(payments: &Payments, scope: &Scope, config: &Path) 
             "0.05",
             "--malformed",
             "3",
+            "--insufficient",
+            "20",
             "--wait",
             "60",
         ],
     );
     let summary = expect_pass(simulator, &bridge);
     assert_eq!(summary["published"], 1000, "{summary}");
+    // Business refusals are outcomes like any other: published, and never retried.
+    assert_eq!(summary["codes"]["FAILED_PRECONDITION"], 20, "{summary}");
+    assert_eq!(summary["codes"]["OK"], 980, "{summary}");
+    let refused = "keel_bridge_calls_total{route=\"payments\",outcome=\"FAILED_PRECONDITION\"}";
+    assert!(metric(bridge.admin, refused).await.unwrap_or(0.0) >= 20.0);
+    let retried = "keel_bridge_retries_total{route=\"payments\",outcome=\"FAILED_PRECONDITION\"}";
+    assert_eq!(
+        metric(bridge.admin, retried).await,
+        None,
+        "refusals are not retried"
+    );
 
     let dead =
         "keel_bridge_dead_lettered_total{route=\"payments\",outcome=\"UNPARSEABLE_PAYLOAD\"}";
@@ -67,7 +80,7 @@ async fn a_thousand_requests(payments: &Payments, scope: &Scope, config: &Path) 
     );
     let calls = "keel_bridge_calls_total{route=\"payments\",outcome=\"OK\"}";
     assert!(
-        metric(bridge.admin, calls).await.unwrap_or(0.0) >= 1000.0,
+        metric(bridge.admin, calls).await.unwrap_or(0.0) >= 980.0,
         "every request was called"
     );
 }
@@ -75,7 +88,7 @@ async fn a_thousand_requests(payments: &Payments, scope: &Scope, config: &Path) 
 /// Kills the bridge with a fault at `point` while devices publish, restarts it, and lets the
 /// simulator judge: nothing lost, nothing doubled.
 async fn survives_a_crash(point: &str) {
-    let payments = Payments::start();
+    let payments = Payments::start_on_postgres();
     let scope = Scope::new(point);
     let config = scope.config(&payments.url());
     let fault = format!("{point}:200");

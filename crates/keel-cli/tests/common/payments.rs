@@ -15,7 +15,7 @@ pub struct Payments {
     pub admin: SocketAddr,
     extra: Vec<String>,
     /// Shared with the process started again, which keeps the database.
-    dir: Arc<TempDir>,
+    store: Arc<Store>,
 }
 
 impl Payments {
@@ -32,23 +32,19 @@ impl Payments {
     /// [`Payments::start_with`] with extra environment variables, e.g.
     /// `[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")]`.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::launch(
-            "127.0.0.1:0",
-            Arc::new(TempDir::new("payments")),
-            extra,
-            env,
-        )
+        Self::launch("127.0.0.1:0", Arc::new(Store::sqlite()), extra, env)
+    }
+
+    /// [`Payments::start`] on a fresh PostgreSQL database at 127.0.0.1:5432, dropped when
+    /// payments is.
+    pub fn start_on_postgres() -> Self {
+        Self::launch("127.0.0.1:0", Arc::new(Store::postgres()), &[], &[])
     }
 
     /// [`Payments::start`] with the gRPC listener on `listen`, so that it can be started
     /// again on the same address ([`Payments::start_again`]); see [`stable_port`].
     pub fn start_on(listen: SocketAddr) -> Self {
-        Self::launch(
-            &listen.to_string(),
-            Arc::new(TempDir::new("payments")),
-            &[],
-            &[],
-        )
+        Self::launch(&listen.to_string(), Arc::new(Store::sqlite()), &[], &[])
     }
 
     /// Kills the process (SIGKILL: nothing is finished or flushed) and waits for it to end.
@@ -61,15 +57,14 @@ impl Payments {
     /// database and flags. The admin listener gets a new port.
     pub fn start_again(&mut self) {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        // The old process (ended already) is dropped; the directory lives on in the new one.
-        *self = Self::launch(&self.grpc.to_string(), self.dir.clone(), &extra, &[]);
+        // The old process (ended already) is dropped; the store lives on in the new one.
+        *self = Self::launch(&self.grpc.to_string(), self.store.clone(), &extra, &[]);
     }
 
-    fn launch(listen: &str, dir: Arc<TempDir>, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let database = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    fn launch(listen: &str, store: Arc<Store>, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(payments_binary())
             .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
-            .args(["--database-url", &database])
+            .args(["--database-url", &store.url])
             .args(extra)
             .env_remove("PAYMENTS_CONFIG")
             .env("PAYMENTS_LOG", "warn")
@@ -108,7 +103,7 @@ impl Payments {
             grpc: grpc.unwrap(),
             admin: admin.unwrap(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-            dir,
+            store,
         }
     }
 
@@ -184,6 +179,64 @@ fn build_payments_bin(name: &str) -> PathBuf {
 }
 
 /// A fresh directory under the system temporary directory, removed on drop.
+/// Where a payments process keeps its ledger: a SQLite file in a temporary directory, or a
+/// PostgreSQL database of its own (dropped at the end).
+struct Store {
+    url: String,
+    _dir: Option<TempDir>,
+    postgres: Option<String>,
+}
+
+/// The PostgreSQL server the tests use (trust authentication).
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+impl Store {
+    fn sqlite() -> Self {
+        let dir = TempDir::new("payments");
+        Self {
+            url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    fn postgres() -> Self {
+        let name = format!(
+            "keel_test_{}_{:x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        psql(&format!("CREATE DATABASE {name}"));
+        Self {
+            url: format!("{POSTGRES}/{name}"),
+            _dir: None,
+            postgres: Some(name),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(name) = &self.postgres {
+            psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+/// Runs one statement on the PostgreSQL server's `postgres` database with `psql`.
+fn psql(statement: &str) {
+    let output = Command::new("psql")
+        .arg(format!("{POSTGRES}/postgres"))
+        .args(["-v", "ON_ERROR_STOP=1", "-Atqc", statement])
+        .output()
+        .expect("run psql (PostgreSQL's client)");
+    assert!(
+        output.status.success(),
+        "psql {statement:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 pub struct TempDir(PathBuf);
 
 impl TempDir {
