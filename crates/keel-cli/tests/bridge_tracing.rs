@@ -11,13 +11,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::bridge::Bridge;
 use common::payments::{Payments, TempDir};
 use keel_interop::otlp::{AnyValue, CollectedSpan, OtlpCollector, Span};
 use rumqttc::v5::mqttbytes::QoS;
@@ -30,83 +26,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// OTLP's `SPAN_KIND_CONSUMER` and `SPAN_KIND_SERVER`.
 const CONSUMER: i32 = 5;
 const SERVER: i32 = 2;
-
-/// A running `keel bridge`, killed on drop.
-struct Bridge {
-    child: Child,
-    admin: SocketAddr,
-    logs: Arc<Mutex<String>>,
-}
-
-impl Bridge {
-    fn start(config: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["bridge", "--admin-listen", "127.0.0.1:0", "--config"])
-            .arg(config)
-            .env_remove("KEEL_BRIDGE_CONFIG")
-            .env_remove("KEEL_BRIDGE_FAULT")
-            .env("KEEL_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keel bridge");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let sink = logs.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let admin = loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                panic!(
-                    "keel bridge exited before listening:\n{}",
-                    logs.lock().unwrap()
-                );
-            }
-            if let Some(addr) = line.trim().strip_prefix("admin listening on ") {
-                break addr.parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in stdout.lines() {});
-        Self { child, admin, logs }
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            // sleep: poll interval of a bounded poll on the process's exit
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Publishes one request (QoS 1) as a device, on a connection of its own; how the broker
 /// answered.

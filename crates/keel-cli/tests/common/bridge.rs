@@ -186,6 +186,15 @@ impl Bridge {
         Self { child, admin, logs }
     }
 
+    /// Asks the bridge to stop (SIGTERM), as an operator or Kubernetes would.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Waits up to `limit` for the process to end.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let start = Instant::now();
