@@ -679,6 +679,16 @@ class Checker:
         bridge = Server(str(serve), self.env, self.server.workdir, ports=(BRIDGE_ADMIN_PORT,))
         try:
             bridge.wait_for_stdout(serve.notes)
+            # Readiness is probed in the background (the broker connection every 200 ms), and
+            # is NOT_SERVING until the log is open: wait for it as an operator or a Kubernetes
+            # probe would, before the walk-through.
+            deadline = time.monotonic() + 10
+            while http_get("/readyz", BRIDGE_ADMIN_PORT)[0] != 200:
+                if time.monotonic() > deadline:
+                    raise CheckFailed("10s after it started, the bridge's /readyz answers "
+                                      f"{http_get('/readyz', BRIDGE_ADMIN_PORT)}")
+                # sleep: poll interval of a bounded poll on the condition
+                time.sleep(0.02)
             ready = {"status": "serving", "checks": {
                 name: {"status": "passing"} for name in ("mqtt", "log", "target")}}
             self.block(title, 1, [

@@ -233,12 +233,19 @@ impl Bridge {
 
     /// Runs both stages until `shutdown` completes: ingest stops taking messages at once
     /// (the broker keeps what was not acknowledged), deliver finishes the calls under way.
-    /// Readiness checks for the broker, the log and the target go into `health`.
+    /// Readiness checks for the broker, the log and the target go into `health`; until they
+    /// do, a failing `log` check keeps the bridge from reporting ready.
     pub async fn run(
         self,
         health: &HealthRegistry,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), String> {
+        // Not ready while the log opens: the real check replaces this one once it is.
+        health
+            .add_check(ReadinessCheck::new("log", || async {
+                Err::<(), _>("the log is not open yet")
+            }))
+            .await;
         match self.config.log.backend {
             Backend::Embedded => {
                 let log = EmbeddedLog::open(self.config.log.embedded.clone())
