@@ -180,17 +180,22 @@ pub struct Bridge {
     channel: Channel,
     metrics: BridgeMetrics,
     spans: Arc<BridgeSpans>,
+    health: HealthRegistry,
 }
 
 impl Bridge {
     /// Checks every route against `pool` (the target's descriptors); calls go through
     /// `channel`. Spans go where the process's tracing is set up to send them
-    /// (`keel_telemetry::init`, before this).
+    /// (`keel_telemetry::init`, before this). Readiness goes into `health`: from here on it
+    /// holds the server NOT_SERVING until [`Bridge::run`] has opened the log and put in the
+    /// checks for the broker, the log and the target, so a `/readyz` served from before
+    /// the run never reports ready too early.
     pub fn new(
         config: BridgeConfig,
         pool: DescriptorPool,
         channel: Channel,
         metrics: BridgeMetrics,
+        health: HealthRegistry,
     ) -> Result<Self, String> {
         config.validate().map_err(|error| error.to_string())?;
         let routes = config
@@ -220,9 +225,11 @@ impl Bridge {
             config.log.backend.name(),
             &config.mqtt.shared_group,
         );
+        health.hold("log", "the log is not open yet");
         Ok(Self {
             config,
             spans,
+            health,
             intake: Arc::new(intake),
             targets,
             pool,
@@ -233,19 +240,9 @@ impl Bridge {
 
     /// Runs both stages until `shutdown` completes: ingest stops taking messages at once
     /// (the broker keeps what was not acknowledged), deliver finishes the calls under way.
-    /// Readiness checks for the broker, the log and the target go into `health`; until they
-    /// do, a failing `log` check keeps the bridge from reporting ready.
-    pub async fn run(
-        self,
-        health: &HealthRegistry,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), String> {
-        // Not ready while the log opens: the real check replaces this one once it is.
-        health
-            .add_check(ReadinessCheck::new("log", || async {
-                Err::<(), _>("the log is not open yet")
-            }))
-            .await;
+    /// Once the log is open, readiness checks for the broker, the log and the target replace
+    /// the hold [`Bridge::new`] put on readiness.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), String> {
         match self.config.log.backend {
             Backend::Embedded => {
                 let log = EmbeddedLog::open(self.config.log.embedded.clone())
@@ -255,24 +252,21 @@ impl Bridge {
                     .reader(&self.config.log.consumer)
                     .await
                     .map_err(|error| error.to_string())?;
-                self.run_on(Arc::new(log.writer()), reader, health, shutdown)
-                    .await
+                self.run_on(Arc::new(log.writer()), reader, shutdown).await
             }
             Backend::JetStream => {
                 let log = JetStreamLog::open(self.config.log.jetstream.clone())
                     .await
                     .map_err(|error| error.to_string())?;
                 let reader = log.reader().await.map_err(|error| error.to_string())?;
-                self.run_on(Arc::new(log.writer()), reader, health, shutdown)
-                    .await
+                self.run_on(Arc::new(log.writer()), reader, shutdown).await
             }
             Backend::Kafka => {
                 let log = KafkaLog::open(self.config.log.kafka.clone())
                     .await
                     .map_err(|error| error.to_string())?;
                 let reader = log.reader().map_err(|error| error.to_string())?;
-                self.run_on(Arc::new(log.writer()), reader, health, shutdown)
-                    .await
+                self.run_on(Arc::new(log.writer()), reader, shutdown).await
             }
         }
     }
@@ -281,11 +275,10 @@ impl Bridge {
         self,
         writer: Arc<W>,
         reader: R,
-        health: &HealthRegistry,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), String> {
         let connected = Arc::new(AtomicBool::new(false));
-        add_checks(health, &connected, &writer, &self.channel).await;
+        add_checks(&self.health, &connected, &writer, &self.channel).await;
 
         let responses = self.responses_client()?;
         let deliver = Deliver::new(

@@ -92,6 +92,30 @@ async fn delivering(bridge: &Bridge, calls: f64) {
     );
 }
 
+/// A log broker that accepts the TCP connection and never says a word: while the bridge
+/// waits for its log, the admin port answers (liveness) but `/readyz` says not ready, and
+/// why, from its very first answer.
+#[tokio::test]
+async fn a_bridge_whose_log_is_not_open_yet_is_not_ready_from_its_first_answer() {
+    let payments = Payments::start();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", silent.local_addr().unwrap());
+    let scope = Scope::new("log-opening");
+    let bridge = Bridge::start(
+        &scope.jetstream_config_at(&payments.url(), &url),
+        &[("KEEL_BRIDGE_LOG_JETSTREAM_REQUEST_TIMEOUT", "60s")],
+    );
+    let (code, body) = readyz(&bridge).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["status"], "not_serving", "{body}");
+    assert_eq!(
+        body["checks"]["log"]["error"], "the log is not open yet",
+        "{body}"
+    );
+    let (live, _) = keel_test_support::http_get(bridge.admin, "/healthz").await;
+    assert_eq!(live, 200);
+}
+
 #[tokio::test]
 async fn payments_down_for_30_s_under_load_loses_nothing_and_the_backlog_drains() {
     let mut payments = Payments::start_on(stable_port());

@@ -226,6 +226,26 @@ impl HealthRegistry {
         tokio::spawn(readiness::run(check, id, registry, frozen));
     }
 
+    /// Registers a critical check `name` that fails with `reason` and is never probed, until
+    /// [`HealthRegistry::add_check`] replaces it under the same name: readiness held back
+    /// while a dependency is still being set up. Synchronous, so it can be called before the
+    /// listener that answers `/readyz` starts, leaving no window of false readiness.
+    pub fn hold(&self, name: &str, reason: &str) {
+        if self.inner.is_frozen() {
+            return;
+        }
+        let mut state = self.inner.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        let entry = Check {
+            id,
+            impact: Impact::Critical,
+            error: Some(reason.to_owned()),
+        };
+        state.checks.insert(name.to_owned(), entry);
+        self.inner.publish(&state);
+    }
+
     /// The overall readiness and every check's last outcome: what `/readyz` reports.
     pub fn readiness(&self) -> Readiness {
         let state = self.inner.lock();
@@ -427,6 +447,23 @@ mod tests {
         let second = Switch::new(true);
         registry.add_check(second.check("database")).await;
         first.wait_stopped().await;
+        assert!(registry.is_serving());
+        assert_eq!(registry.readiness().checks.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_held_check_keeps_the_server_out_until_a_real_check_replaces_it() {
+        let registry = HealthRegistry::new();
+        registry.hold("log", "the log is not open yet");
+        assert!(!registry.is_serving());
+        let readiness = registry.readiness();
+        assert_eq!(readiness.status, ReadinessStatus::NotServing);
+        assert_eq!(
+            readiness.checks[0].error.as_deref(),
+            Some("the log is not open yet")
+        );
+        let log = Switch::new(true);
+        registry.add_check(log.check("log")).await;
         assert!(registry.is_serving());
         assert_eq!(registry.readiness().checks.len(), 1);
     }

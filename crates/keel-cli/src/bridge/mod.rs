@@ -83,8 +83,8 @@ async fn bridge(args: BridgeArgs) -> Result<(), Failure> {
         .await
         .map_err(|error| Failure::Other(error.to_string()))?;
     let metrics = BridgeMetrics::register(admin.metrics_registry());
-    let health = admin.health();
-    let bridge = Bridge::new(config.clone(), pool, channel, metrics).map_err(Failure::Usage)?;
+    let bridge = Bridge::new(config.clone(), pool, channel, metrics, admin.health())
+        .map_err(Failure::Usage)?;
     println!("admin listening on {}", admin.local_addr());
     println!(
         "bridge: {} -> {} through the {:?} log",
@@ -99,7 +99,7 @@ async fn bridge(args: BridgeArgs) -> Result<(), Failure> {
         }
         tracing::info!("bridge: stopping; finishing the calls under way");
     };
-    let outcome = bridge.run(&health, shutdown).await;
+    let outcome = bridge.run(shutdown).await;
     admin.stop().await;
     // Blocks this thread while the runtime's workers export the last spans.
     telemetry.shutdown();
