@@ -9,7 +9,7 @@
 //! repeats at most that much finished work (which the target's idempotency keys make
 //! harmless).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{Appended, DeadLetter, Delivery, LogError, LogReader, LogWriter};
@@ -113,8 +113,11 @@ impl EmbeddedLog {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
+        // A local file: no point pinging a connection before each use (sqlx's default),
+        // which would cost a round trip to the connection's thread per query.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|error| {
@@ -270,33 +273,63 @@ async fn commit_appends(log: EmbeddedLog, mut appends: mpsc::Receiver<PendingApp
     }
 }
 
+/// Rows per `INSERT`: six variables each, far below SQLite's limit of 32,766.
+const ROWS_PER_INSERT: usize = 1_000;
+
+/// Stores `records` at once: one multi-row `INSERT ... RETURNING` per [`ROWS_PER_INSERT`]
+/// (one statement is atomic on its own; more share a transaction). Each statement is a round
+/// trip to the connection's thread, so a statement per record would cost a thread handoff per
+/// record (docs/ARCHITECTURE.md).
 async fn insert(pool: &SqlitePool, records: &[&Record]) -> Result<Vec<Appended>, LogError> {
-    let mut transaction = pool.begin().await.map_err(unavailable)?;
-    let mut outcomes = Vec::with_capacity(records.len());
     let appended_ms = now_ms();
-    for record in records {
-        let stored = sqlx::query(
-            "INSERT INTO records (key, device, route, payload, headers, appended_ms)
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(&record.key)
-        .bind(&record.device)
-        .bind(&record.route)
-        .bind(record.payload.as_ref())
-        .bind(headers_json(&record.headers))
-        .bind(appended_ms)
-        .execute(&mut *transaction)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        outcomes.push(if stored == 1 {
-            Appended::Stored
-        } else {
-            Appended::Duplicate
-        });
+    let mut stored = HashSet::with_capacity(records.len());
+    if records.len() <= ROWS_PER_INSERT {
+        let mut connection = pool.acquire().await.map_err(unavailable)?;
+        stored.extend(insert_rows(&mut connection, records, appended_ms).await?);
+    } else {
+        let mut transaction = pool.begin().await.map_err(unavailable)?;
+        for chunk in records.chunks(ROWS_PER_INSERT) {
+            stored.extend(insert_rows(&mut transaction, chunk, appended_ms).await?);
+        }
+        transaction.commit().await.map_err(unavailable)?;
     }
-    transaction.commit().await.map_err(unavailable)?;
-    Ok(outcomes)
+    // A key returned was stored by its first record in the batch; a later record with the
+    // same key, in this batch or before it, is a duplicate.
+    Ok(records
+        .iter()
+        .map(|record| {
+            if stored.remove(&record.key) {
+                Appended::Stored
+            } else {
+                Appended::Duplicate
+            }
+        })
+        .collect())
+}
+
+/// Inserts `records` in one statement; the keys actually stored (not already there).
+async fn insert_rows(
+    connection: &mut SqliteConnection,
+    records: &[&Record],
+    appended_ms: i64,
+) -> Result<Vec<String>, LogError> {
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO records (key, device, route, payload, headers, appended_ms) ",
+    );
+    query.push_values(records, |mut row, record| {
+        row.push_bind(record.key.as_str())
+            .push_bind(record.device.as_str())
+            .push_bind(record.route.as_str())
+            .push_bind(record.payload.as_ref())
+            .push_bind(headers_json(&record.headers))
+            .push_bind(appended_ms);
+    });
+    query.push(" ON CONFLICT (key) DO NOTHING RETURNING key");
+    query
+        .build_query_scalar::<String>()
+        .fetch_all(connection)
+        .await
+        .map_err(unavailable)
 }
 
 /// Deletes the records every consumer is past and whose keys no longer need remembering.
@@ -495,6 +528,38 @@ mod tests {
         assert_eq!(keys, ["a", "b", "c"]);
         assert_eq!(batch[0].record, record("d1", "a"));
         assert_eq!(reader.lag().await.unwrap(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn one_batch_stores_the_first_of_each_key_and_counts_the_rest_as_duplicates() {
+        let dir = Dir::new();
+        let log = open(dir.path()).await;
+        insert(&log.pool, &[&record("d1", "old")]).await.unwrap();
+        let batch = [
+            record("d1", "a"),
+            record("d2", "old"),
+            record("d1", "a"),
+            record("d2", "b"),
+        ];
+        let outcomes = insert(&log.pool, &batch.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        use Appended::{Duplicate, Stored};
+        assert_eq!(outcomes, [Stored, Duplicate, Duplicate, Stored]);
+        // Over ROWS_PER_INSERT records: several statements in one transaction.
+        let many: Vec<Record> = (0..ROWS_PER_INSERT + 5)
+            .map(|i| record("d3", &format!("k{}", i % (ROWS_PER_INSERT + 1))))
+            .collect();
+        let outcomes = insert(&log.pool, &many.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let stored = outcomes.iter().filter(|o| **o == Stored).count();
+        assert_eq!(stored, ROWS_PER_INSERT + 1);
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records")
+            .fetch_one(&log.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 3 + ROWS_PER_INSERT as i64 + 1);
     }
 
     #[tokio::test]
