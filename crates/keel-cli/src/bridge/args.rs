@@ -48,8 +48,7 @@ data/bridge-log.db: nothing else to install. log.backend = \"jetstream\" uses NA
 window keyed by Nats-Msg-Id, a durable pull consumer and explicit acks.
 log.backend = \"kafka\" uses Kafka (log.kafka.brokers, 127.0.0.1:9092 by default): topics
 made when missing, an idempotent producer with acks=all keyed by device, and a consumer
-group that commits offsets only past the records done; log.kafka.instance_id (static
-membership) lets a restarted bridge take its partitions back at once.
+group that commits offsets only past the records done.
 
 Admin: /healthz, /readyz (ready when the broker, the log and the target answer) and
 /metrics (keel_bridge_*) on --admin-listen, on Keel's serving core (server.admin_tls.*

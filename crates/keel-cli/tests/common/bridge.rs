@@ -82,18 +82,14 @@ impl Scope {
         )
     }
 
-    /// The same on Kafka (tansu at 127.0.0.1:9092), with this scope's topics and group, and a
-    /// static member name (`instance_id`): a bridge killed and started again takes its
-    /// partitions back at once. (tansu never takes a dead member's partitions away, so a
-    /// restart as a new member would get none.)
+    /// The same on Kafka (tansu at 127.0.0.1:9092), with this scope's topics and group.
     pub fn kafka_config(&self, target: &str) -> PathBuf {
         let name = format!("kb-{}", self.id);
         self.config_with(
             target,
             &format!(
                 "[log]\nbackend = \"kafka\"\n\n[log.kafka]\ntopic = \"{name}\"\n\
-                 dead_letter_topic = \"{name}-dead\"\nconsumer = \"{name}\"\n\
-                 instance_id = \"{name}\"\n"
+                 dead_letter_topic = \"{name}-dead\"\nconsumer = \"{name}\"\n"
             ),
         )
     }

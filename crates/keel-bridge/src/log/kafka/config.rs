@@ -31,11 +31,6 @@ pub struct KafkaConfig {
     /// The consumer group the deliver stage reads with, librdkafka's `group.id` (default
     /// `keel-bridge`).
     pub consumer: String,
-    /// This bridge's lasting name in the group, `group.instance.id` (static membership,
-    /// KIP-345; default "": a new member each start). A bridge that restarts under the same
-    /// name takes its partitions back at once, without a rebalance and without waiting out
-    /// `session_timeout`: give each instance its own, e.g. a StatefulSet pod's name.
-    pub instance_id: String,
     /// How long a broker holds a fetch open waiting for records, `fetch.wait.max.ms`: the
     /// latency a record can wait before deliver sees it (default 50 ms; librdkafka's own is
     /// 500 ms).
@@ -70,7 +65,6 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 1,
             consumer: "keel-bridge".into(),
-            instance_id: String::new(),
             fetch_wait: Duration::from_millis(50),
             commit_interval: Duration::from_millis(250),
             session_timeout: Duration::from_secs(10),
@@ -81,7 +75,7 @@ impl Default for KafkaConfig {
 }
 
 /// The librdkafka properties the fields above (or the log's guarantees) decide.
-const OWN_PROPERTIES: [&str; 14] = [
+const OWN_PROPERTIES: [&str; 13] = [
     "bootstrap.servers",
     "metadata.broker.list",
     "client.id",
@@ -95,7 +89,6 @@ const OWN_PROPERTIES: [&str; 14] = [
     "auto.offset.reset",
     "fetch.wait.max.ms",
     "session.timeout.ms",
-    "group.instance.id",
 ];
 
 /// Longest Kafka topic name.
@@ -148,13 +141,6 @@ impl Validate for KafkaConfig {
             "consumer",
             "\"\"",
             "must name the consumer group",
-        );
-        checks.require(
-            self.instance_id.len() <= MAX_TOPIC
-                && self.instance_id.bytes().all(|byte| byte.is_ascii_graphic()),
-            "instance_id",
-            format!("{:?}", self.instance_id),
-            format!("must be empty or up to {MAX_TOPIC} printable ASCII characters"),
         );
         let durations = [
             (
@@ -253,9 +239,6 @@ impl KafkaConfig {
                 "heartbeat.interval.ms",
                 millis((self.session_timeout / 3).max(Duration::from_millis(1))),
             );
-        if !self.instance_id.is_empty() {
-            client.set("group.instance.id", &self.instance_id);
-        }
         client
     }
 
@@ -294,19 +277,13 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(config.producer().get("linger.ms"), Some("1"));
         assert_eq!(config.consumer().get("fetch.wait.max.ms"), Some("10"));
-        assert_eq!(config.consumer().get("group.instance.id"), None);
-        let named = KafkaConfig {
-            instance_id: "bridge-0".into(),
-            ..config
-        };
-        assert_eq!(named.consumer().get("group.instance.id"), Some("bridge-0"));
         assert!(serde_json::from_str::<KafkaConfig>(r#"{"broker": "x"}"#).is_err());
     }
 
     #[test]
     fn bad_settings_are_named() {
         type Breaks = fn(&mut KafkaConfig);
-        let cases: [(&str, Breaks); 9] = [
+        let cases: [(&str, Breaks); 8] = [
             ("brokers", |c| c.brokers = " ".into()),
             ("topic", |c| c.topic = "a/b".into()),
             ("topic", |c| c.topic = "..".into()),
@@ -315,7 +292,6 @@ mod tests {
             }),
             ("partitions", |c| c.partitions = 0),
             ("consumer", |c| c.consumer = String::new()),
-            ("instance_id", |c| c.instance_id = "pod 0".into()),
             ("commit_interval", |c| c.commit_interval = Duration::ZERO),
             ("properties.\"enable.auto.offset.store\"", |c| {
                 c.properties
