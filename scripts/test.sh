@@ -4,7 +4,7 @@
 #      broker, is built with cargo install the first time), and Prometheus's
 #      promtool and server binaries are installed;
 #   2. .venv has tests/python/requirements.txt (the Python grpcio peer, the reference metrics parsers);
-#   3. cargo fmt --check, buf lint of proto/, the crate-boundary and test-sleep checks, 4. clippy -D warnings, 5. tests (nextest if installed), 6. doctests,
+#   3. cargo fmt --check, buf lint of proto/, the crate-boundary and test-sleep checks, 4. clippy -D warnings (also the benchmark servers' count-allocs builds), 5. tests (nextest if installed), 6. doctests,
 #   7. cargo doc with warnings denied, 8. README.md's commands as written, against release builds.
 # Runs as root on a fresh Debian machine in CI; fast when everything is already in place.
 set -euo pipefail
@@ -243,6 +243,11 @@ scripts/check-sleeps.sh
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+# The benchmark servers' counting builds (scripts/bench-greeter.sh), so they cannot rot.
+step "cargo clippy, count-allocs builds"
+cargo clippy --workspace --all-targets \
+    --features keel-cli/count-allocs,bare-greeter/count-allocs,h2-floor/count-allocs -- -D warnings
 
 if command -v cargo-nextest >/dev/null 2>&1; then
     step "cargo nextest run"

@@ -14,6 +14,12 @@ use std::net::SocketAddr;
 
 use tonic::transport::{Server, server::TcpIncoming};
 
+/// A benchmark build (`--features count-allocs`): the system allocator, counted, with the
+/// totals printed on SIGUSR1 (scripts/bench-greeter.sh, allocations per call).
+#[cfg(feature = "count-allocs")]
+#[global_allocator]
+static ALLOCATOR: alloc_counter::Counting = alloc_counter::COUNTING;
+
 /// The address served when none is given on the command line.
 const DEFAULT_ADDR: &str = "127.0.0.1:50052";
 
@@ -49,6 +55,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // TCP keepalive), only split so that the "listening" line is printed once connections are
     // accepted, and so that port 0 reports the real port.
     let incoming = TcpIncoming::bind(addr)?.with_nodelay(Some(true));
+    #[cfg(feature = "count-allocs")]
+    alloc_counter::report_on_sigusr1()?;
     println!("grpc listening on {}", incoming.local_addr()?);
 
     let mut server = Server::builder();

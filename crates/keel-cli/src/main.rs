@@ -16,8 +16,15 @@ use clap::{Parser, Subcommand};
 /// jemalloc, not the system allocator: it returns the memory of closed connections to the
 /// OS, where glibc malloc kept a connection flood's peak (docs/ARCHITECTURE.md, "Memory
 /// after a connection flood").
+#[cfg(not(feature = "count-allocs"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A benchmark build (`--features count-allocs`): the system allocator, counted; `keel serve`
+/// prints the totals on SIGUSR1 (scripts/bench-greeter.sh, allocations per call).
+#[cfg(feature = "count-allocs")]
+#[global_allocator]
+static ALLOCATOR: alloc_counter::Counting = alloc_counter::COUNTING;
 
 /// Keel: production gRPC services for Rust.
 #[derive(Debug, Parser)]
@@ -73,6 +80,8 @@ fn main() -> ExitCode {
         match command {
             Command::Serve(args) => {
                 let _telemetry = keel::telemetry::init("keel")?;
+                #[cfg(feature = "count-allocs")]
+                alloc_counter::report_on_sigusr1()?;
                 serve::run(args).await.map(|()| ExitCode::SUCCESS)
             }
             Command::InteropClient(args) => interop::run(args).await.map(|()| ExitCode::SUCCESS),
