@@ -1,7 +1,7 @@
 """Runs README.md's commands as written against the real binaries and checks their answers.
 
 The commands come from README.md itself: every ```sh block of the sections "The two
-commands", "A first payment", "keel call", "Devices over MQTT", "Security: ..." and "Keel's demo server", split into shell
+commands", "A first payment", "keel call", "keel bench", "Devices over MQTT", "Security: ..." and "Keel's demo server", split into shell
 commands. What each command must answer (exit status, JSON fields, lines) lives here, one
 expectation per command in README order; a command without an expectation, or an expectation
 whose command is gone, fails the check, so the two stay in step. JSON checks are strict on
@@ -661,6 +661,10 @@ class Checker:
         self.block("keel call", 1, [
             Expect('"amount_minor":999999', both(
                 rpc_error(9, "INSUFFICIENT_FUNDS"), shows_text_block("keel call"))),
+        ])
+        self.block("keel bench", 0, [
+            Expect("keel bench 127.0.0.1:50051 payments.v1.PaymentService/Process", ok_lines(
+                "Summary:", "  Count:\t2000", "  [OK]\t2000 responses")),
         ])
         print("\n==> README's exit statuses of keel call")
         self.run(f"{call} payments.v1.AccountService/CreateAccount -d '{{'", exits(2))

@@ -1,6 +1,7 @@
 //! `keel`: one binary for Keel's tools. It parses arguments, builds configuration, calls the
 //! libraries and maps errors to exit codes; nothing else lives here.
 
+mod bench;
 mod bridge;
 mod call;
 mod certs;
@@ -51,6 +52,9 @@ enum Command {
     /// Carry device requests from MQTT to a gRPC method through a durable log, with exactly
     /// one effect per request.
     Bridge(bridge::BridgeArgs),
+    /// Load-test any gRPC method: closed loop or at a fixed rate, with a latency summary,
+    /// status codes and errors (like ghz).
+    Bench(bench::BenchArgs),
     /// Make a development CA and server and client certificates (PEM), for TLS and mTLS.
     Certs(certs::CertsArgs),
     /// TLS tools: `keel tls doctor HOST:PORT` performs a handshake and explains what is wrong.
@@ -87,6 +91,8 @@ fn main() -> ExitCode {
             Command::InteropClient(args) => interop::run(args).await.map(|()| ExitCode::SUCCESS),
             // `keel call` reports its own failures: its exit status tells the gRPC code.
             Command::Call(args) => Ok(call::run(args).await),
+            // `keel bench` reports its own failures, like `keel call`.
+            Command::Bench(args) => Ok(bench::run(args).await),
             Command::Gateway(args) => Ok(gateway::run(args).await),
             Command::Bridge(args) => Ok(bridge::run(args).await),
             Command::Certs(_) | Command::Tls(_) => unreachable!("run before the runtime starts"),

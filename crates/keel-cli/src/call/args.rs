@@ -222,7 +222,7 @@ impl CallArgs {
 }
 
 /// Adds one `key: value` header; `-bin` keys take base64 (padded or not).
-fn add_header(metadata: &mut MetadataMap, header: &str) -> Result<(), Failure> {
+pub(crate) fn add_header(metadata: &mut MetadataMap, header: &str) -> Result<(), Failure> {
     let (key, value) = header
         .split_once(':')
         .ok_or_else(|| usage(format!("header `{header}` is not `key: value`")))?;

@@ -7,14 +7,14 @@
 //! call, and `output`, `describe` and `status` print, with `escape` keeping the server's
 //! text from acting on the terminal.
 
-mod args;
-mod connect;
+pub(crate) mod args;
+pub(crate) mod connect;
 mod describe;
 mod escape;
 mod input;
 mod invoke;
 mod output;
-mod reflection;
+pub(crate) mod reflection;
 mod status;
 
 use std::fmt;

@@ -100,7 +100,7 @@ impl Reflection {
 }
 
 /// `pkg.Service/Method` or `pkg.Service.Method` (a leading `/` allowed) as service and method.
-fn split_method(name: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_method(name: &str) -> Option<(&str, &str)> {
     let name = name.strip_prefix('/').unwrap_or(name);
     let (service, method) = name.split_once('/').or_else(|| name.rsplit_once('.'))?;
     (!service.is_empty() && !method.is_empty() && !method.contains('/'))
