@@ -2,7 +2,7 @@
 # The project's single test command, for developers and CI (.ci/run) alike:
 #   1. local services the tests use are up (installed and started if need be; tansu, the Kafka
 #      broker, is built with cargo install the first time), and Prometheus's
-#      promtool and server binaries are installed;
+#      promtool and server binaries and Debian's chromium are installed;
 #   2. .venv has tests/python/requirements.txt (the Python grpcio peer, the reference metrics parsers);
 #   3. cargo fmt --check, buf lint of proto/, the crate-boundary and test-sleep checks, 4. clippy -D warnings (also the benchmark servers' count-allocs builds), 5. tests (nextest if installed), 6. doctests,
 #   7. cargo doc with warnings denied, 8. README.md's commands as written, against release builds.
@@ -218,6 +218,11 @@ ensure_services
 
 step "prometheus tools"
 ensure_prometheus
+
+# keel bench's HTML report is rendered by a real headless browser in its test.
+step "chromium (keel bench's HTML report test)"
+command -v chromium >/dev/null 2>&1 || apt_install --no-install-recommends chromium
+chromium --version
 
 step "python venv"
 ensure_venv

@@ -46,7 +46,9 @@ Descriptors come from the server's reflection unless --protoset or --proto is gi
 
 Output: a summary (count, total, slowest, fastest, average, requests/s, histogram,
 percentiles 10 to 99.9, status codes, errors, the generator's CPU per call); --format json
-has everything plus latency per second; --format csv is latency per second.
+has everything plus latency per second; --format csv is latency per second; --format html
+-o report.html is one self-contained page with the summary, a latency histogram and latency
+and calls over time as charts.
 
 Exit status: 0 when every call succeeded, 1 when some failed (the report says which) or the
 server could not be reached, 2 for usage errors.")]
@@ -152,6 +154,8 @@ enum Format {
     Json,
     /// Latency per second, one row each
     Csv,
+    /// One self-contained page with the summary, a latency histogram and latency over time
+    Html,
 }
 
 /// The most connections `--connections` may ask for.
@@ -249,6 +253,7 @@ async fn bench(args: BenchArgs) -> Result<bool, Failure> {
         Format::Text => report.text(),
         Format::Json => report.json() + "\n",
         Format::Csv => report.csv(),
+        Format::Html => report.html(),
     };
     match &args.output {
         Some(file) => std::fs::write(file, text)

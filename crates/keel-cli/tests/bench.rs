@@ -1,7 +1,8 @@
 //! `keel bench` against a real `keel serve`: its count of calls equals the server's
 //! `grpc_server_handled_total` delta in all four modes, a fixed rate holds within 2%, a
 //! server that stops for 1 s shows the stop in p99 and max latency (no coordinated omission),
-//! and usage mistakes are exit 2 with a message that says what to do.
+//! usage mistakes are exit 2 with a message that says what to do, and `--format html -o`
+//! writes the page to the file.
 
 mod common;
 
@@ -222,5 +223,40 @@ async fn mistakes_are_usage_errors_that_say_what_to_do() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_html_report_is_written_to_the_file_asked_for() {
+    let server = KeelServe::start(&[]);
+    let file =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("keel-bench-cli-report.html");
+    let _ = std::fs::remove_file(&file);
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "bench",
+            &server.grpc.to_string(),
+            "helloworld.Greeter/SayHello",
+            "-n",
+            "50",
+        ])
+        .args(["--format", "html", "-o", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout.is_empty(), "the report goes to the file only");
+    let page = std::fs::read_to_string(&file).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    for text in [
+        "helloworld.Greeter/SayHello",
+        "<th>Count</th><td class=\"n\">50</td>",
+        "Latency histogram",
+        "<svg",
+    ] {
+        assert!(page.contains(text), "the page lacks {text:?}");
     }
 }
