@@ -15,10 +15,16 @@ C x M calls in flight, on a multi-thread runtime). For each run it records the g
 CPU time (user + system, from /usr/bin/time) and the server's (from /proc/PID/stat), both
 per call, and prints medians over the rounds with the ratio generator / server.
 
+Then each generator runs under `valgrind --tool=callgrind` twice, with 2,000 and 12,000
+calls, one at a time over one connection: its instructions per call are the difference
+divided by 10,000 (start-up, descriptors and connecting cancel out). Unlike CPU time, this
+does not move with the machine's load.
+
 Every run must answer every call: h2load's 2xx count, keel bench's OK count.
 
 Options:
   --quick      20k calls x 1 round
+  --no-callgrind  skip the instruction counts
   --no-build   use the existing target/release binaries
   -h, --help   this text
 
@@ -27,10 +33,11 @@ Environment: BENCH_N [200000]  BENCH_C [4]  BENCH_M [32]  BENCH_ROUNDS [3]
 USAGE
 }
 
-quick=0 build=1
+quick=0 build=1 do_cg=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
+        --no-callgrind) do_cg=0 ;;
         --no-build) build=0 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -65,6 +72,8 @@ trap '[ -z "$server_pid" ] || kill -KILL "$server_pid" 2>/dev/null || true' EXIT
 server_pid=$!
 addr=$(wait_listening "$logs/loadgen-server.out" "grpc listening on" "$server_pid" 30) || die "bare-greeter did not start"
 
+# bare tonic serves no reflection: keel bench reads the contract.
+proto=$root/proto/helloworld/helloworld.proto
 body=$out/hello-request.bin
 printf '\x00\x00\x00\x00\x07\x0a\x05world' >"$body"
 
@@ -76,7 +85,7 @@ printf 'round\tloader\tcalls_per_s\tloader_cpu_us\tserver_cpu_us\n' >"$rounds"
 log "warm-up: 20000 calls with each generator"
 h2load -n 20000 -c "$C" -m "$M" -t 1 -d "$body" -H 'content-type: application/grpc' -H 'te: trailers' \
     "http://$addr/helloworld.Greeter/SayHello" >"$logs/loadgen-warmup.h2load" 2>&1 || die "h2load warm-up failed"
-"$target/keel" bench "$addr" helloworld.Greeter/SayHello -n 20000 -c $((C * M)) --connections "$C" \
+"$target/keel" bench "$addr" helloworld.Greeter/SayHello --proto "$proto" -n 20000 -c $((C * M)) --connections "$C" \
     -d '{"name":"world"}' >"$logs/loadgen-warmup.keel" 2>&1 || die "keel bench warm-up failed"
 
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -91,7 +100,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
             rate=$(awk '/^finished in/ {print $4}' "$logs/loadgen-round$r.h2load")
         else
             /usr/bin/time -f '%U %S' -o "$t" "$target/keel" bench "$addr" helloworld.Greeter/SayHello \
-                -n "$N" -c $((C * M)) --connections "$C" -d '{"name":"world"}' --format json \
+                --proto "$proto" -n "$N" -c $((C * M)) --connections "$C" -d '{"name":"world"}' --format json \
                 -o "$logs/loadgen-round$r.json" 2>"$logs/loadgen-round$r.keel.err" || die "keel bench failed (see $logs)"
             ok=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["status_codes"].get("OK", 0))' "$logs/loadgen-round$r.json")
             rate=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests_per_second"])' "$logs/loadgen-round$r.json")
@@ -105,16 +114,42 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
+# cg_calls LOADER N: Ir of the generator making N calls one at a time, under callgrind.
+cg_calls() {
+    local f=$logs/loadgen-cg-$1-$2.out
+    rm -f "$f"
+    if [ "$1" = h2load ]; then
+        valgrind --tool=callgrind "--callgrind-out-file=$f" h2load -n "$2" -c 1 -m 1 -t 1 -d "$body" \
+            -H 'content-type: application/grpc' -H 'te: trailers' \
+            "http://$addr/helloworld.Greeter/SayHello" >"$f.log" 2>&1 || die "h2load under callgrind failed (see $f.log)"
+    else
+        valgrind --tool=callgrind "--callgrind-out-file=$f" "$target/keel" bench "$addr" \
+            helloworld.Greeter/SayHello --proto "$proto" -n "$2" -c 1 >"$f.log" 2>&1 ||
+            die "keel bench under callgrind failed (see $f.log)"
+    fi
+    awk '/^totals:/ {print $2}' "$f"
+}
+declare -A ir_call=()
+if [ "$do_cg" = 1 ]; then
+    command -v valgrind >/dev/null || die "valgrind not found (Debian: valgrind), or pass --no-callgrind"
+    for loader in h2load keel; do
+        log "$loader under callgrind: 2000 and 12000 calls"
+        a=$(cg_calls "$loader" 2000) b=$(cg_calls "$loader" 12000)
+        ir_call[$loader]=$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.0f", (b - a) / 10000}')
+        log "$loader: ${ir_call[$loader]} Ir/call"
+    done
+fi
+
 median() { sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 col() { awk -F'\t' -v l="$1" -v c="$2" '$2 == l {print $c}' "$rounds" | median; }
 md=$out/loadgen.md
 {
-    echo "| loader | calls/s | loader CPU µs/call | bare tonic server CPU µs/call | loader / server |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| loader | calls/s | loader CPU µs/call | bare tonic server CPU µs/call | loader / server | loader Ir/call |"
+    echo "|---|---:|---:|---:|---:|---:|"
     for loader in h2load keel; do
         l=$(col "$loader" 4) s=$(col "$loader" 5)
-        printf '| %s | %.0f | %.2f | %.2f | %.3fx |\n' "$([ "$loader" = keel ] && echo "keel bench" || echo h2load)" \
-            "$(col "$loader" 3)" "$l" "$s" "$(awk -v a="$l" -v b="$s" 'BEGIN {print a / b}')"
+        printf '| %s | %.0f | %.2f | %.2f | %.3fx | %s |\n' "$([ "$loader" = keel ] && echo "keel bench" || echo h2load)" \
+            "$(col "$loader" 3)" "$l" "$s" "$(awk -v a="$l" -v b="$s" 'BEGIN {print a / b}')" "${ir_call[$loader]:--}"
     done
     echo
     echo "Command: \`scripts/bench-loadgen.sh\` with N=$N, C=$C, M=$M, $ROUNDS round(s), $(date -u '+%Y-%m-%d %H:%M UTC'), git $(git rev-parse --short HEAD), $(nproc) cores; medians over the rounds."
