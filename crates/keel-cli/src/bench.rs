@@ -17,7 +17,7 @@ use crate::call::Failure;
 use crate::call::args::add_header;
 use crate::call::connect::connect;
 use crate::call::reflection::{Reflection, split_method};
-use crate::tls::client::ClientFlags;
+use crate::tls::client::ClientTlsArgs;
 
 /// Load-tests one gRPC method on a server (like ghz), over Keel's client.
 #[derive(Debug, Args)]
@@ -124,25 +124,8 @@ pub struct BenchArgs {
     #[arg(short = 'o', long, value_name = "FILE")]
     output: Option<PathBuf>,
 
-    /// Use TLS, verifying the server with the webpki (Mozilla) roots unless --cacert is given
-    #[arg(long)]
-    tls: bool,
-
-    /// Verify the server with this PEM CA certificate instead (implies --tls)
-    #[arg(long, value_name = "FILE")]
-    cacert: Option<PathBuf>,
-
-    /// Client certificate chain (PEM) for mutual TLS; needs --key (implies --tls)
-    #[arg(long, value_name = "FILE", requires = "key")]
-    cert: Option<PathBuf>,
-
-    /// Private key (PEM) of --cert
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    key: Option<PathBuf>,
-
-    /// Name to verify the server certificate against, instead of ADDR's host (implies --tls)
-    #[arg(long, value_name = "NAME")]
-    server_name: Option<String>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 /// How the report is written.
@@ -197,14 +180,7 @@ async fn bench(args: BenchArgs) -> Result<bool, Failure> {
         (_, Some(duration)) => Stop::After(duration),
         (total, None) => Stop::Calls(total.unwrap_or(200)),
     };
-    let tls = ClientFlags {
-        prefix: "",
-        tls: args.tls,
-        ca: args.cacert.clone(),
-        identity: args.cert.clone().zip(args.key.clone()),
-        server_name: args.server_name.clone(),
-        expected_identities: Vec::new(),
-    };
+    let tls = args.tls.flags();
 
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {

@@ -10,7 +10,7 @@ use clap::Args;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, MetadataMap};
 
 use super::Failure;
-use crate::tls::client::ClientFlags;
+use crate::tls::client::{ClientFlags, ClientTlsArgs};
 
 /// Calls any gRPC server that offers reflection (grpc.reflection.v1, or v1alpha): lists its
 /// services, describes its types, and invokes its methods with JSON in and out.
@@ -71,30 +71,8 @@ pub struct CallArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     deadline: Option<Duration>,
 
-    /// Use TLS, verifying the server with the webpki (Mozilla) roots unless --cacert is given
-    #[arg(long)]
-    tls: bool,
-
-    /// Verify the server with this PEM CA certificate instead (implies --tls)
-    #[arg(long, value_name = "FILE")]
-    cacert: Option<PathBuf>,
-
-    /// Client certificate chain (PEM) for mutual TLS; needs --key (implies --tls)
-    #[arg(long, value_name = "FILE", requires = "key")]
-    cert: Option<PathBuf>,
-
-    /// Private key (PEM) of --cert
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    key: Option<PathBuf>,
-
-    /// Name to verify the server certificate against, instead of ADDR's host (implies --tls)
-    #[arg(long, value_name = "NAME")]
-    server_name: Option<String>,
-
-    /// Accept only a server with this identity: a SPIFFE ID or DNS name (repeatable; implies
-    /// --tls). A server with another fails the call, and the error says what it presented
-    #[arg(long = "expect-identity", value_name = "ID")]
-    expect_identity: Vec<String>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 
     /// One line per response message instead of pretty JSON
     #[arg(long)]
@@ -201,14 +179,7 @@ impl CallArgs {
 
     /// The TLS flags (plaintext when none is given and ADDR is not https://).
     pub fn tls(&self) -> ClientFlags {
-        ClientFlags {
-            prefix: "",
-            tls: self.tls,
-            ca: self.cacert.clone(),
-            identity: self.cert.clone().zip(self.key.clone()),
-            server_name: self.server_name.clone(),
-            expected_identities: self.expect_identity.clone(),
-        }
+        self.tls.flags()
     }
 
     /// How to print messages.

@@ -8,7 +8,51 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::Args;
 use keel::client::{Channel, ClientTls, ClientTlsConfig};
+
+/// The client TLS flags `keel call` and `keel bench` take, as clap reads them.
+#[derive(Debug, Args)]
+pub struct ClientTlsArgs {
+    /// Use TLS, verifying the server with the webpki (Mozilla) roots unless --cacert is given
+    #[arg(long)]
+    tls: bool,
+
+    /// Verify the server with this PEM CA certificate instead (implies --tls)
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+
+    /// Client certificate chain (PEM) for mutual TLS; needs --key (implies --tls)
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+
+    /// Name to verify the server certificate against, instead of ADDR's host (implies --tls)
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+
+    /// Accept only a server with this identity: a SPIFFE ID or DNS name (repeatable; implies
+    /// --tls). A server with another fails the call, and the error says what it presented
+    #[arg(long = "expect-identity", value_name = "ID")]
+    expect_identity: Vec<String>,
+}
+
+impl ClientTlsArgs {
+    /// The flags as one meaning (plaintext when none is given and ADDR is not https://).
+    pub fn flags(&self) -> ClientFlags {
+        ClientFlags {
+            prefix: "",
+            tls: self.tls,
+            ca: self.cacert.clone(),
+            identity: self.cert.clone().zip(self.key.clone()),
+            server_name: self.server_name.clone(),
+            expected_identities: self.expect_identity.clone(),
+        }
+    }
+}
 
 /// The client TLS flags of one command, as given.
 #[derive(Debug, Clone, Default)]
