@@ -67,8 +67,7 @@ impl Report {
         if let Some(cpu) = self.client_cpu_us_per_call {
             row("Client CPU", format!("{cpu:.2} µs/call"))?;
         }
-        writeln!(out, "<tr><th>Load</th><td>{}</td></tr>", escape(&load))?;
-        writeln!(out, "</table>")?;
+        writeln!(out, "</table>\n<p>Load: {}</p>", escape(&load))?;
 
         writeln!(out, "<h2>Latency histogram</h2>")?;
         let bars: Vec<(String, f64)> = self
