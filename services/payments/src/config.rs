@@ -46,12 +46,13 @@ pub struct PaymentsConfig {
     #[serde(with = "humantime_serde")]
     pub database_commit_timeout: Duration,
     /// Group commit: most payments committed in one transaction; `1` commits every payment in
-    /// a transaction of its own. Default 64. Payments waiting together share a transaction,
+    /// a transaction of its own. Default 256. Payments waiting together share a transaction,
     /// each with its own outcome, so under load the database does a few statements and one
     /// commit for many payments; a lone payment is never held back to wait for others.
     pub payment_batch_size: usize,
-    /// Group commit: tasks committing batches concurrently. Default 2: one gathers the next
-    /// batch while the other commits.
+    /// Group commit: tasks committing batches concurrently. Default 0, the backend's best:
+    /// 1 on SQLite (one writer), 2 on PostgreSQL (one gathers the next batch while the other
+    /// commits).
     pub payment_committers: usize,
     /// How long idempotency keys are kept. At least 24 h, as clients retry across a day.
     #[serde(with = "humantime_serde")]
@@ -102,8 +103,8 @@ impl Default for PaymentsConfig {
             database_statement_timeout: Duration::from_secs(5),
             database_transaction_timeout: Duration::from_secs(5),
             database_commit_timeout: Duration::from_secs(5),
-            payment_batch_size: 64,
-            payment_committers: 2,
+            payment_batch_size: 256,
+            payment_committers: 0,
             idempotency_retention: Duration::from_secs(24 * 3600),
             rate_limit_per_account: 0,
             redis_url: String::new(),
@@ -138,7 +139,6 @@ impl Validate for PaymentsConfig {
             "",
         );
         checks.at_least("payment_batch_size", self.payment_batch_size, 1, "");
-        checks.at_least("payment_committers", self.payment_committers, 1, "");
         checks.at_least("list_default_page_size", self.list_default_page_size, 1, "");
         for (key, value) in [
             (

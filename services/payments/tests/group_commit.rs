@@ -117,6 +117,58 @@ async fn each_payment_of_a_batch_gets_its_own_outcome(db: &TestDb) {
     assert_eq!(db.balance(&payer).await, 0);
 }
 
+#[tokio::test]
+async fn sqlite_awkward_text_survives_a_batch_exactly() {
+    awkward_text_survives_a_batch_exactly(&TestDb::new(Backend::Sqlite).await).await;
+}
+
+#[tokio::test]
+async fn postgres_awkward_text_survives_a_batch_exactly() {
+    awkward_text_survives_a_batch_exactly(&TestDb::new(Backend::Postgres).await).await;
+}
+
+/// A batch's rows travel to the database as arrays (PostgreSQL) or one JSON document
+/// (SQLite): text that quoting, escaping or a JSON path could mangle must come back as sent,
+/// from the batch's answer and from a later read.
+async fn awkward_text_survives_a_batch_exactly(db: &TestDb) {
+    let payer = db.funded("USD", 100).await;
+    let payee = db.account("USD").await;
+    let awkward = [
+        "quote \" and 'apostrophe'",
+        "back\\slash \\u0041 and $[0] and ->> 0",
+        "new\nline\ttab\r",
+        "é, 支付, 🦀, U+2028 \u{2028} here",
+        "{\"looks\": [\"like\", \"json\"]}",
+        "",
+    ];
+    let requests: Vec<PaymentRequest> = awkward
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut request = payment(&format!("{text}#{i}"), &payer, &payee, 1);
+            request.description = (*text).to_owned();
+            request.metadata = [(format!("{text}!"), (*text).to_owned())].into();
+            request
+        })
+        .collect();
+    let outcomes = submit_together(db, &requests).await;
+    for (request, outcome) in requests.iter().zip(outcomes) {
+        let paid = outcome.unwrap().value;
+        let read = db.store.get_payment(&paid.payment_id).await.unwrap();
+        for payment in [&paid, &read] {
+            assert_eq!(payment.idempotency_key, request.idempotency_key);
+            assert_eq!(payment.description, request.description);
+            assert_eq!(payment.metadata, request.metadata);
+        }
+    }
+    // Replays find every key again, which the batch looks up as it wrote them.
+    for outcome in submit_together(db, &requests).await {
+        assert!(outcome.unwrap().replayed);
+    }
+    assert_eq!(db.balance(&payee).await, awkward.len() as i64);
+    db.assert_ledger_consistent().await;
+}
+
 /// PostgreSQL refuses NUL in text: the statement inserting the batch fails. The batch is then
 /// processed one payment per transaction, so only the payment at fault fails.
 #[tokio::test]

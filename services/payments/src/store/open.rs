@@ -34,9 +34,15 @@ pub async fn open_with(url: &str, config: StoreConfig) -> Result<Arc<dyn Store>,
     let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
     let (batch_size, committers) = (config.batch_size, config.committers);
     let write_timeout = config.write_timeout();
-    let engine: Arc<dyn BatchStore> = match scheme {
-        "sqlite" => Arc::new(sqlite::open(url, config).await?),
-        "postgres" | "postgresql" => Arc::new(postgres::open(url, config).await?),
+    let (engine, committers): (Arc<dyn BatchStore>, usize) = match scheme {
+        "sqlite" => (
+            Arc::new(sqlite::open(url, config).await?),
+            or_default(committers, 1),
+        ),
+        "postgres" | "postgresql" => (
+            Arc::new(postgres::open(url, config).await?),
+            or_default(committers, 2),
+        ),
         _ => {
             return Err(StoreError::Config(format!(
                 "unsupported database URL {:?}: expected sqlite://... or postgres://...",
@@ -54,6 +60,11 @@ pub async fn open_with(url: &str, config: StoreConfig) -> Result<Arc<dyn Store>,
     } else {
         Ok(engine)
     }
+}
+
+/// `configured`, or `default` when it is 0.
+fn or_default(configured: usize, default: usize) -> usize {
+    if configured == 0 { default } else { configured }
 }
 
 /// The URL without its password, for messages.

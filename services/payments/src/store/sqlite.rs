@@ -12,6 +12,13 @@
 //!
 //! Durability: `synchronous = FULL`, so a committed payment survives a power cut, not only a
 //! crash of the process.
+//!
+//! WAL checkpoints: the writer copies the WAL back into the database file once the WAL holds
+//! [`WRITER_CHECKPOINT_PAGES`], inside the commit that crossed it. SQLite's default, 1,000
+//! pages, copied a hot page (an account's, an index's right edge) ten times as often: 5,161
+//! payments/s against 6,033 at 64 in flight (`scripts/bench-payments.sh`, 5 s runs). A
+//! checkpointing task beside the writer (PASSIVE, every 0.2, 1 or 3 s) measured the same as
+//! this within noise over 10 s runs, so there is none.
 
 use std::str::FromStr;
 
@@ -22,6 +29,10 @@ use sqlx::sqlite::{
 use super::config::StoreConfig;
 use super::engine::{Backend, Engine};
 use super::error::StoreError;
+
+/// WAL pages (4 KiB each) past which a commit checkpoints: 40 MiB of WAL at most, in normal
+/// operation.
+const WRITER_CHECKPOINT_PAGES: u32 = 10_000;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -77,7 +88,8 @@ pub(crate) async fn open(url: &str, config: StoreConfig) -> Result<Engine<Sqlite
             options
                 .clone()
                 .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal),
+                .journal_mode(SqliteJournalMode::Wal)
+                .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()),
         )
         .await?;
     MIGRATOR.run(&writer).await?;
