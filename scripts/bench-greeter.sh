@@ -19,6 +19,8 @@ Benchmarks helloworld.Greeter/SayHello (unary, name "world") on:
   keel   `keel serve` with Keel's full default stack (health, reflection, admin, layers;
          observability on, no trace export: what runs without OTEL_* settings)
   keel-off     the same with `--set observe.enabled=false`: no metrics, logs or spans per call
+  keel-tpc     the same stack served thread-per-core (`--set serving_threads=N`, N = the
+         machine's cores): N current-thread runtimes, each on its own SO_REUSEPORT socket
   keel-traced  the same with observability on and traces exported over OTLP, 10% sampled
          (OTEL_TRACES_SAMPLER=traceidratio, OTEL_TRACES_SAMPLER_ARG=0.1) to a sink
          (scripts/otlp-sink.py, grpcio from .venv; skipped with a note if it cannot run)
@@ -49,8 +51,8 @@ HelloReply message ("Hello world"), otherwise the benchmark fails.
 
 Options:
   --quick          short smoke run (20k requests x 1 round, callgrind 200/1200 requests)
-  --servers LIST   comma-separated subset of floor,bare,keel,keel-off,keel-traced,go
-                   (default: floor,bare,keel,go; the observability cost:
+  --servers LIST   comma-separated subset of floor,bare,keel,keel-tpc,keel-off,keel-traced,
+                   go (default: floor,bare,keel,keel-tpc,go; the observability cost:
                    keel-off,keel,keel-traced)
   --no-callgrind   skip the instruction counts (measurement 2)
   --no-throughput  skip the throughput and CPU time rounds (measurement 1)
@@ -79,7 +81,7 @@ goal is reported too: keel-traced <= 1.10x keel-off.
 EOF
 }
 
-quick=0 do_cg=1 do_tp=1 do_allocs=1 do_build=1 servers_arg="floor,bare,keel,go"
+quick=0 do_cg=1 do_tp=1 do_allocs=1 do_build=1 servers_arg="floor,bare,keel,keel-tpc,go"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
@@ -163,7 +165,7 @@ if [ "$do_cg" = 1 ] && ! command -v valgrind >/dev/null; then apt_install valgri
 command -v h2load >/dev/null || die "h2load not found"
 
 # ---------------------------------------------------------------- servers
-want_floor=0 want_bare=0 want_keel=0 want_go=0 want_off=0 want_traced=0
+want_floor=0 want_bare=0 want_keel=0 want_go=0 want_off=0 want_traced=0 want_tpc=0
 IFS=, read -r -a _list <<<"$servers_arg"
 for s in "${_list[@]}"; do
     case "$s" in
@@ -171,9 +173,10 @@ for s in "${_list[@]}"; do
         bare) want_bare=1 ;;
         keel) want_keel=1 ;;
         keel-off) want_off=1 ;;
+        keel-tpc) want_tpc=1 ;;
         keel-traced) want_traced=1 ;;
         go) want_go=1 ;;
-        *) die "unknown server '$s' in --servers (floor, bare, keel, keel-off, keel-traced, go)" ;;
+        *) die "unknown server '$s' in --servers (floor, bare, keel, keel-tpc, keel-off, keel-traced, go)" ;;
     esac
 done
 [ "$want_bare" = 1 ] || log "note: without 'bare' there is no baseline, ratios are left empty"
@@ -182,6 +185,7 @@ servers=()
 [ "$want_floor" = 1 ] && servers+=(floor)
 [ "$want_bare" = 1 ] && servers+=(bare)
 [ "$want_keel" = 1 ] && servers+=(keel)
+[ "$want_tpc" = 1 ] && servers+=(keel-tpc)
 [ "$want_off" = 1 ] && servers+=(keel-off)
 
 if [ "$do_build" = 1 ]; then
@@ -192,7 +196,7 @@ if [ "$do_build" = 1 ]; then
     builds=()
     [ "$want_floor" = 1 ] && builds+=(h2-floor)
     [ "$want_bare" = 1 ] && builds+=(bare-greeter)
-    [ "$want_keel$want_off$want_traced" = 000 ] || builds+=(keel-cli)
+    [ "$want_keel$want_tpc$want_off$want_traced" = 0000 ] || builds+=(keel-cli)
     # The counting builds first, copied aside: the plain builds then put the measured
     # binaries back in target/release.
     if [ "$do_allocs" = 1 ]; then
@@ -218,10 +222,10 @@ keel_bin=$target_dir/release/keel
 go_bin=$out/go-peer/greeter_server
 [ "$want_floor" = 0 ] || [ -x "$floor_bin" ] || die "$floor_bin not built"
 [ "$want_bare" = 0 ] || [ -x "$bare_bin" ] || die "$bare_bin not built"
-[ "$want_keel$want_off$want_traced" = 000 ] || [ -x "$keel_bin" ] || die "$keel_bin not built"
+[ "$want_keel$want_tpc$want_off$want_traced" = 0000 ] || [ -x "$keel_bin" ] || die "$keel_bin not built"
 if [ "$do_allocs" = 1 ]; then
     for b in $([ "$want_floor" = 0 ] || echo h2-floor) $([ "$want_bare" = 0 ] || echo bare-greeter) \
-        $([ "$want_keel$want_off$want_traced" = 000 ] || echo keel); do
+        $([ "$want_keel$want_tpc$want_off$want_traced" = 0000 ] || echo keel); do
         [ -x "$out/bin/$b-count-allocs" ] || die "$out/bin/$b-count-allocs not built (run without --no-build, or with --no-allocs)"
     done
 fi
@@ -266,6 +270,7 @@ label() {
         floor) echo "h2 floor (hyper, canned reply)" ;;
         bare) echo "bare tonic (baseline)" ;;
         keel) echo "keel serve" ;;
+        keel-tpc) echo "keel serve, thread-per-core" ;;
         keel-off) echo "keel serve, observe off" ;;
         keel-traced) echo "keel serve, traces 10% exported" ;;
         go) echo "grpc-go (informative)" ;;
@@ -304,6 +309,7 @@ start_server() {
                 --set shutdown.drain_delay=0s $KEEL_SERVE_ARGS)
             case "$name" in
                 keel-off) cmd+=(--set observe.enabled=false) ;;
+                keel-tpc) cmd+=(--set "serving_threads=$(nproc)") ;;
                 keel-traced)
                     envs=("OTEL_EXPORTER_OTLP_ENDPOINT=http://$sink_addr"
                         OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.1) ;;
@@ -689,7 +695,7 @@ for v in $(compgen -v BENCH_) KEEL_SERVE_ARGS; do
 done
 cmdline+="scripts/bench-greeter.sh"
 [ "$quick" = 1 ] && cmdline+=" --quick"
-[ "$servers_arg" = "floor,bare,keel,go" ] || cmdline+=" --servers $servers_arg"
+[ "$servers_arg" = "floor,bare,keel,keel-tpc,go" ] || cmdline+=" --servers $servers_arg"
 [ "$do_cg" = 1 ] || cmdline+=" --no-callgrind"
 [ "$do_tp" = 1 ] || cmdline+=" --no-throughput"
 [ "$do_allocs" = 1 ] || cmdline+=" --no-allocs"

@@ -316,6 +316,7 @@ impl ServerBuilder {
                 http2: self.config.http2.clone(),
                 connection: self.config.connection.clone(),
                 tls: load_tls(&self.config.tls, protocol, "gRPC")?,
+                threads: self.config.serving_threads,
             },
             &metrics,
         )
@@ -390,6 +391,7 @@ pub(super) async fn bind_admin(
         http2: config.http2.clone(),
         connection,
         tls: load_tls(&config.admin_tls, protocol, "admin")?,
+        threads: 0,
     };
     bind(config.admin_listen, "admin", admin, metrics).await
 }

@@ -53,6 +53,7 @@ impl HttpServer {
                 http2: config.http2.clone(),
                 connection: config.connection.clone(),
                 tls: load_tls(&config.tls, protocol, name)?,
+                threads: config.serving_threads,
             },
             &metrics,
         )

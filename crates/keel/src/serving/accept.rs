@@ -18,9 +18,28 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// At most one warning per this period for the same kind of trouble; the rest are counted.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// How one accept loop's connections ended.
+#[derive(Debug, Default)]
+pub(super) struct Accepted {
+    /// The report, without the requests cut by the forced close.
+    pub(super) report: ListenerReport,
+    /// Requests in flight on the whole listener when this loop closed its connections by
+    /// force: the listener's gauge, which loops on other threads read too.
+    pub(super) cut_at_close: usize,
+}
+
+impl Accepted {
+    /// The report of a listener served by this loop alone.
+    pub(super) fn alone(self) -> ListenerReport {
+        let mut report = self.report;
+        report.cut += self.cut_at_close;
+        report
+    }
+}
+
 /// Accepts until draining, drains until closing, closes what is left; reports how the
 /// connections open at the drain ended.
-pub(super) async fn run<S, B>(tcp: TcpListener, shared: Arc<Shared<S>>) -> ListenerReport
+pub(super) async fn run<S, B>(tcp: TcpListener, shared: Arc<Shared<S>>) -> Accepted
 where
     S: ListenerService<B>,
     B: ResponseBody,
@@ -79,6 +98,7 @@ where
     drop(tcp);
 
     let mut report = ListenerReport::default();
+    let mut cut_at_close = 0;
     let open = connections.len();
     loop {
         tokio::select! {
@@ -100,12 +120,12 @@ where
             },
             () = reached(&mut stage, Stage::Closing) => {
                 report.forced = connections.len();
-                report.cut += usize::try_from(metrics.inflight.get()).unwrap_or(0);
+                cut_at_close = usize::try_from(metrics.inflight.get()).unwrap_or(0);
                 if report.forced > 0 {
                     tracing::warn!(
                         listener = name,
                         connections = report.forced,
-                        requests = report.cut,
+                        requests = cut_at_close,
                         "closing the remaining connections"
                     );
                 }
@@ -116,8 +136,17 @@ where
             }
         }
     }
-    tracing::debug!(listener = name, open, ?report, "listener closed");
-    report
+    tracing::debug!(
+        listener = name,
+        open,
+        ?report,
+        cut_at_close,
+        "listener closed"
+    );
+    Accepted {
+        report,
+        cut_at_close,
+    }
 }
 
 /// Completes once the listener is at `wanted` or later (or its controller is gone).

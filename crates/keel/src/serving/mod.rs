@@ -16,7 +16,10 @@
 //! - the same `keel_server_*` connection metrics, labelled by listener ([`ConnectionMetrics`]);
 //! - TLS when the listener has a [`ServerTls`] (`tls.rs`): the handshake runs in the
 //!   connection's task, within the handshake timeout, so a client that connects and says
-//!   nothing delays no other; ALPN picks HTTP/2 or HTTP/1.1; `keel_tls_handshakes_total`.
+//!   nothing delays no other; ALPN picks HTTP/2 or HTTP/1.1; `keel_tls_handshakes_total`;
+//! - on the caller's Tokio runtime, or thread-per-core ([`ListenerConfig::threads`],
+//!   `threads.rs`): N current-thread runtimes, each accepting on its own `SO_REUSEPORT`
+//!   socket, every one of the above applying on each.
 //!
 //! The service sees `http::Request<RequestBody>` with the peer's
 //! `tonic::transport::server::TcpConnectInfo` in its extensions and, when the client
@@ -27,6 +30,7 @@ mod connection;
 mod late_frames;
 mod metrics;
 mod request_body;
+mod threads;
 mod tls;
 
 use std::net::SocketAddr;
@@ -98,6 +102,11 @@ pub struct ListenerConfig {
     /// TLS for its connections (`None`: plaintext). Load it offering
     /// [`HttpProtocol::alpn`] of `protocol`.
     pub tls: Option<Arc<ServerTls>>,
+    /// Thread-per-core serving: `0` serves on the Tokio runtime that calls
+    /// [`Listener::serve`]; `N` serves on N threads of its own, each a current-thread runtime
+    /// with its own socket on the port (`SO_REUSEPORT`), `connection.max_connections` split
+    /// between them.
+    pub threads: usize,
 }
 
 impl ListenerConfig {
@@ -110,6 +119,7 @@ impl ListenerConfig {
             http2: Http2Config::default(),
             connection: ConnectionConfig::default(),
             tls: None,
+            threads: 0,
         }
     }
 }
@@ -118,8 +128,12 @@ impl Validate for ListenerConfig {
     fn check(&self, checks: &mut Checks) {
         checks.nested("http2", &self.http2);
         checks.nested("connection", &self.connection);
+        checks.between("threads", self.threads, 0..=MAX_THREADS, "");
     }
 }
+
+/// Most threads a listener may serve on.
+pub const MAX_THREADS: usize = 1024;
 
 /// How a listener's connections ended once draining began.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -178,11 +192,20 @@ impl<B> ResponseBody for B where
 /// A bound listener and its settings, ready to serve.
 #[derive(Debug)]
 pub struct Listener {
-    tcp: TcpListener,
+    sockets: Sockets,
     /// The bound address, read once at bind.
     addr: SocketAddr,
     config: ListenerConfig,
     metrics: ListenerMetrics,
+}
+
+/// Where a listener accepts.
+#[derive(Debug)]
+enum Sockets {
+    /// One socket, on the caller's runtime.
+    Runtime(TcpListener),
+    /// A socket and a runtime per thread.
+    Threads(Vec<threads::Shard>),
 }
 
 impl Listener {
@@ -195,12 +218,23 @@ impl Listener {
         metrics: &ConnectionMetrics,
     ) -> std::io::Result<Self> {
         config.validate().map_err(invalid_input)?;
-        let tcp = TcpListener::bind(addr).await?;
-        Self::from_tcp(tcp, config, metrics)
+        if config.threads == 0 {
+            let tcp = TcpListener::bind(addr).await?;
+            return Self::from_tcp(tcp, config, metrics);
+        }
+        let shards = threads::bind(addr, config.threads)?;
+        let addr = shards[0].local_addr()?;
+        let metrics = metrics.listener(config.name);
+        Ok(Self {
+            sockets: Sockets::Threads(shards),
+            addr,
+            config,
+            metrics,
+        })
     }
 
-    /// Serves on an already bound socket; its settings are checked as by
-    /// [`Listener::bind`].
+    /// Serves on an already bound socket, on the caller's runtime whatever
+    /// [`ListenerConfig::threads`] says; its settings are checked as by [`Listener::bind`].
     pub fn from_tcp(
         tcp: TcpListener,
         config: ListenerConfig,
@@ -210,7 +244,7 @@ impl Listener {
         let addr = tcp.local_addr()?;
         let metrics = metrics.listener(config.name);
         Ok(Self {
-            tcp,
+            sockets: Sockets::Runtime(tcp),
             addr,
             config,
             metrics,
@@ -239,13 +273,28 @@ impl Listener {
         S: ListenerService<B>,
         B: ResponseBody,
     {
-        let shared = Arc::new(connection::Shared::new(
-            self.config,
-            service,
-            self.metrics,
-            stage,
-        ));
-        accept::run(self.tcp, shared).await
+        match self.sockets {
+            Sockets::Runtime(tcp) => {
+                let shared = Arc::new(connection::Shared::new(
+                    self.config,
+                    service,
+                    self.metrics,
+                    stage,
+                ));
+                accept::run(tcp, shared).await.alone()
+            }
+            Sockets::Threads(shards) => {
+                let shared = |config| {
+                    Arc::new(connection::Shared::new(
+                        config,
+                        service.clone(),
+                        self.metrics.clone(),
+                        stage.clone(),
+                    ))
+                };
+                threads::serve(shards, shared, &self.config).await
+            }
+        }
     }
 }
 
