@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::future::Future;
 
 use serde::Serialize;
-use sqlx::Row as _;
 
 use super::error::StoreError;
 use super::model::{Account, Payment};
@@ -129,16 +128,7 @@ impl BatchStatements for sqlx::PgConnection {
         .fetch_all(&mut *self)
         .await?;
         rows.iter()
-            .map(|row| {
-                Ok(KeyRecord {
-                    scope,
-                    caller: row.try_get("caller")?,
-                    key: row.try_get("idempotency_key")?,
-                    fingerprint: row.try_get("fingerprint")?,
-                    resource_id: row.try_get("resource_id")?,
-                    created_at_us: row.try_get("created_at_us")?,
-                })
-            })
+            .map(|row| statements::postgres::key_from_row(scope, row))
             .collect()
     }
 
@@ -330,16 +320,7 @@ impl BatchStatements for sqlx::SqliteConnection {
         .fetch_all(&mut *self)
         .await?;
         rows.iter()
-            .map(|row| {
-                Ok(KeyRecord {
-                    scope,
-                    caller: row.try_get("caller")?,
-                    key: row.try_get("idempotency_key")?,
-                    fingerprint: row.try_get("fingerprint")?,
-                    resource_id: row.try_get("resource_id")?,
-                    created_at_us: row.try_get("created_at_us")?,
-                })
-            })
+            .map(|row| statements::sqlite::key_from_row(scope, row))
             .collect()
     }
 

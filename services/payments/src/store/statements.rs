@@ -157,6 +157,18 @@ macro_rules! impl_statements {
                 })
             }
 
+            /// A key of `scope` from a row of `idempotency_keys` (every column but `scope`).
+            pub(crate) fn key_from_row(scope: Scope, row: &DbRow) -> Result<KeyRecord, StoreError> {
+                Ok(KeyRecord {
+                    scope,
+                    caller: row.try_get("caller")?,
+                    key: row.try_get("idempotency_key")?,
+                    fingerprint: row.try_get("fingerprint")?,
+                    resource_id: row.try_get("resource_id")?,
+                    created_at_us: row.try_get("created_at_us")?,
+                })
+            }
+
             /// A payment from a row of `payments` read with `payment_columns!()`.
             pub(crate) fn payment_from_row(row: &DbRow) -> Result<Payment, StoreError> {
                 let metadata: String = row.try_get("metadata")?;
