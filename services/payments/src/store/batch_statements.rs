@@ -84,7 +84,7 @@ impl BatchStatements for sqlx::PgConnection {
         };
         let column = |field: fn(&KeyRecord) -> &str| records.iter().map(field).collect::<Vec<_>>();
         let created: Vec<i64> = records.iter().map(|record| record.created_at_us).collect();
-        let inserted: HashSet<(String, String)> = sqlx::query_as(
+        let inserted = sqlx::query_as(
             "INSERT INTO idempotency_keys \
              (scope, caller, idempotency_key, fingerprint, resource_id, created_at_us) \
              SELECT $1, k.caller, k.key, k.fingerprint, k.resource_id, k.created_at_us \
@@ -100,13 +100,8 @@ impl BatchStatements for sqlx::PgConnection {
         .bind(column(|record| &record.resource_id))
         .bind(created)
         .fetch_all(&mut *self)
-        .await?
-        .into_iter()
-        .collect();
-        Ok(records
-            .iter()
-            .map(|record| inserted.contains(&(record.caller.clone(), record.key.clone())))
-            .collect())
+        .await?;
+        Ok(claimed(records, inserted))
     }
 
     async fn find_keys(
@@ -282,7 +277,7 @@ impl BatchStatements for sqlx::SqliteConnection {
                 record.created_at_us,
             )
         }))?;
-        let inserted: HashSet<(String, String)> = sqlx::query_as(
+        let inserted = sqlx::query_as(
             "INSERT INTO idempotency_keys \
              (scope, caller, idempotency_key, fingerprint, resource_id, created_at_us) \
              SELECT $1, k.value ->> 0, k.value ->> 1, k.value ->> 2, k.value ->> 3, \
@@ -293,13 +288,8 @@ impl BatchStatements for sqlx::SqliteConnection {
         .bind(first.scope.as_str())
         .bind(rows)
         .fetch_all(&mut *self)
-        .await?
-        .into_iter()
-        .collect();
-        Ok(records
-            .iter()
-            .map(|record| inserted.contains(&(record.caller.clone(), record.key.clone())))
-            .collect())
+        .await?;
+        Ok(claimed(records, inserted))
     }
 
     async fn find_keys(
@@ -446,6 +436,16 @@ impl BatchStatements for sqlx::SqliteConnection {
 fn json_rows<T: Serialize>(rows: impl Iterator<Item = T>) -> Result<String, StoreError> {
     let rows: Vec<T> = rows.collect();
     serde_json::to_string(&rows).map_err(|error| StoreError::Internal(Box::new(error)))
+}
+
+/// For each of `records`, in order, whether it is among the keys an insert returned (caller,
+/// key): the rows of `RETURNING` come in no particular order.
+fn claimed(records: &[KeyRecord], inserted: Vec<(String, String)>) -> Vec<bool> {
+    let inserted: HashSet<(String, String)> = inserted.into_iter().collect();
+    records
+        .iter()
+        .map(|record| inserted.contains(&(record.caller.clone(), record.key.clone())))
+        .collect()
 }
 
 fn expect_rows(changed: u64, expected: usize, what: &str) -> Result<(), StoreError> {
