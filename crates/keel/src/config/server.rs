@@ -124,6 +124,10 @@ pub struct Http2Config {
     /// can move large messages at once without one starving the rest, while bounding buffered
     /// data.
     pub initial_connection_window: u32,
+    /// Let the windows grow with the measured bandwidth-delay product (hyper's BDP
+    /// estimator: a PING per burst of data), starting from the protocol's 64 KiB and ignoring
+    /// the two windows above. Off by default: see docs/BENCHMARKS.md, "Transport tuning".
+    pub adaptive_window: bool,
     /// Largest frame the server accepts (16,384 to 16,777,215 bytes, RFC 9113). 16 KiB is the
     /// protocol default and what clients expect.
     pub max_frame_size: u32,
@@ -151,6 +155,7 @@ impl Default for Http2Config {
             max_concurrent_streams: 1024,
             initial_stream_window: 1 << 20,
             initial_connection_window: 4 << 20,
+            adaptive_window: false,
             max_frame_size: 16 << 10,
             max_header_list_size: 16 << 10,
             max_pending_accept_reset_streams: 256,

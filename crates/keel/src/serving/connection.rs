@@ -50,6 +50,10 @@ macro_rules! http2_settings {
             .max_header_list_size(h2.max_header_list_size)
             .max_send_buf_size(h2.max_send_buffer)
             .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams);
+        if h2.adaptive_window {
+            // After the fixed windows: setting one turns the estimator off in hyper.
+            builder.adaptive_window(true);
+        }
         if !h2.keepalive_interval.is_zero() {
             builder
                 .keep_alive_interval(h2.keepalive_interval)
