@@ -7,6 +7,14 @@
 //!    `prost_types` and re-encoding would silently drop them: prost keeps no unknown fields);
 //! 3. generates messages, clients and servers with [tonic_prost_build].
 //!
+//! Every `bytes` field is generated as `bytes::Bytes`, not `Vec<u8>`: decoding then slices
+//! the field out of the buffer the message arrived in (tonic's receive buffer, through
+//! `DecodeBuf::copy_to_bytes`) instead of allocating and copying it, which is what large
+//! payloads cost (docs/BENCHMARKS.md, "Zero-copy bytes fields"). Setting
+//! `KEEL_BUILD_BYTES=vec` in the build's environment generates `Vec<u8>` instead, for
+//! measuring the difference (scripts/bench-bytes.sh); only crates whose contracts have
+//! `bytes` fields are rebuilt when it changes.
+//!
 //! ```no_run
 //! // build.rs
 //! keel_build::Protos::new("interop", &["helloworld/helloworld.proto"]).compile().unwrap();
@@ -16,6 +24,9 @@
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
+
+use prost_types::field_descriptor_proto::Type;
+use prost_types::{DescriptorProto, FileDescriptorSet};
 
 /// A set of contracts to compile, named after the descriptor file it produces.
 #[derive(Debug, Clone)]
@@ -117,12 +128,48 @@ impl Protos {
             compiler.encode_file_descriptor_set(),
         )?;
 
+        let set = compiler.file_descriptor_set();
         let mut builder = tonic_prost_build::configure().build_transport(self.transport);
+        if self.has_bytes_fields(&set) && bytes_as_bytes()? {
+            builder = builder.bytes(".");
+        }
         for (proto, rust) in &self.extern_paths {
             builder = builder.extern_path(proto, rust);
         }
-        builder.compile_fds(compiler.file_descriptor_set())?;
+        builder.compile_fds(set)?;
         Ok(())
+    }
+
+    /// Whether code generated here has a `bytes` field: files of extern packages (and the
+    /// well-known types, which come from `prost_types`) generate none.
+    fn has_bytes_fields(&self, set: &FileDescriptorSet) -> bool {
+        fn any_bytes(message: &DescriptorProto) -> bool {
+            message.field.iter().any(|f| f.r#type() == Type::Bytes)
+                || message.nested_type.iter().any(any_bytes)
+        }
+        let generated = |package: &str| {
+            let package = format!(".{package}");
+            !std::iter::once(".google.protobuf")
+                .chain(self.extern_paths.iter().map(|(proto, _)| proto.as_str()))
+                .any(|ext| package == ext || package.starts_with(&format!("{ext}.")))
+        };
+        set.file
+            .iter()
+            .filter(|file| generated(file.package()))
+            .any(|file| file.message_type.iter().any(any_bytes))
+    }
+}
+
+/// `KEEL_BUILD_BYTES`: unset or `bytes` generates `bytes::Bytes`, `vec` generates `Vec<u8>`.
+fn bytes_as_bytes() -> Result<bool, Box<dyn Error>> {
+    println!("cargo:rerun-if-env-changed=KEEL_BUILD_BYTES");
+    match std::env::var("KEEL_BUILD_BYTES").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("bytes") => Ok(true),
+        Ok("vec") => Ok(false),
+        Ok(other) => {
+            Err(format!("KEEL_BUILD_BYTES must be `bytes` or `vec`, not `{other}`").into())
+        }
+        Err(error) => Err(format!("KEEL_BUILD_BYTES: {error}").into()),
     }
 }
 

@@ -131,7 +131,7 @@ async fn one_stream(channel: Channel, raw: Raw, kind: u8, at: Duration) {
         3 => {
             let request = StreamingInputCallRequest {
                 payload: Some(Payload {
-                    body: vec![0; 32],
+                    body: vec![0; 32].into(),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -283,6 +283,6 @@ fn response_size(size: i32) -> Result<usize, Status> {
 fn zero_payload(size: i32) -> Result<Payload, Status> {
     Ok(Payload {
         r#type: PayloadType::Compressable.into(),
-        body: vec![0; response_size(size)?],
+        body: vec![0; response_size(size)?].into(),
     })
 }

@@ -241,7 +241,7 @@ type WrongStream =
 fn one_byte() -> StreamingOutputCallResponse {
     StreamingOutputCallResponse {
         payload: Some(Payload {
-            body: vec![0],
+            body: vec![0].into(),
             ..Payload::default()
         }),
     }
@@ -261,7 +261,7 @@ impl test_service_server::TestService for Wrong {
         let size = usize::try_from(request.into_inner().response_size).unwrap_or(1);
         Ok(Response::new(SimpleResponse {
             payload: Some(Payload {
-                body: vec![1; size.saturating_sub(1)],
+                body: vec![1; size.saturating_sub(1)].into(),
                 ..Payload::default()
             }),
             ..SimpleResponse::default()

@@ -244,7 +244,7 @@ fn rpc(step: &'static str) -> impl FnOnce(Status) -> CaseError {
 fn zeros(size: usize) -> Payload {
     Payload {
         r#type: PayloadType::Compressable.into(),
-        body: vec![0; size],
+        body: vec![0; size].into(),
     }
 }
 
