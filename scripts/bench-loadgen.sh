@@ -11,7 +11,7 @@ Usage: scripts/bench-loadgen.sh [--quick] [--no-build] [--help]
 
 Loads bare tonic's Greeter (SayHello, name "world") with two generators in alternating
 rounds: h2load (nghttp2, one thread: -n N -c C -m M) and `keel bench` (-n N, C connections,
-C x M calls in flight, on a multi-thread runtime). For each run it records the generator's
+C x M calls in flight, one current-thread runtime per core). For each run it records the generator's
 CPU time (user + system, from /usr/bin/time) and the server's (from /proc/PID/stat), both
 per call, and prints medians over the rounds with the ratio generator / server.
 

@@ -1,4 +1,5 @@
-//! `keel bench`'s engine: a gRPC load generator on Keel's own client, in the spirit of ghz.
+//! `keel bench`'s engine: a gRPC load generator in the spirit of ghz, on HTTP/2 connections of
+//! its own with Keel's client TLS ([`connection`]).
 //! It calls any method in any of the four modes with messages from a JSON template rendered
 //! per call ([`template`]), closed loop or at a fixed rate without coordinated omission
 //! ([`run()`]), and summarizes latencies from an HDR histogram, status codes, errors and
@@ -6,7 +7,7 @@
 //! are encoded before the call and responses skipped, not decoded, so the generator costs
 //! far less per call than the server it loads.
 
-mod codec;
+pub mod connection;
 pub mod html;
 pub mod record;
 pub mod report;
@@ -14,8 +15,7 @@ mod requests;
 pub mod run;
 pub mod template;
 
-pub use codec::RawCodec;
 pub use report::Report;
 pub use requests::Requests;
-pub use run::{Plan, Progress, Stop, run};
+pub use run::{Plan, Progress, Stop, Target, run};
 pub use template::Template;

@@ -1,6 +1,6 @@
 //! The messages each call sends: the request template rendered for the call, parsed as proto3
-//! JSON against the method's input type and encoded. A template without placeholders is
-//! encoded once and shared by every call.
+//! JSON against the method's input type, encoded and framed for the wire. A template without
+//! placeholders is encoded once and shared by every call.
 
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ impl Requests {
         &self.method
     }
 
-    /// The encoded messages of one call.
+    /// The messages of one call, each encoded and framed (flag byte, length, message).
     pub fn messages(&self, context: Context) -> Result<Arc<[Bytes]>, String> {
         if let Some(fixed) = &self.fixed {
             return Ok(fixed.clone());
@@ -86,7 +86,13 @@ impl Requests {
                             input.full_name()
                         )
                     })?;
-                Ok(Bytes::from(message.encode_to_vec()))
+                let mut framed = Vec::with_capacity(5 + message.encoded_len());
+                framed.push(0);
+                framed.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+                message
+                    .encode(&mut framed)
+                    .expect("the buffer was sized for the message");
+                Ok(Bytes::from(framed))
             })
             .collect()
     }

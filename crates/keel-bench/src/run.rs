@@ -1,5 +1,6 @@
-//! The run: workers, each with a connection of its own (round robin over the channels), call
-//! until the plan's count or duration is reached. Closed loop, each worker calls again as
+//! The run: one thread per core, each a current-thread runtime with its share of the
+//! connections; workers, one per call in flight, spread over the connections round robin,
+//! call until the plan's count or duration is reached. Closed loop, each worker calls again as
 //! soon as its call ends; open loop (a fixed rate), call N is due at `start + N / rate`, and
 //! its latency counts from then, not from when a worker was free to send it, so a server
 //! that stalls shows its stall in full (no coordinated omission).
@@ -9,14 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::stream;
+use http::HeaderMap;
 use http::uri::PathAndQuery;
-use keel_client::Channel;
-use tonic::client::Grpc;
+use keel_tls::ClientTls;
+use tokio::sync::oneshot;
+use tonic::Status;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Status};
 
-use crate::codec::RawCodec;
+use crate::connection::{Connection, call_headers};
 use crate::record::Record;
 use crate::report::{Load, Report};
 use crate::requests::Requests;
@@ -98,17 +99,35 @@ impl Progress {
 struct Shared {
     plan: Plan,
     path: PathAndQuery,
+    /// gRPC's headers, the deadline and the plan's metadata: the same for every call.
+    headers: HeaderMap,
     start: Instant,
     end: Option<Instant>,
     next: AtomicU64,
     progress: Progress,
 }
 
-/// Runs `plan` over `channels` (one per connection), reporting each finished call to
-/// `progress`. Fails only on a bad plan; failed calls are counted in the report.
-pub async fn run(plan: Plan, channels: Vec<Channel>, progress: Progress) -> Result<Report, String> {
+/// Where the load goes.
+#[derive(Clone)]
+pub struct Target {
+    /// The server, `HOST:PORT`.
+    pub authority: String,
+    /// Keel's client TLS, or none for plaintext HTTP/2.
+    pub tls: Option<ClientTls>,
+    /// HTTP/2 connections to open; the workers are spread over them round robin.
+    pub connections: usize,
+}
+
+/// Runs `plan` against `target`, reporting each finished call to `progress`. Fails on a bad
+/// plan or when a connection cannot be opened; failed calls are counted in the report.
+///
+/// The connections are spread over one thread per core, each a current-thread runtime
+/// that opens its connections and runs their workers: a connection, its workers and its
+/// driver never wake each other across threads (the same shape as thread-per-core serving;
+/// docs/BENCHMARKS.md, "Load generators").
+pub async fn run(plan: Plan, target: Target, progress: Progress) -> Result<Report, String> {
     plan.check()?;
-    if channels.is_empty() {
+    if target.connections == 0 {
         return Err("at least one connection is needed".into());
     }
     let method = plan.requests.method();
@@ -117,47 +136,152 @@ pub async fn run(plan: Plan, channels: Vec<Channel>, progress: Progress) -> Resu
         .map_err(|error| format!("method {name}: {error}"))?;
     let load = Load {
         concurrency: plan.concurrency,
-        connections: channels.len(),
+        connections: target.connections,
         rate: plan.rate,
     };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(target.connections);
+    let mut lanes = Vec::with_capacity(threads);
+    for index in 0..threads {
+        lanes.push(Lane::spawn(index, threads, &target)?);
+    }
+    for lane in &mut lanes {
+        lane.ready().await?;
+    }
+
     let cpu_before = cpu_time();
     let start = Instant::now();
     let end = match plan.stop {
         Stop::After(duration) => Some(start + duration),
         Stop::Calls(_) => None,
     };
+    let headers = call_headers(&plan.metadata.clone().into_headers(), plan.deadline);
     let shared = Arc::new(Shared {
         plan,
         path,
+        headers,
         start,
         end,
         next: AtomicU64::new(0),
         progress,
     });
-    let workers: Vec<_> = (0..shared.plan.concurrency)
-        .map(|id| {
-            tokio::spawn(worker(
-                id,
-                shared.clone(),
-                channels[id % channels.len()].clone(),
-            ))
-        })
-        .collect();
     let mut record = Record::new();
-    for worker in workers {
-        match worker.await {
-            Ok(worker_record) => record.merge(worker_record),
-            Err(error) => return Err(format!("a worker failed: {error}")),
-        }
+    let mut results = Vec::with_capacity(lanes.len());
+    for lane in &mut lanes {
+        results.push(lane.go(shared.clone()));
+    }
+    for result in results {
+        record.merge(
+            result
+                .await
+                .map_err(|_| "a load thread ended early".to_owned())??,
+        );
     }
     let cpu = cpu_before
         .zip(cpu_time())
         .map(|(before, after)| after.saturating_sub(before));
+    tokio::task::spawn_blocking(move || lanes.into_iter().for_each(Lane::join))
+        .await
+        .map_err(|error| format!("a load thread failed: {error}"))?;
     Ok(Report::new(name, &record, load, cpu))
 }
 
-async fn worker(worker_id: usize, shared: Arc<Shared>, channel: Channel) -> Record {
-    let mut grpc = Grpc::new(channel);
+/// What a lane's thread sends back when its workers are done: their merged record.
+type Done = oneshot::Sender<Result<Record, String>>;
+
+/// One load thread: a current-thread runtime with connections `index`, `index + threads`,
+/// ... and the workers that call over them.
+struct Lane {
+    thread: std::thread::JoinHandle<()>,
+    ready: Option<oneshot::Receiver<Result<(), String>>>,
+    go: Option<oneshot::Sender<(Arc<Shared>, Done)>>,
+}
+
+impl Lane {
+    fn spawn(index: usize, threads: usize, target: &Target) -> Result<Self, String> {
+        let (ready_tx, ready) = oneshot::channel();
+        let (go, go_rx) = oneshot::channel::<(Arc<Shared>, Done)>();
+        let target = target.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| format!("cannot start a load thread's runtime: {error}"))?;
+        let thread = std::thread::Builder::new()
+            .name(format!("keel-bench-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut connections = Vec::new();
+                    for _ in (index..target.connections).step_by(threads) {
+                        match Connection::open(&target.authority, target.tls.as_ref()).await {
+                            Ok(connection) => connections.push(connection),
+                            Err(error) => {
+                                let _ = ready_tx.send(Err(error));
+                                return;
+                            }
+                        }
+                    }
+                    let _ = ready_tx.send(Ok(()));
+                    // No go: another thread could not connect, and the run is off.
+                    let Ok((shared, done)) = go_rx.await else {
+                        return;
+                    };
+                    // Worker w calls over connection w % connections, which is this
+                    // thread's (w % connections) / threads-th.
+                    let workers: Vec<_> = (0..shared.plan.concurrency)
+                        .filter(|id| id % target.connections % threads == index)
+                        .map(|id| {
+                            let connection = &connections[id % target.connections / threads];
+                            tokio::spawn(worker(id, shared.clone(), connection.clone()))
+                        })
+                        .collect();
+                    let mut record = Record::new();
+                    for worker in workers {
+                        match worker.await {
+                            Ok(worker_record) => record.merge(worker_record),
+                            Err(error) => {
+                                let _ = done.send(Err(format!("a worker failed: {error}")));
+                                return;
+                            }
+                        }
+                    }
+                    let _ = done.send(Ok(record));
+                });
+            })
+            .map_err(|error| format!("cannot start a load thread: {error}"))?;
+        Ok(Self {
+            thread,
+            ready: Some(ready),
+            go: Some(go),
+        })
+    }
+
+    /// Waits until the thread's connections are open; the error says why one is not.
+    async fn ready(&mut self) -> Result<(), String> {
+        match self.ready.take() {
+            Some(ready) => ready
+                .await
+                .map_err(|_| "a load thread ended early".to_owned())?,
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the thread's workers; the receiver gets their merged record.
+    fn go(&mut self, shared: Arc<Shared>) -> oneshot::Receiver<Result<Record, String>> {
+        let (done, record) = oneshot::channel();
+        if let Some(go) = self.go.take() {
+            let _ = go.send((shared, done));
+        }
+        record
+    }
+
+    fn join(self) {
+        drop(self.go);
+        let _ = self.thread.join();
+    }
+}
+
+async fn worker(worker_id: usize, shared: Arc<Shared>, connection: Connection) -> Record {
     let mut record = Record::new();
     let plan = &shared.plan;
     loop {
@@ -184,7 +308,7 @@ async fn worker(worker_id: usize, shared: Arc<Shared>, channel: Channel) -> Reco
             worker_id,
         };
         let result = match plan.requests.messages(context) {
-            Ok(messages) => call(&mut grpc, &shared, messages).await,
+            Ok(messages) => call(&connection, &shared, &messages).await,
             Err(error) => Err(Status::invalid_argument(error)),
         };
         let ended = Instant::now();
@@ -194,48 +318,11 @@ async fn worker(worker_id: usize, shared: Arc<Shared>, channel: Channel) -> Reco
     record
 }
 
-/// One call in the method's mode; every response message is read, none decoded.
-async fn call(
-    grpc: &mut Grpc<Channel>,
-    shared: &Shared,
-    messages: Arc<[Bytes]>,
-) -> Result<(), Status> {
-    let plan = &shared.plan;
-    let exchange = async {
-        grpc.ready()
-            .await
-            .map_err(|error| Status::unavailable(format!("the connection failed: {error}")))?;
-        let path = shared.path.clone();
-        let method = plan.requests.method();
-        let request = |message| prepare(plan, Request::new(message));
-        let streamed = || prepare(plan, Request::new(stream::iter(messages.to_vec())));
-        match (method.is_client_streaming(), method.is_server_streaming()) {
-            (false, false) => {
-                let message = messages.first().cloned().unwrap_or_default();
-                grpc.unary(request(message), path, RawCodec).await?;
-            }
-            (false, true) => {
-                let message = messages.first().cloned().unwrap_or_default();
-                let mut responses = grpc
-                    .server_streaming(request(message), path, RawCodec)
-                    .await?
-                    .into_inner();
-                while responses.message().await?.is_some() {}
-            }
-            (true, false) => {
-                grpc.client_streaming(streamed(), path, RawCodec).await?;
-            }
-            (true, true) => {
-                let mut responses = grpc
-                    .streaming(streamed(), path, RawCodec)
-                    .await?
-                    .into_inner();
-                while responses.message().await?.is_some() {}
-            }
-        }
-        Ok(())
-    };
-    match plan.deadline {
+/// One call in the method's mode (the messages say how many go out; every answer is read),
+/// within the plan's deadline.
+async fn call(connection: &Connection, shared: &Shared, messages: &[Bytes]) -> Result<(), Status> {
+    let exchange = connection.call(&shared.path, &shared.headers, messages);
+    match shared.plan.deadline {
         Some(deadline) => tokio::time::timeout(deadline, exchange)
             .await
             .unwrap_or_else(|_| {
@@ -246,17 +333,6 @@ async fn call(
             }),
         None => exchange.await,
     }
-}
-
-/// A call's request with the plan's metadata and deadline.
-fn prepare<T>(plan: &Plan, mut request: Request<T>) -> Request<T> {
-    if !plan.metadata.is_empty() {
-        *request.metadata_mut() = plan.metadata.clone();
-    }
-    if let Some(deadline) = plan.deadline {
-        request.set_timeout(deadline);
-    }
-    request
 }
 
 /// This process's CPU time (user + system, all threads) from `/proc/self/stat`, where

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use keel_bench::{Plan, Progress, Requests, Stop, Template};
+use keel_bench::{Plan, Progress, Requests, Stop, Target, Template};
 use prost_reflect::{DescriptorPool, MethodDescriptor};
 use tonic::metadata::MetadataMap;
 
@@ -17,9 +17,9 @@ use crate::call::Failure;
 use crate::call::args::add_header;
 use crate::call::connect::connect;
 use crate::call::reflection::{Reflection, split_method};
-use crate::tls::client::ClientTlsArgs;
+use crate::tls::client::{ClientFlags, ClientTlsArgs};
 
-/// Load-tests one gRPC method on a server (like ghz), over Keel's client.
+/// Load-tests one gRPC method on a server (like ghz), on HTTP/2 connections of its own.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
@@ -181,12 +181,18 @@ async fn bench(args: BenchArgs) -> Result<bool, Failure> {
         (total, None) => Stop::Calls(total.unwrap_or(200)),
     };
     let tls = args.tls.flags();
-
-    let mut channels = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        channels.push(connect(&args.address, &tls).await?);
-    }
-    let method = method(&args, &channels[0], &metadata).await?;
+    let (uri, client_tls) = tls
+        .client_tls(&args.address, Duration::ZERO)
+        .map_err(Failure::Usage)?;
+    let target = Target {
+        authority: uri
+            .split_once("://")
+            .map_or(uri.as_str(), |(_, rest)| rest)
+            .to_owned(),
+        tls: client_tls,
+        connections: args.connections,
+    };
+    let method = method(&args, &tls, &metadata).await?;
     let requests =
         Requests::new(method, template).map_err(|error| usage(format!("-d: {error}")))?;
     let plan = Plan {
@@ -214,9 +220,9 @@ async fn bench(args: BenchArgs) -> Result<bool, Failure> {
             }
         })
     });
-    let report = keel_bench::run(plan, channels, progress)
+    let report = keel_bench::run(plan, target, progress)
         .await
-        .map_err(usage);
+        .map_err(Failure::Other);
     if let Some(ticker) = ticker {
         ticker.abort();
     }
@@ -242,7 +248,7 @@ async fn bench(args: BenchArgs) -> Result<bool, Failure> {
 /// The method, from the descriptors the flags name or from the server's reflection.
 async fn method(
     args: &BenchArgs,
-    channel: &keel::client::Channel,
+    tls: &ClientFlags,
     metadata: &MetadataMap,
 ) -> Result<MethodDescriptor, Failure> {
     let pool = if let Some(file) = &args.protoset {
@@ -276,7 +282,8 @@ async fn method(
         DescriptorPool::from_file_descriptor_set(set)
             .map_err(|error| Failure::Usage(format!("--proto: {error}")))?
     } else {
-        return Reflection::new(channel.clone(), metadata.clone())
+        let channel = connect(&args.address, tls).await?;
+        return Reflection::new(channel, metadata.clone())
             .method(&args.method)
             .await;
     };

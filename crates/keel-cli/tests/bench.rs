@@ -2,7 +2,8 @@
 //! `grpc_server_handled_total` delta in all four modes, a fixed rate holds within 2%, a
 //! server that stops for 1 s shows the stop in p99 and max latency (no coordinated omission),
 //! usage mistakes are exit 2 with a message that says what to do, and `--format html -o`
-//! writes the page to the file.
+//! writes the page to the file. Failed calls are counted by their status, and TLS is Keel's
+//! client TLS: verified against the CA it is given, refused without it.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::KeelServe;
+use keel_test_support::tls::{Ca, Dir};
 use serde_json::Value;
 
 /// The repository's contracts, for `--proto`.
@@ -102,6 +104,74 @@ async fn the_count_equals_the_servers_handled_calls_in_all_four_modes() {
         );
         assert_eq!(report["load"]["connections"], 2);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_calls_are_counted_by_status_with_their_message() {
+    let server = KeelServe::start(&[]);
+    let output = bench(
+        &server,
+        "grpc.testing.TestService/UnaryCall",
+        &[
+            "-n",
+            "40",
+            "-c",
+            "4",
+            "-d",
+            r#"{"responseStatus": {"code": 5, "message": "no such thing"}}"#,
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "some calls failed: exit 1");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["count"], 40, "{report}");
+    assert_eq!(report["status_codes"]["NotFound"], 40, "{report}");
+    assert_eq!(report["errors"][0]["count"], 40, "{report}");
+    assert_eq!(
+        report["errors"][0]["message"], "NotFound: no such thing",
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_server_is_verified_against_the_ca_given() {
+    let dir = Dir::new();
+    let root = Ca::root("Keel Bench Root");
+    let leaf = root.leaf("server").ip([127, 0, 0, 1].into()).issue();
+    dir.write("root.pem", root.cert_pem());
+    dir.write("server.pem", &leaf.chain_pem);
+    dir.write("server.key", &leaf.key_pem);
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let (cert, key) = (
+        format!("tls.cert={}", file("server.pem")),
+        format!("tls.key={}", file("server.key")),
+    );
+    let server = KeelServe::start(&["--set", &cert, "--set", &key]);
+    let before = handled(&server, "unary", "helloworld.Greeter", "SayHello").await;
+
+    // Reflection and the calls both go over TLS.
+    let ca = file("root.pem");
+    let output = bench(
+        &server,
+        "helloworld.Greeter/SayHello",
+        &["-n", "60", "-c", "6", "--connections", "2", "--cacert", &ca],
+    );
+    let report = report(&output);
+    assert_eq!(report["status_codes"]["OK"], 60, "{report}");
+    let after = handled(&server, "unary", "helloworld.Greeter", "SayHello").await;
+    assert_eq!(after - before, 60.0);
+
+    // Without the CA the server's certificate is not trusted: exit 1, saying so.
+    let untrusted = bench(
+        &server,
+        "helloworld.Greeter/SayHello",
+        &["-n", "1", "--tls", "--proto", HELLOWORLD_PROTO],
+    );
+    assert_eq!(untrusted.status.code(), Some(1), "{untrusted:?}");
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(
+        stderr.contains("cannot connect") || stderr.contains("certificate"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

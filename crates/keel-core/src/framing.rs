@@ -45,6 +45,12 @@ impl Framing {
         self.messages
     }
 
+    /// Whether the stream so far ends exactly after a whole message (or is empty): a body
+    /// that ends anywhere else was cut inside a message.
+    pub fn at_boundary(&self) -> bool {
+        self.have == 0 && self.remaining == 0
+    }
+
     /// Scans the next chunk; stops at the first prefix announcing more than the limit.
     pub fn scan(&mut self, mut chunk: &[u8]) -> Result<(), Oversize> {
         let total = chunk.len();
@@ -109,6 +115,25 @@ mod tests {
         for cut in 1..=stream.len() {
             assert_eq!(check(10, &stream, cut), None, "cut {cut}");
         }
+    }
+
+    #[test]
+    fn knows_whether_a_stream_ends_between_messages() {
+        let stream = [message(3), message(0), message(300)].concat();
+        for cut in 1..=stream.len() {
+            let mut framing = Framing::counting();
+            for chunk in stream.chunks(cut) {
+                framing.scan(chunk).unwrap();
+            }
+            assert!(framing.at_boundary(), "cut {cut}");
+            assert_eq!(framing.messages(), 3);
+        }
+        for end in [1, 4, 5, 7, 9, stream.len() - 1] {
+            let mut framing = Framing::counting();
+            framing.scan(&stream[..end]).unwrap();
+            assert!(!framing.at_boundary(), "ends at {end}");
+        }
+        assert!(Framing::counting().at_boundary());
     }
 
     #[test]

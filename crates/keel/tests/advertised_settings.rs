@@ -90,7 +90,7 @@ async fn the_default_windows_and_stream_limit_are_announced() {
     let announced = announced(&server).await;
     assert_eq!(
         announced.settings.get(&MAX_CONCURRENT_STREAMS),
-        Some(&1024),
+        Some(&256),
         "{announced:?}"
     );
     assert_eq!(

@@ -117,20 +117,34 @@ impl ClientFlags {
         address: &str,
         reload_interval: Duration,
     ) -> Result<(String, Channel), String> {
-        let (uri, tls) = self.target(address)?;
+        let (uri, tls) = self.client_tls(address, reload_interval)?;
         let host_port = uri.split_once("://").map_or(uri.as_str(), |(_, rest)| rest);
         let invalid =
             |error: &dyn std::fmt::Display| format!("invalid address `{address}`: {error}");
         let mut builder = Channel::builder(host_port).map_err(|error| invalid(&error))?;
-        if tls {
-            let mut config = self.config()?;
-            config.reload_interval = reload_interval;
-            let client =
-                ClientTls::load(&config).map_err(|error| format!("TLS settings: {error}"))?;
+        if let Some(client) = tls {
             builder = builder.tls(client);
         }
         let channel = builder.build().map_err(|error| invalid(&error))?;
         Ok((uri, channel))
+    }
+
+    /// The URI for `address` ([`Self::target`] says how) and, when it is over TLS, the
+    /// client TLS of the flags, its files read and checked now and re-read every
+    /// `reload_interval` (zero: never).
+    pub fn client_tls(
+        &self,
+        address: &str,
+        reload_interval: Duration,
+    ) -> Result<(String, Option<ClientTls>), String> {
+        let (uri, tls) = self.target(address)?;
+        if !tls {
+            return Ok((uri, None));
+        }
+        let mut config = self.config()?;
+        config.reload_interval = reload_interval;
+        let client = ClientTls::load(&config).map_err(|error| format!("TLS settings: {error}"))?;
+        Ok((uri, Some(client)))
     }
 
     /// The client TLS settings of the flags, each file checked readable first so that an
