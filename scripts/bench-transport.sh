@@ -250,6 +250,9 @@ median_of() {
 
 fmt() { LC_ALL=C printf "%'.${2}f" "$1"; }
 
+# table_head TITLE COLUMNS ALIGNMENT: a Markdown table's title and first two rows.
+table_head() { printf '### %s\n\n%s\n%s\n' "$1" "$2" "$3"; }
+
 md=$out/transport.md
 : >"$md"
 : >"$raw/rounds.tsv"
@@ -293,10 +296,9 @@ if [[ ",$only," == *,streams,* ]]; then
         done
     done
     {
-        echo "### max_concurrent_streams: $STREAMS_CONNS connections wanting $STREAMS_INFLIGHT unary calls in flight each (loopback, h2load)"
-        echo
-        echo "| http2.max_concurrent_streams | calls/s | p50 ms | p99 ms | server CPU µs/call | peak alive tasks | peak RSS MiB |"
-        echo "|---:|---:|---:|---:|---:|---:|---:|"
+        table_head "max_concurrent_streams: $STREAMS_CONNS connections wanting $STREAMS_INFLIGHT unary calls in flight each (loopback, h2load)" \
+            "| http2.max_concurrent_streams | calls/s | p50 ms | p99 ms | server CPU µs/call | peak alive tasks | peak RSS MiB |" \
+            "|---:|---:|---:|---:|---:|---:|---:|"
         for name in "${names[@]}"; do
             pid=$(echo "${server[$name]}" | cut -d' ' -f1)
             printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${name#streams-}" \
@@ -333,10 +335,9 @@ if [[ ",$only," == *,windows,* ]]; then
         done
     done
     {
-        echo "### Flow-control windows: one connection, ${RTT_MS} ms round trip, empty payloads in the responses (h2load)"
-        echo
-        echo "| server windows (stream / connection) | 1 KiB calls/s | 1 KiB p99 ms | 1 KiB CPU µs/call | 1 MiB calls/s | 1 MiB MB/s | 1 MiB p50 ms | 1 MiB p99 ms | 1 MiB CPU µs/call | peak RSS MiB |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        table_head "Flow-control windows: one connection, ${RTT_MS} ms round trip, empty payloads in the responses (h2load)" \
+            "| server windows (stream / connection) | 1 KiB calls/s | 1 KiB p99 ms | 1 KiB CPU µs/call | 1 MiB calls/s | 1 MiB MB/s | 1 MiB p50 ms | 1 MiB p99 ms | 1 MiB CPU µs/call | peak RSS MiB |" \
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for name in "${names[@]}"; do
             pid=$(echo "${server[$name]}" | cut -d' ' -f1)
             case "$name" in
@@ -406,10 +407,9 @@ if [[ ",$only," == *,keepalive,* ]]; then
             awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
     }
     {
-        echo "### Keepalive: $KA_CONNS connections, $KA_RPS calls/s in all (each connection idle ~$((KA_CONNS / KA_RPS)) s between calls), ${KA_SECONDS} s measured once all are open"
-        echo
-        echo "| http2.keepalive_interval | server CPU ms/s | pings/s (at most) | CPU µs per ping | the default (60s) at that price, ms/s per 1,000 connections |"
-        echo "|---|---:|---:|---:|---:|"
+        table_head "Keepalive: $KA_CONNS connections, $KA_RPS calls/s in all (each connection idle ~$((KA_CONNS / KA_RPS)) s between calls), ${KA_SECONDS} s measured once all are open" \
+            "| http2.keepalive_interval | server CPU ms/s | pings/s (at most) | CPU µs per ping | the default (60s) at that price, ms/s per 1,000 connections |" \
+            "|---|---:|---:|---:|---:|"
         base=$(idle_median ka-0s)
         for name in "${names[@]}"; do
             interval=${name#ka-}

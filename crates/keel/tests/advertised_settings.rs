@@ -1,20 +1,15 @@
 //! What the `http2.*` settings put on the wire: the server's first SETTINGS frame and its
-//! connection WINDOW_UPDATE, read byte by byte from a real connection, for the defaults and
-//! for `adaptive_window`.
+//! connection WINDOW_UPDATE, read frame by frame from a real connection, for the defaults
+//! and for `adaptive_window`.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::raw_h2::{ACK, PING, RawClient, SETTINGS, WINDOW_UPDATE, frame};
 use common::{TestServer, config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const SETTINGS: u8 = 0x4;
-const WINDOW_UPDATE: u8 = 0x8;
-const ACK: u8 = 0x1;
 const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const INITIAL_WINDOW_SIZE: u16 = 0x4;
 
@@ -26,22 +21,21 @@ struct Announced {
     connection_window_update: Option<u32>,
 }
 
-/// Opens a connection, sends the preface and empty SETTINGS, acknowledges the server's, and
-/// collects frames until a PING round trip shows nothing more is coming unprompted.
+/// Opens a connection and collects frames until a PING round trip, sent once the server's
+/// SETTINGS arrived, shows nothing more is coming unprompted.
 async fn announced(server: &TestServer) -> Announced {
-    let mut socket = TcpStream::connect(server.addr).await.unwrap();
-    socket.write_all(PREFACE).await.unwrap();
-    socket.write_all(&frame(SETTINGS, 0, &[])).await.unwrap();
+    let mut client = RawClient::connect(server.addr).await;
     let mut settings = None;
     let mut connection_window_update = None;
     loop {
-        let (kind, flags, stream, payload) =
-            tokio::time::timeout(Duration::from_secs(10), read_frame(&mut socket))
-                .await
-                .expect("the server answers within 10 s");
-        match kind {
-            SETTINGS if flags & ACK == 0 => {
-                let pairs = payload
+        let frame_read = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("the server answers within 10 s")
+            .expect("the server keeps the connection open");
+        match (frame_read.kind, frame_read.flags & ACK, frame_read.stream) {
+            (SETTINGS, 0, _) => {
+                let pairs = frame_read
+                    .payload
                     .chunks_exact(6)
                     .map(|p| {
                         let id = u16::from_be_bytes([p[0], p[1]]);
@@ -49,15 +43,14 @@ async fn announced(server: &TestServer) -> Announced {
                     })
                     .collect();
                 settings = Some(pairs);
-                socket.write_all(&frame(SETTINGS, ACK, &[])).await.unwrap();
-                // The PING's answer comes after whatever the server queued before it.
-                socket.write_all(&frame(0x6, 0, &[7; 8])).await.unwrap();
+                // Its answer comes after whatever the server queued before it.
+                client.send(&[frame(PING, 0, 0, &[7; 8])]).await;
             }
-            WINDOW_UPDATE if stream == 0 => {
-                let increment = u32::from_be_bytes(payload[..4].try_into().unwrap());
+            (WINDOW_UPDATE, _, 0) => {
+                let increment = u32::from_be_bytes(frame_read.payload[..4].try_into().unwrap());
                 connection_window_update = Some(increment & 0x7fff_ffff);
             }
-            0x6 if flags & ACK != 0 => break,
+            (PING, ACK, _) => break,
             _ => {}
         }
     }
@@ -65,23 +58,6 @@ async fn announced(server: &TestServer) -> Announced {
         settings: settings.expect("a SETTINGS frame before the PING's answer"),
         connection_window_update,
     }
-}
-
-fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let length = (payload.len() as u32).to_be_bytes();
-    let mut frame = vec![length[1], length[2], length[3], kind, flags, 0, 0, 0, 0];
-    frame.extend_from_slice(payload);
-    frame
-}
-
-async fn read_frame(socket: &mut TcpStream) -> (u8, u8, u32, Vec<u8>) {
-    let mut head = [0u8; 9];
-    socket.read_exact(&mut head).await.unwrap();
-    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-    let mut payload = vec![0; length];
-    socket.read_exact(&mut payload).await.unwrap();
-    (head[3], head[4], stream, payload)
 }
 
 #[tokio::test]

@@ -11,37 +11,17 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use common::raw_h2::{
+    DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, RawClient, WINDOW_UPDATE, frame,
+};
 use common::{TestServer, config};
 use keel_interop::pb::grpc_testing::{ResponseParameters, StreamingOutputCallRequest};
 use prost::Message as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 
 /// How long the in-flight stream runs.
 const STREAM: Duration = Duration::from_secs(10);
 /// Independent servers racing at once.
 const RUNS: usize = 50;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
 
 /// A request header block in HPACK's simplest form: every field a literal without
 /// indexing, no Huffman coding (RFC 7541 §6.2.2), so no table state is involved.
@@ -81,77 +61,6 @@ fn request_message() -> Vec<u8> {
     message
 }
 
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-/// A client connection that reads frames and answers PINGs (graceful shutdown waits for
-/// one PING round trip before its final GOAWAY).
-struct RawClient {
-    tcp: TcpStream,
-    buf: BytesMut,
-}
-
-impl RawClient {
-    async fn connect(server: &TestServer) -> Self {
-        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-        tcp.write_all(PREFACE).await.unwrap();
-        tcp.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
-        Self {
-            tcp,
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn send(&mut self, frames: &[Vec<u8>]) {
-        self.tcp.write_all(&frames.concat()).await.unwrap();
-    }
-
-    /// The next frame that is not a PING or SETTINGS (those are answered here); `None`
-    /// at the end of the connection.
-    async fn next(&mut self) -> Option<Frame> {
-        loop {
-            while self.buf.len() >= 9 {
-                let len = (usize::from(self.buf[0]) << 16)
-                    | (usize::from(self.buf[1]) << 8)
-                    | usize::from(self.buf[2]);
-                if self.buf.len() < 9 + len {
-                    break;
-                }
-                let kind = self.buf[3];
-                let flags = self.buf[4];
-                let stream =
-                    u32::from_be_bytes([self.buf[5], self.buf[6], self.buf[7], self.buf[8]])
-                        & 0x7fff_ffff;
-                self.buf.advance(9);
-                let payload = self.buf.split_to(len).to_vec();
-                match (kind, flags & ACK) {
-                    (PING, 0) => self.send(&[frame(PING, ACK, 0, &payload)]).await,
-                    (SETTINGS, 0) => self.send(&[frame(SETTINGS, ACK, 0, &[])]).await,
-                    (PING | SETTINGS, _) => {}
-                    _ => {
-                        return Some(Frame {
-                            kind,
-                            flags,
-                            stream,
-                            payload,
-                        });
-                    }
-                }
-            }
-            let mut chunk = [0u8; 16 << 10];
-            let n = self.tcp.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
-
 /// How the in-flight stream ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
@@ -171,7 +80,7 @@ async fn race() -> (Outcome, keel::server::ShutdownReport, String) {
     })
     .await;
     let path = "/grpc.testing.TestService/StreamingOutputCall";
-    let mut client = RawClient::connect(&server).await;
+    let mut client = RawClient::connect(server.addr).await;
     client
         .send(&[
             frame(HEADERS, END_HEADERS, 1, &request_headers(path)),

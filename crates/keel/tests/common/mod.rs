@@ -4,6 +4,8 @@
     reason = "each test binary uses a different part of the fixture"
 )]
 
+pub mod raw_h2;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
