@@ -128,9 +128,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Servers of the current matrix: NAME -> "PID GRPC_ADDR ADMIN_ADDR"; what the load goes to
-# (the server, or its delay proxy): NAME -> ADDR.
-declare -A server=() target=()
+# Servers of the current matrix by NAME: their process, admin address, and what the load
+# goes to (the server's address, or its delay proxy's).
+declare -A pid_of=() admin_of=() target=()
 names=()
 
 # start NAME ARGS...: starts `keel serve ARGS` on loopback and records its addresses.
@@ -145,8 +145,7 @@ start() {
         die "$name did not start (see $logbase.err)"
     admin=$(wait_listening "$logbase.out" "admin listening on" "$pid" 30) ||
         die "$name has no admin listener (see $logbase.out)"
-    server[$name]="$pid $addr $admin"
-    target[$name]=$addr
+    pid_of[$name]=$pid admin_of[$name]=$admin target[$name]=$addr
     names+=("$name")
 }
 
@@ -164,8 +163,7 @@ delay() {
 # poll_tasks NAME: in the background, the highest keel_runtime_alive_tasks seen, written to
 # $raw/NAME.tasks, every 100 ms.
 poll_tasks() {
-    local name=$1 admin
-    admin=$(echo "${server[$name]}" | cut -d' ' -f3)
+    local name=$1 admin=${admin_of[$1]}
     (
         peak=0
         while :; do
@@ -184,10 +182,10 @@ poll_tasks() {
 stop_all() {
     local name p
     for p in "${pollers[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    for name in "${names[@]}"; do stop_process "$(echo "${server[$name]}" | cut -d' ' -f1)"; done
+    for name in "${names[@]}"; do stop_process "${pid_of[$name]}"; done
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     pollers=() pids=() names=()
-    server=() target=()
+    pid_of=() admin_of=() target=()
 }
 
 vm_hwm_mb() { awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
@@ -203,7 +201,7 @@ record() {
 h2load_load() {
     local name=$1 tag=$2 body=$3 path=$4 reply=$5 n=$6 c=$7 m=$8 pid logf reqlog t0 t1
     local total ok s2xx data rps
-    pid=$(echo "${server[$name]}" | cut -d' ' -f1)
+    pid=${pid_of[$name]}
     logf=$raw/$name-$tag.h2load reqlog=$raw/$name-$tag.requests
     t0=$(cpu_ticks "$pid")
     timeout --kill-after=5 900 h2load -n "$n" -c "$c" -m "$m" -t 1 -d "$body" \
@@ -230,7 +228,7 @@ h2load_load() {
 bench_load() {
     local name=$1 tag=$2 pid report t0 t1
     shift 2
-    pid=$(echo "${server[$name]}" | cut -d' ' -f1)
+    pid=${pid_of[$name]}
     report=$raw/$name-$tag.json
     t0=$(cpu_ticks "$pid")
     "$keel" bench "${target[$name]}" --format json -o "$report" "$@" 2>>"$out/logs/transport-bench.err" ||
@@ -300,11 +298,10 @@ if [[ ",$only," == *,streams,* ]]; then
             "| http2.max_concurrent_streams | calls/s | p50 ms | p99 ms | server CPU µs/call | peak alive tasks | peak RSS MiB |" \
             "|---:|---:|---:|---:|---:|---:|---:|"
         for name in "${names[@]}"; do
-            pid=$(echo "${server[$name]}" | cut -d' ' -f1)
             printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${name#streams-}" \
                 "$(fmt "$(median_of "$name" run 3)" 0)" "$(fmt "$(median_of "$name" run 4)" 2)" \
                 "$(fmt "$(median_of "$name" run 5)" 2)" "$(fmt "$(median_of "$name" run 6)" 2)" \
-                "$(cat "$raw/$name.tasks" 2>/dev/null || echo -)" "$(vm_hwm_mb "$pid")"
+                "$(cat "$raw/$name.tasks" 2>/dev/null || echo -)" "$(vm_hwm_mb "${pid_of[$name]}")"
         done
         echo
     } >>"$md"
@@ -339,7 +336,6 @@ if [[ ",$only," == *,windows,* ]]; then
             "| server windows (stream / connection) | 1 KiB calls/s | 1 KiB p99 ms | 1 KiB CPU µs/call | 1 MiB calls/s | 1 MiB MB/s | 1 MiB p50 ms | 1 MiB p99 ms | 1 MiB CPU µs/call | peak RSS MiB |" \
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for name in "${names[@]}"; do
-            pid=$(echo "${server[$name]}" | cut -d' ' -f1)
             case "$name" in
                 win-64k) label="64 KiB / 64 KiB (the protocol's)" ;;
                 win-default) label="1 MiB / 4 MiB (Keel's defaults)" ;;
@@ -352,7 +348,7 @@ if [[ ",$only," == *,windows,* ]]; then
                 "$(fmt "$(median_of "$name" 1k 6)" 1)" "$(fmt "$rps" 1)" \
                 "$(fmt "$(echo "$rps * 1.048576" | bc -l)" 0)" \
                 "$(fmt "$(median_of "$name" 1m 4)" 1)" "$(fmt "$(median_of "$name" 1m 5)" 1)" \
-                "$(fmt "$(median_of "$name" 1m 6)" 0)" "$(vm_hwm_mb "$pid")"
+                "$(fmt "$(median_of "$name" 1m 6)" 0)" "$(vm_hwm_mb "${pid_of[$name]}")"
         done
         echo
     } >>"$md"
@@ -362,7 +358,7 @@ fi
 # ------------------------------------------------------------------ 3. keepalive
 # connections NAME: the server's open connections (keel_server_connections, all listeners).
 connections() {
-    curl -s "http://$(echo "${server[$1]}" | cut -d' ' -f3)/metrics" |
+    curl -s "http://${admin_of[$1]}/metrics" |
         awk '$1 ~ /^keel_server_connections($|\{)/ { n += $2 } END { print int(n) }'
 }
 
@@ -371,7 +367,7 @@ connections() {
 # Records "NAME idle CPU_MS_PER_S" in $raw/idle.tsv; any failed call fails the benchmark.
 idle_load() {
     local name=$1 pid bench report t0 t1 waited=0
-    pid=$(echo "${server[$name]}" | cut -d' ' -f1)
+    pid=${pid_of[$name]}
     report=$raw/$name-idle.json
     "$keel" bench "${target[$name]}" --format json -o "$report" -z "$((KA_SECONDS + 15))s" \
         --rps "$KA_RPS" -c "$KA_CONNS" --connections "$KA_CONNS" helloworld.Greeter/SayHello \

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use keel_core::context::format_grpc_timeout;
 use keel_core::framing::Framing;
@@ -37,8 +37,6 @@ const MAX_HEADER_LIST: u32 = 64 << 10;
 #[derive(Debug, Clone)]
 pub struct Connection {
     send: SendRequest<Bytes>,
-    scheme: Scheme,
-    authority: Authority,
 }
 
 impl Connection {
@@ -56,15 +54,15 @@ impl Connection {
             tcp.set_nodelay(true)
                 .map_err(|error| format!("{authority}: TCP_NODELAY: {error}"))?;
             match tls {
-                None => Ok::<_, String>((handshake(tcp).await?, Scheme::HTTP)),
+                None => handshake(tcp).await,
                 Some(tls) => {
                     let name = tls.name_for(authority.host()).map_err(|e| e.to_string())?;
                     let stream = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
-                    Ok((handshake(stream).await?, Scheme::HTTPS))
+                    handshake(stream).await
                 }
             }
         };
-        let (send, scheme) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        let send = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| {
                 format!(
@@ -72,30 +70,21 @@ impl Connection {
                     humantime::format_duration(CONNECT_TIMEOUT)
                 )
             })??;
-        Ok(Self {
-            send,
-            scheme,
-            authority,
-        })
+        Ok(Self { send })
     }
 
-    /// One call of `path`: `messages` (already framed) sent with `headers`, the response's
-    /// messages followed through their framing but not decoded, then the status.
+    /// One call of `uri` (the server and the method's path): `messages` (already framed)
+    /// sent with `headers`, the response's messages followed through their framing but not
+    /// decoded, then the status.
     pub async fn call(
         &self,
-        path: &PathAndQuery,
+        uri: &Uri,
         headers: &HeaderMap,
         messages: &[Bytes],
     ) -> Result<(), Status> {
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path.clone())
-            .build()
-            .map_err(|error| Status::internal(format!("request URI: {error}")))?;
         let mut request = Request::new(());
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
+        *request.uri_mut() = uri.clone();
         *request.headers_mut() = headers.clone();
 
         let mut send = self.send.clone().ready().await.map_err(from_h2)?;

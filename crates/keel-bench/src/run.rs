@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http::uri::PathAndQuery;
+use http::Uri;
 use keel_tls::ClientTls;
 use tokio::sync::oneshot;
 use tonic::Status;
@@ -98,7 +98,8 @@ impl Progress {
 /// What every worker shares.
 struct Shared {
     plan: Plan,
-    path: PathAndQuery,
+    /// The server and the method's path, the same for every call.
+    uri: Uri,
     /// gRPC's headers, the deadline and the plan's metadata: the same for every call.
     headers: HeaderMap,
     start: Instant,
@@ -132,8 +133,13 @@ pub async fn run(plan: Plan, target: Target, progress: Progress) -> Result<Repor
     }
     let method = plan.requests.method();
     let name = format!("{}/{}", method.parent_service().full_name(), method.name());
-    let path = PathAndQuery::try_from(format!("/{name}"))
-        .map_err(|error| format!("method {name}: {error}"))?;
+    let scheme = if target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let uri = Uri::try_from(format!("{scheme}://{}/{name}", target.authority))
+        .map_err(|error| format!("{}, method {name}: {error}", target.authority))?;
     let load = Load {
         concurrency: plan.concurrency,
         connections: target.connections,
@@ -159,7 +165,7 @@ pub async fn run(plan: Plan, target: Target, progress: Progress) -> Result<Repor
     let headers = call_headers(&plan.metadata.clone().into_headers(), plan.deadline);
     let shared = Arc::new(Shared {
         plan,
-        path,
+        uri,
         headers,
         start,
         end,
@@ -321,7 +327,7 @@ async fn worker(worker_id: usize, shared: Arc<Shared>, connection: Connection) -
 /// One call in the method's mode (the messages say how many go out; every answer is read),
 /// within the plan's deadline.
 async fn call(connection: &Connection, shared: &Shared, messages: &[Bytes]) -> Result<(), Status> {
-    let exchange = connection.call(&shared.path, &shared.headers, messages);
+    let exchange = connection.call(&shared.uri, &shared.headers, messages);
     match shared.plan.deadline {
         Some(deadline) => tokio::time::timeout(deadline, exchange)
             .await
