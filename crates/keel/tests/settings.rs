@@ -20,8 +20,21 @@ const BAD: &[(&str, &str)] = &[
         "http2.keepalive_timeout = 2years: must be at most 1year",
     ),
     (
-        r#"http2.keepalive_timeout = "0s""#,
+        "http2.keepalive_interval = \"60s\"\nhttp2.keepalive_timeout = \"0s\"",
         "http2.keepalive_timeout = 0s: must be above 0s while http2.keepalive_interval is on",
+    ),
+    (
+        r#"connection.tcp_keepalive = "500ms""#,
+        "connection.tcp_keepalive = 500ms: must be 0s (off) or between 1s and 32767s",
+    ),
+    (
+        r#"connection.tcp_keepalive = "10h""#,
+        "connection.tcp_keepalive = 10h: must be 0s (off) or between 1s and 32767s",
+    ),
+    (
+        r#"connection.tcp_keepalive_timeout = "3s""#,
+        "connection.tcp_keepalive_timeout = 3s: must be between 4s and 131068s while \
+         connection.tcp_keepalive is on",
     ),
     (
         "http2.max_concurrent_streams = 0",
@@ -193,6 +206,9 @@ const GOOD: &[&str] = &[
     "http2.keepalive_interval = \"0s\"\nhttp2.keepalive_timeout = \"0s\"",
     "http2.keepalive_interval = \"1year\"\nhttp2.keepalive_timeout = \"1year\"",
     "http2.keepalive_timeout = \"1ns\"",
+    "connection.tcp_keepalive = \"1s\"\nconnection.tcp_keepalive_timeout = \"4s\"",
+    "connection.tcp_keepalive = \"32767s\"\nconnection.tcp_keepalive_timeout = \"131068s\"",
+    "connection.tcp_keepalive = \"0s\"\nconnection.tcp_keepalive_timeout = \"0s\"",
     "http2.max_concurrent_streams = 1",
     "http2.initial_stream_window = 65535\nhttp2.initial_connection_window = 65535",
     "http2.initial_stream_window = 2147483647\nhttp2.initial_connection_window = 2147483647",

@@ -9,6 +9,7 @@ mod server;
 
 pub use keel_core::settings::{Checks, DurationText, InvalidSetting, MAX_DURATION, Validate};
 pub use load::{ConfigError, Loader};
+pub(crate) use server::KEEPALIVE_PROBES;
 pub use server::{
     AuthConfig, ClientAuth, ConnectionConfig, Http2Config, LimitsConfig, ObserveConfig,
     PayloadConfig, ServerConfig, ShutdownConfig, TlsConfig, TlsVersion,

@@ -101,11 +101,14 @@ impl Default for ServerConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Http2Config {
-    /// Server-sent PING interval (`0s`: off; at most a year). 60 s finds dead peers well before
-    /// the common idle-flow timeouts of NATs and cloud load balancers (350 s and up), which
-    /// would otherwise drop a quiet connection silently. grpc-go's 2 h default is too slow for
-    /// that. A ping costs the server about 40 µs of CPU (docs/BENCHMARKS.md, "Transport
-    /// tuning"): at 60 s, under 1 ms per second for 1,000 idle connections.
+    /// Server-sent PING interval (`0s`: off, the default; at most a year). Off because the
+    /// kernel's TCP keepalive (`connection.tcp_keepalive`, 60 s) already keeps NAT and
+    /// load-balancer flows alive and finds dead peers, while hyper's bookkeeping for pings (a
+    /// lock and a clock read for every frame received, a timer polled on every wake-up)
+    /// costs 1,383 instructions on every call, 2.5% (docs/BENCHMARKS.md, "A leaner call
+    /// path"). Turn it on (e.g. `60s`) when a proxy between client and server answers TCP
+    /// for the server, so that only an HTTP/2 PING reaches the peer itself. A ping costs the
+    /// server about 40 µs of CPU ("Transport tuning").
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
     /// How long to wait for a PING acknowledgement before closing the connection (above 0s
@@ -160,7 +163,7 @@ pub struct Http2Config {
 impl Default for Http2Config {
     fn default() -> Self {
         Self {
-            keepalive_interval: Duration::from_secs(60),
+            keepalive_interval: Duration::ZERO,
             keepalive_timeout: Duration::from_secs(20),
             max_concurrent_streams: 256,
             initial_stream_window: 1 << 20,
@@ -182,6 +185,20 @@ pub struct ConnectionConfig {
     /// Disable Nagle's algorithm. gRPC messages are small and latency-bound; with Nagle and
     /// delayed ACKs a response can wait 40 ms for nothing.
     pub tcp_nodelay: bool,
+    /// Idle time before the kernel starts TCP keepalive probes on a connection (`0s`: off;
+    /// whole seconds, at most 32767 s, Linux's bound). 60 s keeps NAT and load-balancer flows
+    /// alive (their idle timeouts are 350 s and up) and, with `tcp_keepalive_timeout`, finds
+    /// a dead peer within 80 s, at no cost per call: the kernel sends the probes. HTTP/2
+    /// pings (`http2.keepalive_interval`) do the same from user space, and hyper's
+    /// bookkeeping for them costs 1,383 instructions on every call whether or not a ping is
+    /// ever sent (2.5%; docs/BENCHMARKS.md, "A leaner call path").
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// How long keepalive probes may go unanswered before the kernel closes the connection:
+    /// four probes, a quarter of this apart (at least 4 s while `tcp_keepalive` is on). 20 s,
+    /// as `http2.keepalive_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive_timeout: Duration,
     /// Close (with GOAWAY) a connection that had no RPC in flight for this long (`0s`: off).
     /// 15 min returns descriptors and memory held by clients that went quiet; a client
     /// reconnects on its next call.
@@ -227,6 +244,8 @@ impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
             tcp_nodelay: true,
+            tcp_keepalive: Duration::from_secs(60),
+            tcp_keepalive_timeout: Duration::from_secs(20),
             max_idle: Duration::from_secs(15 * 60),
             max_age: Duration::from_secs(30 * 60),
             max_age_jitter: 0.1,
@@ -396,8 +415,30 @@ impl Validate for Http2Config {
     }
 }
 
+/// Keepalive probes sent before an unanswered connection is closed.
+pub(crate) const KEEPALIVE_PROBES: u32 = 4;
+
+/// Linux's bound on the idle time and the gap between probes (`TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL`).
+const MAX_KEEPALIVE_PROBE_GAP: Duration = Duration::from_secs(32_767);
+
 impl Validate for ConnectionConfig {
     fn check(&self, checks: &mut Checks) {
+        checks.require(
+            self.tcp_keepalive.is_zero()
+                || (Duration::from_secs(1)..=MAX_KEEPALIVE_PROBE_GAP).contains(&self.tcp_keepalive),
+            "tcp_keepalive",
+            DurationText(self.tcp_keepalive),
+            "must be 0s (off) or between 1s and 32767s",
+        );
+        checks.require(
+            self.tcp_keepalive.is_zero()
+                || (Duration::from_secs(4)..=MAX_KEEPALIVE_PROBE_GAP * KEEPALIVE_PROBES)
+                    .contains(&self.tcp_keepalive_timeout),
+            "tcp_keepalive_timeout",
+            DurationText(self.tcp_keepalive_timeout),
+            "must be between 4s and 131068s while connection.tcp_keepalive is on",
+        );
         checks.duration("max_idle", self.max_idle);
         checks.duration("max_age", self.max_age);
         checks.fraction("max_age_jitter", self.max_age_jitter);

@@ -1,4 +1,4 @@
-//! Drives one connection: TLS when the listener has it, the transport (HTTP/2, or HTTP/1.1
+//! Drives one connection: TCP options (no delay, keepalive), TLS when the listener has it, the transport (HTTP/2, or HTTP/1.1
 //! and HTTP/2), per-request accounting and body timeouts, and the ways a connection is
 //! asked to leave (max age, idleness, shutdown) or is cut (no handshake in time).
 //!
@@ -29,6 +29,7 @@ use super::late_frames::{Handshake, LateFrameGuard, Protocol};
 use super::metrics::ListenerMetrics;
 use super::request_body::RequestBody;
 use super::{HttpProtocol, ListenerConfig, ListenerService, ResponseBody, Stage};
+use crate::config::KEEPALIVE_PROBES;
 use crate::layer::{ConnectionActivity, TrackLayer};
 
 /// Applies a listener's HTTP/2 settings to a hyper HTTP/2 builder: hyper's own, or the
@@ -70,6 +71,8 @@ pub(super) struct Shared<S> {
     /// HTTP/1.1 only (what ALPN `http/1.1` chose), with the same settings.
     http1: hyper_util::server::conn::auto::Builder<TokioExecutor>,
     protocol: HttpProtocol,
+    /// The kernel's keepalive probes, when `connection.tcp_keepalive` is on.
+    tcp_keepalive: Option<socket2::TcpKeepalive>,
     pub(super) service: S,
     pub(super) config: ListenerConfig,
     pub(super) metrics: ListenerMetrics,
@@ -96,9 +99,17 @@ impl<S> Shared<S> {
                 http1.header_read_timeout(config.connection.handshake_timeout);
             }
         }
+        let connection = &config.connection;
+        let tcp_keepalive = (!connection.tcp_keepalive.is_zero()).then(|| {
+            socket2::TcpKeepalive::new()
+                .with_time(connection.tcp_keepalive)
+                .with_interval(connection.tcp_keepalive_timeout / KEEPALIVE_PROBES)
+                .with_retries(KEEPALIVE_PROBES)
+        });
         Self {
             http2,
             http1: auto.clone().http1_only(),
+            tcp_keepalive,
             auto,
             protocol: config.protocol,
             service,
@@ -193,6 +204,11 @@ where
     let peer = info.remote_addr();
     if let Err(error) = tcp.set_nodelay(shared.config.connection.tcp_nodelay) {
         tracing::debug!(?peer, %error, "cannot set TCP_NODELAY");
+    }
+    if let Some(keepalive) = &shared.tcp_keepalive
+        && let Err(error) = socket2::SockRef::from(&tcp).set_tcp_keepalive(keepalive)
+    {
+        tracing::debug!(?peer, %error, "cannot turn on TCP keepalive");
     }
     let _open = OpenConnection::new(&shared.metrics);
     let default = match shared.protocol {
