@@ -4,162 +4,18 @@
 //! sees when the server is not the one it expects, and the authorization policy matching
 //! the identity the client's certificate proves.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
+use common::mutual_tls::{CLIENT_ID, Pki, SERVER_ID, call, start, start_with};
 use keel::client::{Channel, ClientTls, ClientTlsConfig};
-use keel::config::{ClientAuth, ServerConfig, TlsConfig};
-use keel::identity::PeerIdentity;
-use keel::{BoundServer, Server};
+use keel::config::ClientAuth;
+use keel_interop::pb::helloworld::HelloRequest;
 use keel_interop::pb::helloworld::greeter_client::GreeterClient;
-use keel_interop::pb::helloworld::{HelloReply, HelloRequest, greeter_server};
 use keel_test_support::eventually_async;
-use keel_test_support::tls::{Ca, Dir, Leaf};
-use tokio::sync::oneshot;
-use tonic::{Code, Request, Response, Status};
-
-/// Answers with the caller's principal (`anonymous` without a certificate).
-#[derive(Debug, Clone, Copy)]
-struct WhoAmI;
-
-#[tonic::async_trait]
-impl greeter_server::Greeter for WhoAmI {
-    async fn say_hello(
-        &self,
-        request: Request<HelloRequest>,
-    ) -> Result<Response<HelloReply>, Status> {
-        let message = request.extensions().get::<Arc<PeerIdentity>>().map_or_else(
-            || "anonymous".to_owned(),
-            |peer| peer.principal().to_owned(),
-        );
-        Ok(Response::new(HelloReply { message }))
-    }
-
-    async fn say_hello_again(
-        &self,
-        request: Request<HelloRequest>,
-    ) -> Result<Response<HelloReply>, Status> {
-        self.say_hello(request).await
-    }
-}
-
-/// A root, an intermediate issuing a server certificate (SPIFFE ID and `localhost`,
-/// 127.0.0.1) and a client certificate, all written to a temporary directory.
-struct Pki {
-    dir: Dir,
-    root: Ca,
-    issuing: Ca,
-}
-
-const SERVER_ID: &str = "spiffe://keel.test/payments";
-const CLIENT_ID: &str = "spiffe://keel.test/checkout";
-
-impl Pki {
-    fn new() -> Self {
-        let root = Ca::root("Keel Client Test Root");
-        let issuing = root.intermediate("Keel Client Test Issuing");
-        let pki = Self {
-            dir: Dir::new(),
-            root,
-            issuing,
-        };
-        pki.dir.write("root.pem", pki.root.cert_pem());
-        pki.write_leaf(
-            "server",
-            &pki.issuing
-                .leaf("server")
-                .uri(SERVER_ID)
-                .dns("localhost")
-                .ip([127, 0, 0, 1].into())
-                .issue(),
-        );
-        pki.write_leaf("client", &pki.issuing.leaf("client").uri(CLIENT_ID).issue());
-        pki
-    }
-
-    fn write_leaf(&self, name: &str, leaf: &Leaf) {
-        self.dir.write(&format!("{name}.pem"), &leaf.chain_pem);
-        self.dir.write(&format!("{name}.key"), &leaf.key_pem);
-    }
-
-    fn file(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Mutual TLS on the server: client certificates must chain to the root.
-    fn server_tls(&self, client_auth: ClientAuth) -> TlsConfig {
-        let mut tls = TlsConfig::new(self.file("server.pem"), self.file("server.key"));
-        if client_auth != ClientAuth::None {
-            tls.client_ca = self.file("root.pem");
-            tls.client_auth = client_auth;
-        }
-        tls
-    }
-
-    /// A client trusting the root, presenting its certificate when `mutual`.
-    fn client_tls(&self, mutual: bool) -> ClientTlsConfig {
-        let mut tls = ClientTlsConfig::default();
-        tls.ca = self.file("root.pem");
-        if mutual {
-            tls.cert = self.file("client.pem");
-            tls.key = self.file("client.key");
-        }
-        tls
-    }
-}
-
-/// A server with `WhoAmI`, stopped on drop.
-struct Running {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start(tls: TlsConfig) -> Running {
-    start_with(tls, None).await
-}
-
-/// [`start`] with the authorization policy in file `policy`, if any.
-async fn start_with(tls: TlsConfig, policy: Option<std::path::PathBuf>) -> Running {
-    let mut config = ServerConfig::default();
-    if let Some(policy) = policy {
-        config.auth.policy = policy;
-    }
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.admin_listen = "127.0.0.1:0".parse().unwrap();
-    config.shutdown.drain_delay = Duration::ZERO;
-    config.tls = tls;
-    let server: BoundServer = Server::builder(config)
-        .add_service(greeter_server::GreeterServer::new(WhoAmI))
-        .bind()
-        .await
-        .expect("bind");
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
-    Running { addr, _stop: stop }
-}
-
-/// One call over a fresh channel to `target` with `tls`: the reply or the status.
-async fn call(target: &str, tls: &ClientTlsConfig) -> Result<String, Status> {
-    let channel = Channel::builder(target)
-        .unwrap()
-        .tls(ClientTls::load(tls).expect("client TLS material"))
-        .build()
-        .unwrap();
-    // The first connection attempt decides: a fail-fast call waits for it, then fails
-    // with its reason if it failed.
-    channel
-        .connect(Duration::from_secs(5))
-        .await
-        .map_err(|error| Status::unavailable(error.to_string()))?;
-    GreeterClient::new(channel)
-        .say_hello(HelloRequest { name: "tls".into() })
-        .await
-        .map(|reply| reply.into_inner().message)
-}
+use keel_test_support::tls::{Ca, Dir};
+use tonic::Code;
 
 #[tokio::test]
 async fn tls_and_mutual_tls_calls_complete_through_an_intermediate() {
@@ -287,7 +143,10 @@ async fn the_policy_sees_the_certificate_identity_over_mutual_tls() {
                 "request": {{"paths": ["/helloworld.Greeter/*"]}}}}]}}"#
         ),
     );
-    let server = start_with(pki.server_tls(ClientAuth::Optional), Some(policy)).await;
+    let server = start_with(pki.server_tls(ClientAuth::Optional), |config| {
+        config.auth.policy = policy;
+    })
+    .await;
     let target = format!("static:///{}", server.addr);
     let with = |name: &str| {
         let mut tls = pki.client_tls(false);
@@ -310,53 +169,6 @@ async fn the_policy_sees_the_certificate_identity_over_mutual_tls() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 }
 
-/// A writer the test reads back: the call log of this test's thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The call log names the identity the client's certificate proved. (A current-thread
-/// runtime: the server's tasks run on this thread, under this thread's subscriber.)
-#[tokio::test(flavor = "current_thread")]
-async fn the_call_log_names_the_peer_identity() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("keel::rpc=debug")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
-
-    let pki = Pki::new();
-    let server = start(pki.server_tls(ClientAuth::Required)).await;
-    let target = format!("static:///{}", server.addr);
-    assert_eq!(
-        call(&target, &pki.client_tls(true)).await.unwrap(),
-        CLIENT_ID
-    );
-
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let finished = log
-        .lines()
-        .find(|line| line.contains("finished call") && line.contains("side=\"server\""))
-        .unwrap_or_else(|| panic!("no server call record in:\n{log}"));
-    assert!(
-        finished.contains(&format!("peer_identity={CLIENT_ID}")),
-        "{finished}"
-    );
-}
-
 /// A long-lived channel takes up a rotated client certificate without being rebuilt: new
 /// connections present the new one, and material that fails the checks is refused and
 /// counted while the old keeps working.
@@ -365,24 +177,13 @@ async fn a_rotated_client_certificate_is_used_by_new_connections() {
     let pki = Pki::new();
     let mut server_config = pki.server_tls(ClientAuth::Required);
     server_config.reload_interval = Duration::ZERO;
-    let mut config = ServerConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.admin_listen = "127.0.0.1:0".parse().unwrap();
-    config.shutdown.drain_delay = Duration::ZERO;
     // Connections leave after about a second, so the client reconnects.
-    config.connection.max_age = Duration::from_secs(1);
-    config.connection.max_age_grace = Duration::from_secs(1);
-    config.tls = server_config;
-    let server: BoundServer = Server::builder(config)
-        .add_service(greeter_server::GreeterServer::new(WhoAmI))
-        .bind()
-        .await
-        .expect("bind");
-    let addr = server.local_addr();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
+    let server = start_with(server_config, |config| {
+        config.connection.max_age = Duration::from_secs(1);
+        config.connection.max_age_grace = Duration::from_secs(1);
+    })
+    .await;
+    let addr = server.addr;
 
     let mut settings = pki.client_tls(true);
     settings.reload_interval = Duration::from_millis(100);

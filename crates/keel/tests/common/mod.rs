@@ -4,6 +4,7 @@
     reason = "each test binary uses a different part of the fixture"
 )]
 
+pub mod mutual_tls;
 pub mod raw_h2;
 
 use std::net::SocketAddr;
