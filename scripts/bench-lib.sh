@@ -388,6 +388,10 @@ start_server() {
     # Environment goes on the outermost command: valgrind does not follow an `env` it runs.
     [ ${#envs[@]} -eq 0 ] || cmd=(env "${envs[@]}" "${cmd[@]}")
     echo "${cmd[*]}" >"$logbase.cmd"
+    # Emptied here, not only by the redirection below: that happens in the background child,
+    # maybe after wait_ready has read a previous run's "listening on" line (a stale port).
+    : >"$logbase.out"
+    : >"$logbase.err"
     "${cmd[@]}" >"$logbase.out" 2>"$logbase.err" &
     started_pid=$!
     started_pids+=("$started_pid")

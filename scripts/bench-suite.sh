@@ -233,6 +233,7 @@ pay_load() {
 }
 if [ "$do_pay" = 1 ]; then
     pay_dir=$(mktemp -d "$out/suite-sqlite.XXXXXX")
+    : >"$logs/suite-payments.out" # not a previous run's "listening on" line (see start_server)
     PAYMENTS_LOG=warn "$payments_bin" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
         --database-url "sqlite://$pay_dir/payments.db" --set server.shutdown.drain_delay=0s \
         >"$logs/suite-payments.out" 2>"$logs/suite-payments.err" &
