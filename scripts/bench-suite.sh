@@ -53,8 +53,9 @@ Every call must succeed (h2load: every request 2xx with the full 18-byte reply; 
 bench: every call OK), or the suite exits non-zero after reporting.
 
 Options:
-  --quick          smoke run (20k calls x 1 round, callgrind 200/1200, 2k payments): a few
-                   minutes once built
+  --quick          smoke run (20k calls x 1 round, callgrind 200/1200, 2k payments): under
+                   a minute once built (a full run: about 3 minutes; the first build, much
+                   longer: six release builds, two of them keel)
   --servers LIST   comma-separated subset of floor,bare,keel,keel-tpc,keel-off,go
                    (default floor,bare,keel,keel-tpc,go)
   --no-callgrind   skip instructions per request
