@@ -180,7 +180,7 @@ h2load_run() {
     s2xx=$(awk '/^status codes:/ {print $3}' "$logf")
     data=$(sed -n 's/.*(\([0-9]*\)) data.*/\1/p' "$logf")
     h2_rps=$(awk '/^finished in/ {print $4}' "$logf")
-    [ "$ok" = "$n" ] && [ "$s2xx" = "$n" ] && [ "$data" = "$((n * REPLY_BYTES))" ] ||
+    { [ "$ok" = "$n" ] && [ "$s2xx" = "$n" ] && [ "$data" = "$((n * REPLY_BYTES))" ]; } ||
         die "calls failed: $n sent, ${ok:-?} succeeded, ${s2xx:-?} 2xx, ${data:-?} data bytes (want $((n * REPLY_BYTES))); see $logf"
 }
 

@@ -68,7 +68,7 @@ if [ "$build" = 1 ]; then
 fi
 client=$root/target/release/examples/greeter_client_bench
 server=$root/target/release/bare-greeter
-[ -x "$client" ] && [ -x "$server" ] || die "binaries missing; run without --no-build"
+{ [ -x "$client" ] && [ -x "$server" ]; } || die "binaries missing; run without --no-build"
 
 "$server" 127.0.0.1:0 >"$out/logs/client-server.out" 2>&1 &
 server_pid=$!

@@ -136,7 +136,7 @@ run() {
     ok=$(awk '/^requests:/ {print $8}' "$logf")
     s2xx=$(awk '/^status codes:/ {print $3}' "$logf")
     data=$(sed -n 's/.*(\([0-9]*\)) data.*/\1/p' "$logf")
-    [ "$ok" = "$n" ] && [ "$s2xx" = "$n" ] || die "$way: $n sent, ${ok:-?} ok, ${s2xx:-?} 2xx (see $logf)"
+    { [ "$ok" = "$n" ] && [ "$s2xx" = "$n" ]; } || die "$way: $n sent, ${ok:-?} ok, ${s2xx:-?} 2xx (see $logf)"
     data_per=$((data / n))
 }
 cpu_ticks() { local stat; stat=$(cat "/proc/$1/stat"); stat=${stat##*) }; awk '{print $12 + $13}' <<<"$stat"; }

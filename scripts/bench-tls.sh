@@ -121,46 +121,16 @@ out=$(cd "$out" && pwd)
 logs=$out/logs
 cgdir=$out/callgrind
 
-# Bytes of DATA per response: 5-byte gRPC frame header + HelloReply{message: "Hello world"}.
-REPLY_BYTES=18
-PATH_SAYHELLO=/helloworld.Greeter/SayHello
+# shellcheck source=scripts/bench-lib.sh
+source "$root/scripts/bench-lib.sh" # processes, apt_install, ports, h2load_verify; servers are this script's own
 
 log() { printf '[bench-tls] %s\n' "$*" >&2; }
 die() { printf '[bench-tls] ERROR: %s\n' "$*" >&2; exit 1; }
 
-# ---------------------------------------------------------------- processes we started
-pids=()
-# shellcheck disable=SC2317 # invoked by the trap
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    for p in "${pids[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
+trap kill_started EXIT
 trap 'exit 130' INT TERM
 
-forget_pid() {
-    local p keep=()
-    for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-    pids=("${keep[@]}")
-}
-
 # ---------------------------------------------------------------- tools
-apt_updated=0
-apt_install() {
-    if [ "$apt_updated" = 0 ]; then
-        log "apt-get update"
-        apt-get update -q >"$logs/tls-apt.log" 2>&1 || die "apt-get update failed (see $logs/tls-apt.log)"
-        apt_updated=1
-    fi
-    log "apt-get install $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >>"$logs/tls-apt.log" 2>&1 ||
-        die "apt-get install $* failed (see $logs/tls-apt.log)"
-}
 command -v h2load >/dev/null || apt_install nghttp2-client
 command -v socat >/dev/null || apt_install socat
 command -v openssl >/dev/null || apt_install openssl
@@ -203,19 +173,7 @@ server_label() {
     esac
 }
 
-# A port for socat, below the kernel's ephemeral range (no outgoing connection holds it).
-used_ports=" "
-pick_port() {
-    local low p
-    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    [ "$low" -gt 11000 ] || low=32768
-    p=$((10000 + RANDOM % (low - 11000)))
-    while [[ "$used_ports" == *" $p "* ]] || (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do
-        p=$((p + 1))
-    done
-    used_ports+="$p "
-    echo "$p"
-}
+# socat listens on pick_port (bench-lib.sh): below the ephemeral range.
 
 # start_server KIND LOGBASE [CALLGRIND_OUT]: starts it in the background, sets $started_pid.
 started_pid=''
@@ -240,7 +198,7 @@ start_server() {
     echo "${cmd[*]}" >"$logbase.cmd"
     "${cmd[@]}" >"$logbase.out" 2>"$logbase.err" &
     started_pid=$!
-    pids+=("$started_pid")
+    started_pids+=("$started_pid")
 }
 
 # wait_ready KIND PID LOGBASE TIMEOUT_S: sets $ready_port (and $admin_port for keel).
@@ -266,20 +224,6 @@ wait_ready() {
     return 1
 }
 
-# stop_server PID TIMEOUT_S: SIGTERM, then SIGKILL after the timeout. Returns 1 if killed.
-stop_server() {
-    local pid=$1 deadline=$((SECONDS + $2)) rc=0
-    kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-        rc=1
-    fi
-    wait "$pid" 2>/dev/null || true
-    forget_pid "$pid"
-    return $rc
-}
-
 # start_socat PORT CLIENT_CERT(yes|no) LOGBASE: a plaintext listener on a port of its own
 # that forwards every connection over TLS to PORT (with the client certificate or without),
 # TCP_NODELAY on both sides like h2load and the servers. Sets $socat_pid and $socat_port.
@@ -292,7 +236,7 @@ start_socat() {
     socat "TCP-LISTEN:$socat_port,bind=127.0.0.1,reuseaddr,fork,nodelay" "$tls" \
         >"$logbase.out" 2>"$logbase.err" &
     socat_pid=$!
-    pids+=("$socat_pid")
+    started_pids+=("$socat_pid")
     deadline=$((SECONDS + 10))
     # Ready when it listens (looked up, not connected to: a probe would be a handshake).
     while ! ss -Hltn "sport = :$socat_port" 2>/dev/null | grep -q LISTEN; do
@@ -332,26 +276,17 @@ printf '\x00\x00\x00\x00\x07\x0a\x05world' >"$body"
 
 # h2load_run URL N C M LOGFILE: runs h2load and checks every request succeeded with a full
 # HelloReply (and, over https, that ALPN chose h2). Sets $h2_rps and $h2_secs.
-h2_rps='' h2_secs=''
+h2_secs=''
 h2load_run() {
-    local url=$1 n=$2 c=$3 m=$4 logf=$5 total ok s2xx data
+    local url=$1 n=$2 c=$3 m=$4 logf=$5
     [ "$c" -le "$n" ] || c=$n
     if ! timeout --kill-after=5 900 h2load -n "$n" -c "$c" -m "$m" -t 1 -d "$body" \
         -H 'content-type: application/grpc' -H 'te: trailers' "$url$PATH_SAYHELLO" >"$logf" 2>&1; then
         log "h2load failed (see $logf)"
         return 1
     fi
-    read -r total ok < <(awk '/^requests:/ {print $2, $8}' "$logf") || true
-    s2xx=$(awk '/^status codes:/ {print $3}' "$logf")
-    data=$(sed -n 's/.*(\([0-9]*\)) data.*/\1/p' "$logf")
-    h2_rps=$(awk '/^finished in/ {print $4}' "$logf")
+    h2load_verify "$logf" "$n" "$REPLY_BYTES" || return 1
     h2_secs=$(awk '/^finished in/ {t = $3; sub(/,$/, "", t); if (t ~ /ms$/) {sub(/ms$/, "", t); t /= 1000} else if (t ~ /us$/) {sub(/us$/, "", t); t /= 1e6} else sub(/s$/, "", t); print t}' "$logf")
-    if [ "${total:-}" != "$n" ] || [ "${ok:-}" != "$n" ] || [ "${s2xx:-}" != "$n" ] ||
-        [ "${data:-}" != "$((n * REPLY_BYTES))" ] || [ -z "$h2_rps" ]; then
-        log "requests failed: $n sent, ${ok:-?} succeeded, ${s2xx:-?} 2xx, ${data:-?} data bytes (want $((n * REPLY_BYTES))); see $logf"
-        grep -E '^(requests|status codes|traffic):' "$logf" >&2 || true
-        return 1
-    fi
     if [[ "$url" == https://* ]] && ! grep -q '^Application protocol: h2$' "$logf"; then
         log "ALPN did not choose h2 (see $logf)"
         return 1
@@ -534,8 +469,8 @@ if [ "$do_hs" = 1 ]; then
     done
 fi
 for k in "${kinds[@]}"; do stop_server "${spid[$k]}" 10 || true; done
-for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-pids=()
+for p in "${started_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+started_pids=()
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- callgrind helpers

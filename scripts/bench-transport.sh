@@ -200,7 +200,6 @@ record() {
 # every request must succeed with REPLY_BYTES of DATA. Records the round.
 h2load_load() {
     local name=$1 tag=$2 body=$3 path=$4 reply=$5 n=$6 c=$7 m=$8 pid logf reqlog t0 t1
-    local total ok s2xx data rps
     pid=${pid_of[$name]}
     logf=$raw/$name-$tag.h2load reqlog=$raw/$name-$tag.requests
     t0=$(cpu_ticks "$pid")
@@ -208,19 +207,9 @@ h2load_load() {
         -H 'content-type: application/grpc' -H 'te: trailers' --log-file="$reqlog" \
         "http://${target[$name]}$path" >"$logf" 2>&1 || die "h2load against $name failed (see $logf)"
     t1=$(cpu_ticks "$pid")
-    read -r total ok < <(awk '/^requests:/ {print $2, $8}' "$logf") || true
-    s2xx=$(awk '/^status codes:/ {print $3}' "$logf")
-    data=$(sed -n 's/.*(\([0-9]*\)) data.*/\1/p' "$logf")
-    rps=$(awk '/^finished in/ {print $4}' "$logf")
-    if [ "${total:-}" != "$n" ] || [ "${ok:-}" != "$n" ] || [ "${s2xx:-}" != "$n" ] ||
-        [ "${data:-}" != "$((n * reply))" ] || [ -z "$rps" ]; then
-        die "$name ($tag): $n sent, ${ok:-?} succeeded, ${s2xx:-?} 2xx, ${data:-?} data bytes (want $((n * reply))); see $logf"
-    fi
-    # The third column is microseconds from submitting the request to its last byte.
-    read -r p50 p99 < <(cut -f3 "$reqlog" | sort -n |
-        awk '{ v[NR] = $1 } END { printf "%.3f %.3f\n", v[int(NR * 0.50) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000 }')
-    rm -f "$reqlog"
-    record "$name" "$tag" "$rps" "$p50" "$p99" "$n" "$((t1 - t0))"
+    h2load_verify "$logf" "$n" "$reply" || die "$name ($tag): calls failed"
+    h2load_percentiles "$reqlog"
+    record "$name" "$tag" "$h2_rps" "$h2_p50" "$h2_p99" "$n" "$((t1 - t0))"
 }
 
 # bench_load NAME TAG ARGS...: one keel bench run against NAME's target (any failed call fails

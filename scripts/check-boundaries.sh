@@ -17,7 +17,7 @@ for crate in "${LEAVES[@]}"; do
     found="$(cargo tree --quiet -p "$crate" -e normal --prefix none | grep -E "$FORBIDDEN" | sort -u || true)"
     if [[ -n $found ]]; then
         echo "error: $crate depends on what it must not (see docs/ARCHITECTURE.md, \"Crates\"):" >&2
-        echo "$found" | sed 's/^/  /' >&2
+        echo "  ${found//$'\n'/$'\n'  }" >&2
         echo "  find the path with: cargo tree -p $crate -e normal -i <name>" >&2
         status=1
     else

@@ -43,7 +43,7 @@ port_open() {
 # enough to rerun when the port is closed.
 start_postgresql() {
     local version
-    version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+    version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)"
     [[ -n $version ]] || die "PostgreSQL is installed but has no cluster in /etc/postgresql"
     pg_ctlcluster --skip-systemctl-redirect "$version" main start
 }

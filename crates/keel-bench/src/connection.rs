@@ -1,6 +1,6 @@
 //! One HTTP/2 connection to the server under load, on the `h2` crate directly, over TCP or
 //! Keel's client TLS (`keel_tls::ClientTls`: the same verification, ALPN and identity checks
-//! as Keel's channel).
+//! as Keel's channel). It makes gRPC calls and REST calls (a JSON body, success on 2xx).
 //!
 //! Why not Keel's channel: a generator must cost far less per call than the server it loads.
 //! Through `keel::client::Channel` (hyper's client under tonic) a unary call took 67,677
@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::client::SendRequest;
+use h2::SendStream;
+use h2::client::{ResponseFuture, SendRequest};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use keel_core::context::format_grpc_timeout;
@@ -21,6 +22,8 @@ use keel_tls::ClientTls;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tonic::{Code, Status};
+
+use crate::record::Failure;
 
 /// How long connecting (TCP and TLS handshakes, HTTP/2 preface) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +35,9 @@ const CONNECTION_WINDOW: u32 = 5 << 20;
 
 /// The largest response header block accepted (Keel's client limit).
 const MAX_HEADER_LIST: u32 = 64 << 10;
+
+/// The most of a failed REST answer's body kept for its error message.
+const ERROR_BODY: usize = 200;
 
 /// One open connection; clones share it (HTTP/2 streams multiplex).
 #[derive(Debug, Clone)]
@@ -82,13 +88,7 @@ impl Connection {
         headers: &HeaderMap,
         messages: &[Bytes],
     ) -> Result<(), Status> {
-        let mut request = Request::new(());
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri.clone();
-        *request.headers_mut() = headers.clone();
-
-        let mut send = self.send.clone().ready().await.map_err(from_h2)?;
-        let (response, mut body) = send.send_request(request, false).map_err(from_h2)?;
+        let (response, mut body) = self.open_stream(&Method::POST, uri, headers, false).await?;
         match messages.split_last() {
             None => body.send_data(Bytes::new(), true).map_err(from_h2)?,
             Some((last, first)) => {
@@ -126,6 +126,73 @@ impl Connection {
             None => Err(Status::internal("the response ended without a grpc-status")),
         }
     }
+
+    /// One REST call: `method` on `uri` with `body` (the JSON text, or nothing) and
+    /// `headers`; the answer's body is read to its end. Success is a 2xx status; any other
+    /// is a [`Failure::Http`] with the body's start.
+    pub async fn rest(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[Bytes],
+    ) -> Result<(), Failure> {
+        let (response, mut stream) = self
+            .open_stream(method, uri, headers, body.is_empty())
+            .await?;
+        if let Some(body) = body.first() {
+            stream.send_data(body.clone(), true).map_err(from_h2)?;
+        }
+        let (head, mut body) = response.await.map_err(from_h2)?.into_parts();
+        let failed = !head.status.is_success();
+        let mut start = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(from_h2)?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if failed && start.len() < ERROR_BODY {
+                start.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY - start.len())]);
+            }
+        }
+        if failed {
+            return Err(Failure::Http {
+                status: head.status.as_u16(),
+                body: String::from_utf8_lossy(&start).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends a request's head once the connection has room for another stream: the
+    /// answer to come, and the stream for its body (none to send when `end_of_stream`).
+    async fn open_stream(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        end_of_stream: bool,
+    ) -> Result<(ResponseFuture, SendStream<Bytes>), Status> {
+        let mut request = Request::new(());
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = headers.clone();
+        let mut send = self.send.clone().ready().await.map_err(from_h2)?;
+        send.send_request(request, end_of_stream).map_err(from_h2)
+    }
+}
+
+/// The headers every REST call sends: a JSON content type, the generator's name, and
+/// `metadata` (e.g. `authorization`).
+pub fn rest_headers(metadata: &HeaderMap) -> HeaderMap {
+    let mut headers = metadata.clone();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static(concat!("keel-bench/", env!("CARGO_PKG_VERSION"))),
+    );
+    headers
 }
 
 /// The headers every call sends: gRPC's own, the `grpc-timeout` for `deadline`, and `metadata`.

@@ -1,6 +1,7 @@
 //! What each worker collects while it calls, in bounded memory: an HDR histogram of
-//! latencies, counts by status code, the most frequent error messages, and per-second
-//! counts for latency over time. Workers record apart and are merged at the end.
+//! latencies, counts by outcome (a gRPC status code, or a REST call's HTTP status), the most
+//! frequent error messages, and per-second counts for latency over time. Workers record apart
+//! and are merged at the end.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -13,6 +14,60 @@ pub const MAX_ERROR_MESSAGES: usize = 64;
 
 /// The longest latency the histogram holds exactly; longer ones are recorded as this.
 pub const MAX_LATENCY: Duration = Duration::from_secs(3600);
+
+/// How a call ended, as counted: its gRPC status code (`Grpc(0)` is OK, for REST calls too),
+/// or the HTTP status of a REST call answered outside 2xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    /// A gRPC status code: the server's, or the generator's for a broken stream or a missed
+    /// deadline.
+    Grpc(i32),
+    /// A REST answer outside 2xx.
+    Http(u16),
+}
+
+impl Outcome {
+    /// A successful call.
+    pub const OK: Self = Self::Grpc(Code::Ok as i32);
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// A gRPC status: the server's, or the generator's (the stream broke, the deadline passed).
+    Status(Status),
+    /// A REST call answered outside 2xx, with the start of the answer's body.
+    Http {
+        /// The HTTP status.
+        status: u16,
+        /// The body's first bytes, as text.
+        body: String,
+    },
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Self::Status(status)
+    }
+}
+
+impl Failure {
+    /// What the record counts the failure as.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Status(status) => Outcome::Grpc(status.code() as i32),
+            Self::Http { status, .. } => Outcome::Http(*status),
+        }
+    }
+
+    /// The message the report lists: `Code: message` or `HTTP 409: body`.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Status(status) => format!("{:?}: {}", status.code(), status.message()),
+            Self::Http { status, body } => format!("HTTP {status}: {body}"),
+        }
+    }
+}
 
 /// Counts of one second of the run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,8 +87,8 @@ pub struct Second {
 pub struct Record {
     /// Latencies in microseconds, 3 significant digits.
     pub latencies: Histogram<u64>,
-    /// Calls by status code.
-    pub codes: BTreeMap<i32, u64>,
+    /// Calls by outcome.
+    pub codes: BTreeMap<Outcome, u64>,
     /// Error messages and how often each was seen.
     pub errors: HashMap<String, u64>,
     /// Errors whose message did not fit in [`MAX_ERROR_MESSAGES`].
@@ -65,16 +120,16 @@ impl Record {
     }
 
     /// Records a call that ended `end` after the start and took `latency`.
-    pub fn record(&mut self, end: Duration, latency: Duration, result: Result<(), Status>) {
+    pub fn record(&mut self, end: Duration, latency: Duration, result: Result<(), Failure>) {
         let micros = (latency.as_micros() as u64).clamp(1, MAX_LATENCY.as_micros() as u64);
         self.latencies.saturating_record(micros);
-        let code = match &result {
-            Ok(()) => Code::Ok,
-            Err(status) => status.code(),
+        let outcome = match &result {
+            Ok(()) => Outcome::OK,
+            Err(failure) => failure.outcome(),
         };
-        *self.codes.entry(code as i32).or_default() += 1;
-        if let Err(status) = result {
-            self.error(format!("{:?}: {}", status.code(), status.message()), 1);
+        *self.codes.entry(outcome).or_default() += 1;
+        if let Err(failure) = result {
+            self.error(failure.message(), 1);
         }
         let index = end.as_secs() as usize;
         if self.seconds.len() <= index {
@@ -82,7 +137,7 @@ impl Record {
         }
         let second = &mut self.seconds[index];
         second.calls += 1;
-        second.errors += u64::from(code != Code::Ok);
+        second.errors += u64::from(outcome != Outcome::OK);
         second.total_us += micros;
         second.max_us = second.max_us.max(micros);
         self.last_end = self.last_end.max(end);
@@ -133,18 +188,18 @@ mod tests {
         a.record(
             Duration::from_millis(1500),
             Duration::from_millis(9),
-            Err(Status::unavailable("down")),
+            Err(Status::unavailable("down").into()),
         );
         let mut b = Record::new();
         b.record(
             Duration::from_millis(2500),
             Duration::from_millis(4),
-            Err(Status::unavailable("down")),
+            Err(Status::unavailable("down").into()),
         );
         a.merge(b);
         assert_eq!(a.latencies.len(), 3);
-        assert_eq!(a.codes[&(Code::Ok as i32)], 1);
-        assert_eq!(a.codes[&(Code::Unavailable as i32)], 2);
+        assert_eq!(a.codes[&Outcome::OK], 1);
+        assert_eq!(a.codes[&Outcome::Grpc(Code::Unavailable as i32)], 2);
         assert_eq!(a.errors["Unavailable: down"], 2);
         assert_eq!(
             a.seconds,
@@ -173,13 +228,29 @@ mod tests {
     }
 
     #[test]
+    fn rest_failures_are_counted_by_http_status() {
+        let mut record = Record::new();
+        let conflict = || Failure::Http {
+            status: 409,
+            body: "{\"error\":\"conflict\"}".into(),
+        };
+        record.record(Duration::ZERO, Duration::from_micros(5), Ok(()));
+        record.record(Duration::ZERO, Duration::from_micros(5), Err(conflict()));
+        record.record(Duration::ZERO, Duration::from_micros(5), Err(conflict()));
+        assert_eq!(record.codes[&Outcome::OK], 1);
+        assert_eq!(record.codes[&Outcome::Http(409)], 2);
+        assert_eq!(record.errors["HTTP 409: {\"error\":\"conflict\"}"], 2);
+        assert_eq!(record.seconds[0].errors, 2);
+    }
+
+    #[test]
     fn error_messages_are_bounded() {
         let mut record = Record::new();
         for n in 0..MAX_ERROR_MESSAGES + 10 {
             record.record(
                 Duration::ZERO,
                 Duration::from_micros(5),
-                Err(Status::internal(format!("e{n}"))),
+                Err(Status::internal(format!("e{n}")).into()),
             );
         }
         assert_eq!(record.errors.len(), MAX_ERROR_MESSAGES);

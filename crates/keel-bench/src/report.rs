@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tonic::Code;
 
-use crate::record::Record;
+use crate::record::{Outcome, Record};
 
 /// The percentiles reported.
 pub const PERCENTILES: [f64; 8] = [10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9];
@@ -42,7 +42,8 @@ pub struct Report {
     pub latency_distribution: Vec<Percentile>,
     /// Calls by latency, in equal steps from fastest to slowest.
     pub histogram: Vec<Bucket>,
-    /// Calls by status code, named as gRPC spells them (`OK`, `Unavailable`, ...).
+    /// Calls by status code, named as gRPC spells them (`OK`, `Unavailable`, ...); REST
+    /// calls answered outside 2xx as `HTTP 409` and so on.
     pub status_codes: BTreeMap<String, u64>,
     /// Error messages, most frequent first.
     pub errors: Vec<ErrorCount>,
@@ -107,11 +108,14 @@ fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
-/// gRPC's name of a status code, as ghz prints it.
-pub fn code_name(code: i32) -> String {
-    match Code::from_i32(code) {
-        Code::Ok => "OK".to_owned(),
-        code => format!("{code:?}"),
+/// The name of an outcome: gRPC's name of its status code, as ghz prints it, or `HTTP 409`.
+pub fn outcome_name(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Grpc(code) => match Code::from_i32(code) {
+            Code::Ok => "OK".to_owned(),
+            code => format!("{code:?}"),
+        },
+        Outcome::Http(status) => format!("HTTP {status}"),
     }
 }
 
@@ -209,7 +213,7 @@ impl Report {
             status_codes: record
                 .codes
                 .iter()
-                .map(|(code, count)| (code_name(*code), *count))
+                .map(|(code, count)| (outcome_name(*code), *count))
                 .collect(),
             errors,
             over_time: record
@@ -341,7 +345,7 @@ mod tests {
         let mut record = Record::new();
         for n in 1..=100u64 {
             let result = if n % 50 == 0 {
-                Err(Status::unavailable("gone"))
+                Err(Status::unavailable("gone").into())
             } else {
                 Ok(())
             };

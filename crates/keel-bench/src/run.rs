@@ -17,10 +17,10 @@ use tokio::sync::oneshot;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::connection::{Connection, call_headers};
-use crate::record::Record;
+use crate::connection::{Connection, call_headers, rest_headers};
+use crate::record::{Failure, Record};
 use crate::report::{Load, Report};
-use crate::requests::Requests;
+use crate::requests::{Call, Requests};
 use crate::template::Context;
 
 /// The most calls in flight a plan may ask for.
@@ -98,9 +98,10 @@ impl Progress {
 /// What every worker shares.
 struct Shared {
     plan: Plan,
-    /// The server and the method's path, the same for every call.
+    /// The server and the method's (or REST route's) path, the same for every call.
     uri: Uri,
-    /// gRPC's headers, the deadline and the plan's metadata: the same for every call.
+    /// gRPC's headers and the deadline (or REST's JSON content type) and the plan's
+    /// metadata: the same for every call.
     headers: HeaderMap,
     start: Instant,
     end: Option<Instant>,
@@ -131,15 +132,15 @@ pub async fn run(plan: Plan, target: Target, progress: Progress) -> Result<Repor
     if target.connections == 0 {
         return Err("at least one connection is needed".into());
     }
-    let method = plan.requests.method();
-    let name = format!("{}/{}", method.parent_service().full_name(), method.name());
+    let name = plan.requests.name();
     let scheme = if target.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    let uri = Uri::try_from(format!("{scheme}://{}/{name}", target.authority))
-        .map_err(|error| format!("{}, method {name}: {error}", target.authority))?;
+    let path = plan.requests.path();
+    let uri = Uri::try_from(format!("{scheme}://{}{path}", target.authority))
+        .map_err(|error| format!("{}, {name}: {error}", target.authority))?;
     let load = Load {
         concurrency: plan.concurrency,
         connections: target.connections,
@@ -162,7 +163,11 @@ pub async fn run(plan: Plan, target: Target, progress: Progress) -> Result<Repor
         Stop::After(duration) => Some(start + duration),
         Stop::Calls(_) => None,
     };
-    let headers = call_headers(&plan.metadata.clone().into_headers(), plan.deadline);
+    let metadata = plan.metadata.clone().into_headers();
+    let headers = match plan.requests.call() {
+        Call::Grpc(_) => call_headers(&metadata, plan.deadline),
+        Call::Rest { .. } => rest_headers(&metadata),
+    };
     let shared = Arc::new(Shared {
         plan,
         uri,
@@ -315,7 +320,7 @@ async fn worker(worker_id: usize, shared: Arc<Shared>, connection: Connection) -
         };
         let result = match plan.requests.messages(context) {
             Ok(messages) => call(&connection, &shared, &messages).await,
-            Err(error) => Err(Status::invalid_argument(error)),
+            Err(error) => Err(Status::invalid_argument(error).into()),
         };
         let ended = Instant::now();
         record.record(ended - shared.start, ended - begin, result);
@@ -325,9 +330,20 @@ async fn worker(worker_id: usize, shared: Arc<Shared>, connection: Connection) -
 }
 
 /// One call in the method's mode (the messages say how many go out; every answer is read),
-/// within the plan's deadline.
-async fn call(connection: &Connection, shared: &Shared, messages: &[Bytes]) -> Result<(), Status> {
-    let exchange = connection.call(&shared.uri, &shared.headers, messages);
+/// or one REST call, within the plan's deadline.
+async fn call(connection: &Connection, shared: &Shared, messages: &[Bytes]) -> Result<(), Failure> {
+    let exchange = async {
+        match shared.plan.requests.call() {
+            Call::Grpc(_) => Ok(connection
+                .call(&shared.uri, &shared.headers, messages)
+                .await?),
+            Call::Rest { method, .. } => {
+                connection
+                    .rest(method, &shared.uri, &shared.headers, messages)
+                    .await
+            }
+        }
+    };
     match shared.plan.deadline {
         Some(deadline) => tokio::time::timeout(deadline, exchange)
             .await
@@ -335,7 +351,8 @@ async fn call(connection: &Connection, shared: &Shared, messages: &[Bytes]) -> R
                 Err(Status::deadline_exceeded(format!(
                     "no answer within the deadline of {}",
                     humantime::format_duration(deadline)
-                )))
+                ))
+                .into())
             }),
         None => exchange.await,
     }

@@ -22,7 +22,7 @@ fn report() -> Report {
             latency += Duration::from_millis(400);
         }
         let result = if n % 500 == 7 {
-            Err(Status::unavailable("<b>connection reset</b>"))
+            Err(Status::unavailable("<b>connection reset</b>").into())
         } else {
             Ok(())
         };

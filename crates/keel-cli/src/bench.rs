@@ -1,6 +1,6 @@
-//! `keel bench`: load-tests any gRPC method with keel-bench's engine. This file reads the
-//! flags, finds the method (reflection, a descriptor set or .proto files), opens the
-//! connections, draws the progress bar and writes the report.
+//! `keel bench`: load-tests any gRPC method, or a REST route with `--rest`, with keel-bench's
+//! engine. This file reads the flags, finds the method (reflection, a descriptor set or .proto
+//! files), opens the connections, draws the progress bar and writes the report.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -19,7 +19,8 @@ use crate::call::connect::connect;
 use crate::call::reflection::{Reflection, split_method};
 use crate::tls::client::{ClientFlags, ClientTlsArgs};
 
-/// Load-tests one gRPC method on a server (like ghz), on HTTP/2 connections of its own.
+/// Load-tests one gRPC method on a server (like ghz), or one REST route with --rest, on
+/// HTTP/2 connections of its own.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
@@ -30,6 +31,8 @@ Examples:
     -H 'authorization: Bearer TOKEN' --format json -o report.json
   keel bench 127.0.0.1:50051 grpc.testing.TestService/StreamingInputCall \\
     -d '[{\"payload\":{\"body\":\"AAE=\"}},{\"payload\":{\"body\":\"AgM=\"}}]' -n 1000
+  keel bench --rest 'POST /v1/payments' 127.0.0.1:50051 -n 20000 -c 64 --connections 4 \\
+    -d '{\"idempotencyKey\":\"k-{{newUUID}}\",\"payerAccountId\":\"alice\",\"payeeAccountId\":\"bob\",\"amountMinor\":\"1\",\"currency\":\"EUR\"}'
 
 Load: closed loop by default: -c workers, each calling again as soon as its call ends.
 With --rps the load is open loop: call N is due at N/rps seconds, and its latency counts
@@ -43,6 +46,12 @@ ghz: {{.RequestNumber}} {{.WorkerID}} {{.TimestampUnix}} {{.TimestampUnixMilli}}
 They are text: quote them for strings (\"key\":\"k-{{.RequestNumber}}\").
 
 Descriptors come from the server's reflection unless --protoset or --proto is given.
+
+REST (--rest 'METHOD /PATH', no gRPC METHOD): each call is that HTTP request over the same
+HTTP/2 connections, with the rendered -d text as its body (content-type: application/json;
+no body without -d), e.g. a route keel-gateway serves beside the gRPC service. A call
+succeeds on any 2xx status and is counted as OK; other answers are counted by their HTTP
+status (\"HTTP 409\") with the start of their body as the error message.
 
 Output: a summary (count, total, slowest, fastest, average, requests/s, histogram,
 percentiles 10 to 99.9, status codes, errors, the generator's CPU per call); --format json
@@ -58,17 +67,18 @@ pub struct BenchArgs {
     address: String,
 
     /// Method to call: pkg.Service/Method (or pkg.Service.Method)
-    #[arg(value_name = "METHOD")]
-    method: String,
+    #[arg(value_name = "METHOD", required_unless_present = "rest")]
+    method: Option<String>,
 
-    /// Request JSON template (see Data below); `@FILE` reads FILE
-    #[arg(
-        short = 'd',
-        long = "data",
-        value_name = "JSON|@FILE",
-        default_value = "{}"
-    )]
-    data: String,
+    /// Load a REST route instead of a gRPC method: 'METHOD /PATH', e.g. 'POST /v1/payments'
+    /// (see REST below)
+    #[arg(long, value_name = "'METHOD /PATH'", conflicts_with_all = ["method", "proto", "protoset"])]
+    rest: Option<String>,
+
+    /// Request JSON template (see Data below); `@FILE` reads FILE [default: {} for gRPC, no
+    /// body for REST]
+    #[arg(short = 'd', long = "data", value_name = "JSON|@FILE")]
+    data: Option<String>,
 
     /// Request metadata `key: value` (repeatable); keys ending in -bin take base64 values
     #[arg(short = 'H', long = "header", value_name = "'KEY: VALUE'")]
@@ -99,7 +109,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     connections: usize,
 
-    /// Deadline of each call (sent as grpc-timeout, enforced here too)
+    /// Deadline of each call (sent as grpc-timeout, enforced here too; for REST, here only)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "20s")]
     deadline: Duration,
 
@@ -163,11 +173,16 @@ async fn bench(args: BenchArgs) -> Result<bool, Failure> {
     for header in &args.headers {
         add_header(&mut metadata, header)?;
     }
-    let template = match args.data.strip_prefix('@') {
+    let data = match (&args.data, &args.rest) {
+        (Some(data), _) => data.as_str(),
+        (None, Some(_)) => "",
+        (None, None) => "{}",
+    };
+    let template = match data.strip_prefix('@') {
         Some(file) => {
             std::fs::read_to_string(file).map_err(|error| usage(format!("-d @{file}: {error}")))?
         }
-        None => args.data.clone(),
+        None => data.to_owned(),
     };
     let template = Template::parse(&template).map_err(|error| usage(format!("-d: {error}")))?;
     if !(1..=MAX_CONNECTIONS).contains(&args.connections) {
@@ -192,9 +207,14 @@ async fn bench(args: BenchArgs) -> Result<bool, Failure> {
         tls: client_tls,
         connections: args.connections,
     };
-    let method = method(&args, &tls, &metadata).await?;
-    let requests =
-        Requests::new(method, template).map_err(|error| usage(format!("-d: {error}")))?;
+    let requests = match &args.rest {
+        Some(route) => {
+            let (method, path) = rest_route(route)?;
+            Requests::rest(method, path, template)
+        }
+        None => Requests::new(method(&args, &tls, &metadata).await?, template),
+    }
+    .map_err(|error| usage(format!("-d: {error}")))?;
     let plan = Plan {
         requests,
         metadata,
@@ -245,12 +265,29 @@ async fn bench(args: BenchArgs) -> Result<bool, Failure> {
     Ok(report.failed() == 0)
 }
 
+/// `--rest 'POST /v1/payments'`: the HTTP method and the path.
+fn rest_route(route: &str) -> Result<(http::Method, &str), Failure> {
+    let usage = || {
+        Failure::Usage(format!(
+            "--rest `{route}`: write the HTTP method and the path, e.g. 'POST /v1/payments'"
+        ))
+    };
+    let (method, path) = route.trim().split_once(' ').ok_or_else(usage)?;
+    let method = http::Method::from_bytes(method.as_bytes()).map_err(|_| usage())?;
+    let path = path.trim();
+    if !path.starts_with('/') {
+        return Err(usage());
+    }
+    Ok((method, path))
+}
+
 /// The method, from the descriptors the flags name or from the server's reflection.
 async fn method(
     args: &BenchArgs,
     tls: &ClientFlags,
     metadata: &MetadataMap,
 ) -> Result<MethodDescriptor, Failure> {
+    let name = args.method.as_deref().unwrap_or_default();
     let pool = if let Some(file) = &args.protoset {
         let bytes = std::fs::read(file)
             .map_err(|error| Failure::Usage(format!("--protoset {}: {error}", file.display())))?;
@@ -284,13 +321,12 @@ async fn method(
     } else {
         let channel = connect(&args.address, tls).await?;
         return Reflection::new(channel, metadata.clone())
-            .method(&args.method)
+            .method(name)
             .await;
     };
-    let (service, name) = split_method(&args.method).ok_or_else(|| {
+    let (service, name) = split_method(name).ok_or_else(|| {
         Failure::Usage(format!(
-            "`{}` is not a method name; write pkg.Service/Method",
-            args.method
+            "`{name}` is not a method name; write pkg.Service/Method"
         ))
     })?;
     let service = pool.get_service_by_name(service).ok_or_else(|| {

@@ -3,7 +3,9 @@
 //! server that stops for 1 s shows the stop in p99 and max latency (no coordinated omission),
 //! usage mistakes are exit 2 with a message that says what to do, and `--format html -o`
 //! writes the page to the file. Failed calls are counted by their status, and TLS is Keel's
-//! client TLS: verified against the CA it is given, refused without it.
+//! client TLS: verified against the CA it is given, refused without it. With `--rest`, the real
+//! `payments` binary's REST routes (keel-gateway) move the money of every call, and answers
+//! outside 2xx are counted by HTTP status.
 
 mod common;
 
@@ -284,6 +286,15 @@ async fn mistakes_are_usage_errors_that_say_what_to_do() {
             vec!["helloworld.Greeter/SayHello", "--protoset", "/nonexistent"],
             "--protoset /nonexistent",
         ),
+        (vec!["--rest", "POST"], "write the HTTP method and the path"),
+        (
+            vec!["--rest", "POST v1/payments"],
+            "write the HTTP method and the path",
+        ),
+        (
+            vec!["--rest", "POST /v1/payments", "-d", "{no"],
+            "is not JSON",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_keel"))
             .args(["bench", &server.grpc.to_string()])
@@ -329,4 +340,84 @@ async fn the_html_report_is_written_to_the_file_asked_for() {
     ] {
         assert!(page.contains(text), "the page lacks {text:?}");
     }
+}
+
+/// `keel bench --rest ROUTE ADDR ARGS --format json` against payments.
+fn rest(payments: &common::payments::Payments, route: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["bench", "--rest", route, &payments.grpc.to_string()])
+        .args(["--format", "json"])
+        .args(args)
+        .output()
+        .expect("run keel bench")
+}
+
+/// A Process body over REST paying `amount` minor units, each call with a fresh key.
+fn payment(amount: &str) -> String {
+    format!(
+        r#"{{"idempotencyKey":"k-{{{{newUUID}}}}","payerAccountId":"alice","payeeAccountId":"bob","amountMinor":"{amount}","currency":"EUR"}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_calls_move_money_on_2xx_and_failures_are_counted_by_http_status() {
+    let payments = common::payments::Payments::start();
+    for (route, data) in [
+        (
+            "POST /v1/accounts",
+            r#"{"accountId":"alice","currency":"EUR"}"#,
+        ),
+        (
+            "POST /v1/accounts",
+            r#"{"accountId":"bob","currency":"EUR"}"#,
+        ),
+        (
+            "POST /v1/accounts/alice:deposit",
+            r#"{"amountMinor":"1000","idempotencyKey":"d1"}"#,
+        ),
+    ] {
+        let summary = report(&rest(&payments, route, &["-n", "1", "-c", "1", "-d", data]));
+        assert_eq!(summary["status_codes"]["OK"], 1, "{route}: {summary}");
+    }
+
+    // 200 payments of 1, each its own idempotency key, over two connections.
+    let output = rest(
+        &payments,
+        "POST /v1/payments",
+        &[
+            "-n",
+            "200",
+            "-c",
+            "8",
+            "--connections",
+            "2",
+            "-d",
+            &payment("1"),
+        ],
+    );
+    let summary = report(&output);
+    assert_eq!(summary["method"], "POST /v1/payments");
+    assert_eq!(summary["status_codes"]["OK"], 200, "{summary}");
+
+    // Every one moved money: 800 are left, so 801 is refused, by HTTP status, and 800 is not.
+    let refused = rest(
+        &payments,
+        "POST /v1/payments",
+        &["-n", "3", "-c", "1", "-d", &payment("801")],
+    );
+    assert_eq!(refused.status.code(), Some(1), "some calls failed: exit 1");
+    let summary: Value = serde_json::from_slice(&refused.stdout).unwrap();
+    let codes = summary["status_codes"].as_object().unwrap();
+    assert_eq!(codes.len(), 1, "{summary}");
+    let (code, count) = codes.iter().next().unwrap();
+    assert!(code.starts_with("HTTP 4"), "{summary}");
+    assert_eq!(count, 3);
+    let message = summary["errors"][0]["message"].as_str().unwrap();
+    assert!(message.starts_with(&format!("{code}: ")), "{message}");
+    let last = rest(
+        &payments,
+        "POST /v1/payments",
+        &["-n", "1", "-c", "1", "-d", &payment("800")],
+    );
+    assert_eq!(report(&last)["status_codes"]["OK"], 1);
 }
