@@ -78,9 +78,10 @@ async fn all_pages(
     }
 }
 
-/// Writes a payment row with the given creation time directly, bypassing the ledger: what a
-/// payment stamped at `created_at_us` looks like when its transaction commits only now (a
-/// slow group-commit batch, or another instance whose clock is behind). Returns its id.
+/// Writes a payment row with the given creation time directly, and its two ledger entries
+/// (which listings read), bypassing the store and the balances: what a payment stamped at
+/// `created_at_us` looks like when its transaction commits only now (a slow group-commit
+/// batch, or another instance whose clock is behind). Returns its id.
 async fn insert_stamped(db: &TestDb, payer: &str, payee: &str, created_at_us: i64) -> String {
     let id = format!("pay_{:032x}", rand::random::<u128>());
     let insert = format!(
@@ -100,6 +101,14 @@ async fn insert_stamped(db: &TestDb, payer: &str, payee: &str, created_at_us: i6
             Err(error) => panic!("inserting a stamped payment: {error}"),
         }
     }
+    db.execute(&format!(
+        "INSERT INTO ledger_entries \
+         (transfer_id, kind, account_id, currency, amount_minor, created_at_us) VALUES \
+         ('{id}', 'payment', '{payer}', 'USD', -1, {created_at_us}), \
+         ('{id}', 'payment', '{payee}', 'USD', 1, {created_at_us})"
+    ))
+    .await
+    .expect("inserting a stamped payment's ledger entries");
     id
 }
 

@@ -388,21 +388,17 @@ macro_rules! impl_statements {
                     // No position is one before every payment: times are never negative.
                     let (after_us, after_id) = after
                         .map_or((-1, ""), |after| (after.created_at_us, after.payment_id.as_str()));
-                    // One index range scan per side (payments_by_payer, payments_by_payee),
-                    // each stopping after `limit` rows, then merged: `payer = $1 OR payee = $1`
-                    // would read every later payment of the account and sort them. A payment
-                    // to oneself is listed once, as paid.
+                    // One range scan of ledger_entries_by_account (account, kind, time,
+                    // transfer id), stopping after `limit` payments: every payment has an
+                    // entry for its payer and one for its payee, with its id and creation
+                    // time. A payment to oneself has both on the account and is listed once.
                     sqlx::query(concat!(
-                        "SELECT ", payment_columns!(), " FROM (SELECT ", payment_columns!(),
-                        " FROM payments \
-                         WHERE payer_account_id = $1 AND (created_at_us, payment_id) > ($2, $3) \
-                         ORDER BY created_at_us, payment_id LIMIT $4) AS paid \
-                         UNION ALL SELECT ", payment_columns!(), " FROM (SELECT ", payment_columns!(),
-                        " FROM payments \
-                         WHERE payee_account_id = $1 AND payer_account_id <> $1 \
-                         AND (created_at_us, payment_id) > ($2, $3) \
-                         ORDER BY created_at_us, payment_id LIMIT $4) AS received \
-                         ORDER BY created_at_us, payment_id LIMIT $4"
+                        "SELECT ", payment_columns!(), " FROM payments WHERE payment_id IN \
+                         (SELECT transfer_id FROM (SELECT DISTINCT created_at_us, transfer_id \
+                         FROM ledger_entries WHERE account_id = $1 AND kind = 'payment' \
+                         AND (created_at_us, transfer_id) > ($2, $3) \
+                         ORDER BY created_at_us, transfer_id LIMIT $4) AS page) \
+                         ORDER BY created_at_us, payment_id"
                     ))
                     .bind(account_id)
                     .bind(after_us)
