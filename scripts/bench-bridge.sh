@@ -155,6 +155,7 @@ done
 start_payments() {
     local logbase=$1
     pg_db=$(new_pg_database bridge_bench) || return 1
+    : >"$logbase.payments.out" # not a previous run's "listening on" line (see bench-lib.sh start_server)
     PAYMENTS_LOG=warn "$bin/payments" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
         --database-url "$PG/$pg_db" --set server.shutdown.drain_delay=0s \
         >"$logbase.payments.out" 2>"$logbase.payments.err" &
@@ -241,6 +242,7 @@ key = "device+field:idempotency_key"
 response_topic = "payment/response/{device}"
 TOML
     cp "$work/bridge.toml" "$logbase.bridge.toml"
+    : >"$logbase.bridge.out"
     KEEL_LOG=warn "$bin/keel" bridge --admin-listen 127.0.0.1:0 --config "$work/bridge.toml" \
         >"$logbase.bridge.out" 2>"$logbase.bridge.err" &
     bridge_pid=$!

@@ -125,6 +125,7 @@ server_pid='' server_addr=''
 start_server() {
     local cmd=("$1" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --set shutdown.drain_delay=0s)
     [ -z "${3:-}" ] || cmd=(valgrind --tool=callgrind --fair-sched=yes "--callgrind-out-file=$3" "${cmd[@]}")
+    : >"$2.out" # not a previous run's "listening on" line (see bench-lib.sh start_server)
     "${cmd[@]}" >"$2.out" 2>"$2.err" &
     server_pid=$!
     pids+=("$server_pid")

@@ -70,6 +70,7 @@ client=$root/target/release/examples/greeter_client_bench
 server=$root/target/release/bare-greeter
 { [ -x "$client" ] && [ -x "$server" ]; } || die "binaries missing; run without --no-build"
 
+: >"$out/logs/client-server.out" # not a previous run's "listening on" line
 "$server" 127.0.0.1:0 >"$out/logs/client-server.out" 2>&1 &
 server_pid=$!
 trap 'kill "$server_pid" 2>/dev/null || true' EXIT

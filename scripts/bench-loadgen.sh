@@ -68,6 +68,7 @@ if [ ! -x "$target/bare-greeter" ] || [ ! -x "$target/keel" ]; then die "binarie
 
 server_pid=
 trap '[ -z "$server_pid" ] || kill -KILL "$server_pid" 2>/dev/null || true' EXIT
+: >"$logs/loadgen-server.out" # not a previous run's "listening on" line
 "$target/bare-greeter" 127.0.0.1:0 >"$logs/loadgen-server.out" 2>"$logs/loadgen-server.err" &
 server_pid=$!
 addr=$(wait_listening "$logs/loadgen-server.out" "grpc listening on" "$server_pid" 30) || die "bare-greeter did not start"

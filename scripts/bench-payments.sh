@@ -193,6 +193,7 @@ run_one() {
     esac
 
     echo "$server_bin --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --database-url $url --set server.shutdown.drain_delay=0s" >"$logbase.cmd"
+    : >"$logbase.out" # not a previous run's "listening on" line (see bench-lib.sh start_server)
     PAYMENTS_LOG=warn "$server_bin" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
         --database-url "$url" --set server.shutdown.drain_delay=0s \
         >"$logbase.out" 2>"$logbase.err" &

@@ -196,6 +196,7 @@ start_server() {
     # --fair-sched: valgrind runs one thread at a time; fair scheduling avoids long livelocks.
     [ -z "$cgout" ] || cmd=(valgrind --tool=callgrind --fair-sched=yes "--callgrind-out-file=$cgout" "${cmd[@]}")
     echo "${cmd[*]}" >"$logbase.cmd"
+    : >"$logbase.out" # not a previous run's "listening on" line (see bench-lib.sh start_server)
     "${cmd[@]}" >"$logbase.out" 2>"$logbase.err" &
     started_pid=$!
     started_pids+=("$started_pid")

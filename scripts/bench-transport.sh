@@ -137,6 +137,7 @@ names=()
 start() {
     local name=$1 logbase=$out/logs/transport-$1 pid addr admin
     shift
+    : >"$logbase.out" # not a previous run's "listening on" line (see bench-lib.sh start_server)
     "$keel" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "$@" \
         >"$logbase.out" 2>"$logbase.err" &
     pid=$!
@@ -152,6 +153,7 @@ start() {
 # delay NAME: puts scripts/delay-proxy.py (BENCH_RTT_MS round trip) in front of NAME.
 delay() {
     local name=$1 logf=$out/logs/transport-$1-proxy.out pid addr
+    : >"$logf"
     python3 scripts/delay-proxy.py 0 "${target[$name]}" "$(echo "$RTT_MS / 2" | bc -l)" >"$logf" 2>&1 &
     pid=$!
     pids+=("$pid")
