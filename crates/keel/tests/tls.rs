@@ -7,6 +7,8 @@
 //! Certificates come from `keel_test_support::tls` (rcgen); the client is tokio-rustls
 //! under hyper's HTTP/2 client under tonic's generated Greeter client.
 
+mod common;
+
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::mutual_tls::WhoAmI;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keel::config::{ClientAuth, ServerConfig, TlsConfig, TlsVersion};
 use keel::server::ShutdownReport;
@@ -22,46 +25,13 @@ use keel::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use keel::tls::rustls::{self, ClientConfig, RootCertStore};
 use keel::tls::tokio_rustls::TlsConnector;
 use keel::{Server, ServerError};
-use keel_core::identity::PeerIdentity;
 use keel_interop::pb::helloworld::greeter_client::GreeterClient;
-use keel_interop::pb::helloworld::{HelloReply, HelloRequest, greeter_server};
+use keel_interop::pb::helloworld::{HelloRequest, greeter_server};
 use keel_test_support::tls::{Ca, Dir, Leaf};
 use keel_test_support::{eventually_async, http_get, metric};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::{Request, Response, Status};
-
-/// Answers every call with the caller's principal (`anonymous` without a certificate).
-#[derive(Debug, Clone, Copy)]
-struct WhoAmI;
-
-impl WhoAmI {
-    fn principal<T>(request: &Request<T>) -> String {
-        request.extensions().get::<Arc<PeerIdentity>>().map_or_else(
-            || "anonymous".to_owned(),
-            |peer| peer.principal().to_owned(),
-        )
-    }
-}
-
-#[tonic::async_trait]
-impl greeter_server::Greeter for WhoAmI {
-    async fn say_hello(
-        &self,
-        request: Request<HelloRequest>,
-    ) -> Result<Response<HelloReply>, Status> {
-        let message = Self::principal(&request);
-        Ok(Response::new(HelloReply { message }))
-    }
-
-    async fn say_hello_again(
-        &self,
-        request: Request<HelloRequest>,
-    ) -> Result<Response<HelloReply>, Status> {
-        self.say_hello(request).await
-    }
-}
 
 /// A root, an intermediate under it, and the files of a server certificate issued by the
 /// intermediate (presented with it), trusted by clients through the root alone.
