@@ -1,6 +1,7 @@
-//! Drives one connection: TCP options (no delay, keepalive), TLS when the listener has it, the transport (HTTP/2, or HTTP/1.1
-//! and HTTP/2), per-request accounting and body timeouts, and the ways a connection is
-//! asked to leave (max age, idleness, shutdown) or is cut (no handshake in time).
+//! Drives one connection: TCP options (no delay, keepalive), TLS when the listener has it,
+//! the transport (HTTP/2, or HTTP/1.1 and HTTP/2), per-request accounting and body
+//! timeouts, and the ways a connection is asked to leave (max age, idleness, shutdown) or is
+//! cut (no handshake in time).
 //!
 //! Leaving is always GOAWAY first (hyper sends the two-step GOAWAY that lets in-flight
 //! streams finish and tells the client which streams it may retry; HTTP/1.1 stops
